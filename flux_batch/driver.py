@@ -1,0 +1,210 @@
+"""One run: validate → plan → (load model) → render batches → write images and manifest."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from .config import validate, value_of
+from .errors import FluxBatchError, TooManyErrors
+from .images import EXTENSIONS, encode, infotext, to_uint8
+from .items import Item, Settings, expand
+from .prompts import Fields, read_rows
+from .runinfo import check_same_run, pixel_settings, run_info
+from .store import RunStore, pending
+
+log = logging.getLogger("flux_batch")
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM: the CLI exits 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """While rendering, the first SIGINT/SIGTERM asks the current batch to stop (its images
+    are dropped) and the run to end; outside rendering, or on a second signal, stop at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.rendering = False
+        self._previous = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        if not self.rendering or self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+        log.warning("%s: finishing the manifest and stopping (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+@dataclass
+class Summary:
+    run_dir: Path
+    total: int
+    rendered: int = 0
+    skipped: int = 0
+    failed: int = 0
+    render_seconds: float = 0.0
+    model_loaded: bool = False
+
+    def line(self) -> str:
+        per_image = f"{self.render_seconds / self.rendered:.3f} s/image" if self.rendered else "-"
+        return (
+            f"{self.run_dir}: rendered {self.rendered}, skipped {self.skipped} already done, "
+            f"failed {self.failed} ({per_image}, {self.total} items in the plan)"
+        )
+
+
+def dataset_path(path: str) -> Path:
+    """The prompt file: as given, or for a relative path missing here, the copy shipped in the
+    package (so the default prompts/example.jsonl works from any directory)."""
+    given = Path(path).expanduser()
+    shipped = Path(__file__).parent / given
+    if not given.exists() and not given.is_absolute() and shipped.is_file():
+        return shipped
+    return given
+
+
+def plan_items(cfg: DictConfig) -> list[Item]:
+    """Every item of the prompt file (first `limit` only), or PromptFileError."""
+    d = cfg.dataset
+    rows = read_rows(dataset_path(d.path), d.format, Fields(prompt=d.prompt_field, id=d.id_field))
+    s = cfg.sampler
+    defaults = Settings(s.width, s.height, s.steps, float(s.guidance))
+    items = expand(rows, str(d.path), defaults, cfg.seed, cfg.num_images)
+    return items if cfg.limit is None else items[: cfg.limit]
+
+
+def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
+    validate(cfg)
+    items = plan_items(cfg)
+    settings = pixel_settings(cfg)
+    store = RunStore(run_dir)
+    store.open()
+    try:
+        previous = store.read_run_info()
+        check_same_run(previous, settings, store.dir)
+        todo = pending(items, store.manifest.done())
+        summary = Summary(store.dir, total=len(items), skipped=len(items) - len(todo))
+        if todo:
+            _render_all(cfg, store, todo, settings, previous, summary)
+        return summary
+    finally:
+        store.close()
+
+
+def _render_all(cfg, store: RunStore, todo: list[Item], settings, previous, summary: Summary) -> None:
+    from tqdm import tqdm
+
+    from . import models
+    from .render import Renderer, batches
+
+    files = models.resolve_files(cfg)  # a missing file is reported before anything is written
+    store.write_run_info(run_info(cfg, settings, previous))
+    with StopSignals() as stop:
+        device = models.resolve_device(cfg.runtime.device)
+        pipe = models.load_pipeline(cfg, device, files)
+        summary.model_loaded = True
+        render = Renderer(pipe, cfg.sampler.max_sequence_length, stop.requested)
+        writer = ImageWriter(cfg, store, files.transformer)
+        progress = tqdm(total=len(todo), unit="img", disable=None if cfg.runtime.progress else True,
+                        file=sys.stderr, dynamic_ncols=True)
+        started = time.perf_counter()
+        try:
+            for batch in batches(todo, cfg.batch_size):
+                stop.rendering = True
+                try:
+                    images = render(batch)
+                except Exception as e:  # one bad batch must not end a long run
+                    images = None
+                    log.exception("batch of %d failed", len(batch))
+                    for item in batch:
+                        _fail(cfg, store, summary, item, f"{type(e).__name__}: {e}")
+                if stop.requested():
+                    break
+                for item, image in zip(batch, images if images is not None else []):
+                    if np.isfinite(image).all():
+                        writer.write(item, image)
+                        summary.rendered += 1
+                    else:
+                        _fail(cfg, store, summary, item, "the pipeline returned non-finite pixels (NaN/inf)")
+                    progress.update(1)
+                stop.rendering = False
+                progress.set_postfix(failed=summary.failed, refresh=False)
+        finally:
+            stop.rendering = False
+            summary.render_seconds = time.perf_counter() - started
+            progress.close()
+        if stop.requested():
+            raise Interrupted(stop.signum)
+
+
+def _fail(cfg, store: RunStore, summary: Summary, item: Item, reason: str) -> None:
+    summary.failed += 1
+    store.record_error({"id": item.id, "k": item.k, "line": item.line, "reason": reason,
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    if summary.failed > cfg.max_errors:
+        raise TooManyErrors(
+            f"{summary.failed} items failed (max_errors={cfg.max_errors}); see "
+            f"{store.dir / 'errors.jsonl'}. The last: {item.id} (k={item.k}): {reason}"
+        )
+
+
+class ImageWriter:
+    """Encodes an item's image with its metadata, writes it atomically, appends its record."""
+
+    def __init__(self, cfg: DictConfig, store: RunStore, transformer_file: str):
+        self.store = store
+        self.format = value_of(cfg.output.format)
+        self.quality = cfg.output.quality
+        self.model = cfg.model.name
+        self.quant = cfg.quant.name
+        self.sampler_label = {"euler": "Euler"}.get(cfg.sampler.name, cfg.sampler.name)
+        self.model_label = Path(transformer_file).name.removesuffix(".gguf")
+
+    def record(self, item: Item) -> dict:
+        s = item.settings
+        return {
+            "file_name": f"images/{item.file_stem}{EXTENSIONS[self.format]}",
+            "id": item.id, "k": item.k, "prompt": item.prompt, "seed": item.seed,
+            "width": s.width, "height": s.height, "steps": s.steps, "guidance": s.guidance,
+            "model": self.model, "quant": self.quant, **item.extra,
+        }
+
+    def write(self, item: Item, image: np.ndarray) -> None:
+        record = self.record(item)
+        parameters = infotext(record, self.sampler_label, self.model_label)
+        data = encode(to_uint8(image), self.format, self.quality, parameters, record)
+        record["sha256"] = hashlib.sha256(data).hexdigest()
+        try:
+            self.store.save_image(record["file_name"], data)
+            self.store.manifest.append(record)
+        except OSError as e:
+            raise FluxBatchError(
+                f"cannot write to {self.store.dir}: {e.strerror or e} ({e.filename or 'manifest'}); "
+                "everything listed in the manifest is intact: free space and run the same command"
+            ) from None

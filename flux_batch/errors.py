@@ -1,0 +1,50 @@
+"""Errors a user can act on. Each carries the exit status the CLI ends with.
+
+They are printed as their message alone, never as a traceback.
+"""
+from __future__ import annotations
+
+EXIT_FAILED = 1  # items failed beyond max_errors, or an I/O error stopped the run
+EXIT_BAD_INPUT = 2  # prompt file or config refused; nothing was written
+EXIT_LOCKED = 75  # another process holds the run directory (EX_TEMPFAIL: try later)
+
+
+class FluxBatchError(Exception):
+    exit_code = EXIT_FAILED
+
+
+class ConfigError(FluxBatchError):
+    exit_code = EXIT_BAD_INPUT
+
+
+class PromptFileError(FluxBatchError):
+    """One or more `FILE:LINE: reason` problems in a prompt file."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, problems: list[str], limit: int = 50):
+        self.problems = problems
+        shown = problems[:limit]
+        if len(problems) > limit:
+            shown.append(f"... and {len(problems) - limit} more problems")
+        super().__init__("\n".join(shown))
+
+
+class ModelFileError(FluxBatchError):
+    """A model file is missing, unreadable, or of a format we refuse to read."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class RunDirError(FluxBatchError):
+    """The run directory belongs to other settings, or its manifest is damaged."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class LockedError(FluxBatchError):
+    exit_code = EXIT_LOCKED
+
+
+class TooManyErrors(FluxBatchError):
+    exit_code = EXIT_FAILED

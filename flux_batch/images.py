@@ -1,0 +1,59 @@
+"""Image encoding with the metadata other FLUX tools read.
+
+PNG: a `parameters` text chunk in the infotext style (prompt, then `Steps: …, Seed: …`) and
+the manifest record as JSON under `flux_batch`. JPEG/WebP: the infotext as EXIF UserComment.
+The embedded record has no `sha256`: a file cannot hold its own hash.
+"""
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+EXTENSIONS = {"png": ".png", "webp": ".webp", "jpg": ".jpg"}
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
+
+
+def infotext(record: dict[str, Any], sampler: str, model_label: str) -> str:
+    return (
+        f"{record['prompt']}\n"
+        f"Steps: {record['steps']}, Sampler: {sampler}, CFG scale: 1, "
+        f"Distilled CFG Scale: {record['guidance']:g}, Seed: {record['seed']}, "
+        f"Size: {record['width']}x{record['height']}, Model: {model_label}"
+    )
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """float image in [0, 1] -> uint8, rounding as diffusers' numpy_to_pil does."""
+    return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def encode(pixels: np.ndarray, fmt: str, quality: int, parameters: str, record: dict[str, Any]) -> bytes:
+    image = Image.fromarray(pixels)
+    buffer = io.BytesIO()
+    if fmt == "png":
+        info = PngInfo()
+        info.add_text("parameters", parameters)
+        info.add_itxt("flux_batch", json.dumps(record, ensure_ascii=False))
+        image.save(buffer, format="PNG", pnginfo=info)
+    else:
+        exif = Image.Exif()
+        exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + parameters.encode("utf-16-be")
+        pil_format = {"jpg": "JPEG", "webp": "WEBP"}[fmt]
+        image.save(buffer, format=pil_format, quality=quality, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def read_parameters(path) -> str | None:
+    """The infotext stored in an image written by `encode`, or None."""
+    with Image.open(path) as image:
+        if "parameters" in image.info:
+            return image.info["parameters"]
+        comment = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    if isinstance(comment, bytes) and comment.startswith(b"UNICODE\0"):
+        return comment[8:].decode("utf-16-be")
+    return comment

@@ -1,0 +1,213 @@
+"""Model files and pipeline loading: GGUF transformer through `from_single_file`, the rest
+through `FluxPipeline.from_pretrained`, exactly as the reference script does.
+
+Only GGUF and safetensors weights are read: nothing is unpickled and no remote code runs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from .config import value_of
+from .errors import ConfigError, ModelFileError
+
+log = logging.getLogger(__name__)
+HUB_FILE = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)/(?P<file>[^/].*\.gguf)$")
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    base: str  # local folder or hub id
+    transformer: str  # local GGUF path or URL
+
+
+def model_identity(cfg: DictConfig) -> dict:
+    """What identifies the model's weights for the run fingerprint, without reading them.
+
+    The embedded model's own files by its builder version; other local files by name and
+    size; hub ids and URLs by name.
+    """
+    m = cfg.model
+    transformer = os.path.expanduser(str(m.transformer))
+    if m.builder == "tiny":
+        from . import tiny
+
+        if Path(transformer).parent == tiny.base_dir():
+            return {"builder": tiny.VERSION, "transformer": os.path.basename(transformer)}
+    identity: dict = {"name": os.path.basename(transformer)}
+    if os.path.isfile(transformer):
+        identity["size"] = os.path.getsize(transformer)
+    return {"base": os.path.basename(str(m.base).rstrip("/")), "transformer": identity}
+
+
+def resolve_device(setting: str) -> str:
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"runtime.device={setting}: CUDA is not available on this machine")
+    return setting
+
+
+def resolve_dtype(setting: str, device: str):
+    import torch
+
+    if setting == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, setting)
+
+
+def resolve_files(cfg: DictConfig) -> ModelFiles:
+    """Local paths of the pipeline folder and GGUF file, building or downloading as needed."""
+    m = cfg.model
+    if m.builder == "tiny":
+        from . import tiny
+        from .gguf_io import WRITABLE_TYPES
+
+        if cfg.quant.gguf_type not in WRITABLE_TYPES:
+            raise ConfigError(
+                f"quant={cfg.quant.name}: the tiny model is quantized here with the gguf package, "
+                f"which cannot write {cfg.quant.gguf_type}; use quant=q8_0, q4_0 or bf16"
+            )
+        tiny.ensure_built(cfg.quant.gguf_type)  # the defaults; an overridden path is used as given
+    return ModelFiles(_resolve_base(m), _resolve_transformer(m))
+
+
+def _missing(what: str, path: str, how: str) -> ModelFileError:
+    hint = f" {how}" if how else ""
+    return ModelFileError(f"{what} not found: {path}.{hint}")
+
+
+HUB_ID = re.compile(r"^[\w-][\w.-]*/[\w.-]+$")
+BASE_FILES = [
+    "model_index.json", "scheduler/*", "text_encoder/*", "text_encoder_2/*", "tokenizer/*",
+    "tokenizer_2/*", "vae/*", "transformer/config.json",
+]
+
+
+def _resolve_base(m: DictConfig) -> str:
+    base = os.path.expanduser(str(m.base))
+    if os.path.isdir(base):
+        if not os.path.isfile(os.path.join(base, "model_index.json")):
+            raise ModelFileError(
+                f"model.base={base}: not a diffusers pipeline folder (no model_index.json)"
+            )
+        return base
+    if not HUB_ID.match(base):
+        raise _missing("model.base folder", base, m.how_to_get)
+    try:  # a hub id: fetch configs, encoders and VAE (not the 24 GB transformer) into the HF cache
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(base, allow_patterns=BASE_FILES,
+                                 ignore_patterns=["*.bin", "*.pt", "*.ckpt", "*.pth"])
+    except Exception as e:  # offline, gated, or unknown id
+        raise ModelFileError(
+            f"model.base={base}: cannot fetch it from the Hugging Face hub "
+            f"({type(e).__name__}). {m.how_to_get}"
+        ) from None
+
+
+def _resolve_transformer(m: DictConfig) -> str:
+    spec = os.path.expanduser(str(m.transformer))
+    if spec.startswith(("http://", "https://")) or os.path.exists(spec):
+        local = spec
+    elif (match := HUB_FILE.match(spec)) and not spec.startswith((".", "/")):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            local = hf_hub_download(match["repo"], match["file"])
+        except Exception as e:
+            raise ModelFileError(
+                f"model.transformer={spec}: cannot fetch it from the Hugging Face hub "
+                f"({type(e).__name__}). {m.how_to_get}"
+            ) from None
+    else:
+        raise _missing("model.transformer file", spec, m.how_to_get)
+    if not spec.startswith(("http://", "https://")):
+        check_weights_file(local, "model.transformer")
+    return local
+
+
+def check_weights_file(path: str, key: str) -> None:
+    if not path.endswith(".gguf"):
+        raise ModelFileError(
+            f"{key}={path}: only GGUF transformer files are read (pickled .ckpt/.pt/.bin files "
+            "are never loaded)"
+        )
+    from .gguf_io import check_gguf_file
+
+    try:
+        check_gguf_file(path)
+    except (ValueError, OSError) as e:
+        raise ModelFileError(f"{key}={e}") from None
+
+
+def load_pipeline(cfg: DictConfig, device: str, files: ModelFiles | None = None):
+    """The FluxPipeline with its GGUF-quantized transformer, placed on `device`."""
+    import diffusers
+    import transformers
+    from diffusers import FluxPipeline, FluxTransformer2DModel, GGUFQuantizationConfig
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    files = files or resolve_files(cfg)
+    dtype = resolve_dtype(value_of(cfg.runtime.dtype), device)
+    log.info("loading transformer %s (%s, compute %s)", files.transformer, cfg.quant.name, dtype)
+    try:
+        transformer = FluxTransformer2DModel.from_single_file(
+            files.transformer,
+            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+            config=files.base,
+            subfolder="transformer",
+            dtype=dtype,
+        )
+    except (ValueError, OSError, KeyError) as e:
+        raise ModelFileError(
+            f"model.transformer={files.transformer}: cannot be loaded as a FLUX transformer "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+    _check_variant(cfg, transformer)
+    pipe = FluxPipeline.from_pretrained(files.base, transformer=transformer, dtype=dtype)
+    _place(pipe, cfg, device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _check_variant(cfg: DictConfig, transformer) -> None:
+    has_guidance = bool(transformer.config.guidance_embeds)
+    if has_guidance != (cfg.model.variant == "dev"):
+        kind = "dev (guidance embedding)" if has_guidance else "schnell (no guidance embedding)"
+        raise ModelFileError(
+            f"model.transformer={cfg.model.transformer}: this is a {kind} transformer, but "
+            f"model={cfg.model.name} expects {cfg.model.variant}"
+        )
+
+
+def _place(pipe, cfg: DictConfig, device: str) -> None:
+    offload = value_of(cfg.runtime.offload)
+    if offload == "auto":
+        offload = "model" if device.startswith("cuda") and not _fits(pipe, device) else "none"
+    if offload == "model":
+        if not device.startswith("cuda"):
+            raise ConfigError("runtime.offload=model needs a CUDA device")
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+
+
+def _fits(pipe, device: str) -> bool:
+    """Whether every component fits on the GPU at once, with room for activations."""
+    import torch
+
+    needed = sum(
+        sum(p.numel() * p.element_size() for p in component.parameters())
+        for component in pipe.components.values() if isinstance(component, torch.nn.Module)
+    )
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return needed * 1.2 + 4 * 2**30 < free

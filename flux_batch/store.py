@@ -1,0 +1,200 @@
+"""The run directory: lock, run.json, manifest, errors log and atomic image writes.
+
+Crash safety rests on one order: an image is written to a temp file, fsynced and renamed into
+place; only then is its manifest line appended, flushed and fsynced. So at any kill point an
+item is either done (line + file) or not (no line; maybe an orphan file, replaced next run).
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import LockedError, RunDirError
+
+MANIFEST = "metadata.jsonl"
+ERRORS = "errors.jsonl"
+RUN_INFO = "run.json"
+IMAGES = "images"
+LOCK = ".lock"
+TMP_SUFFIX = ".tmp"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+class RunLock:
+    """One writer per run directory: an flock that dies with its process, so no stale locks."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockedError(
+                f"{self.path.parent} is in use by another flux-batch process "
+                f"(lock file {self.path}, held by pid {holder}); wait for it or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Manifest:
+    """metadata.jsonl: one record per finished image, appended with flush + fsync."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.path = run_dir / MANIFEST
+        self.records: dict[tuple[str, int], dict[str, Any]] = {}
+        self._file = None
+
+    def load(self) -> None:
+        """Read the manifest, cutting off a torn last line and dropping records whose image
+        is gone (so the item renders again without a duplicate line)."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        torn = lines.pop()  # bytes after the last newline: empty unless an append was cut off
+        dirty = bool(torn)
+        present = self._present_files()
+        kept: dict[tuple[str, int], tuple[dict[str, Any], bytes]] = {}
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                dirty = True
+                continue
+            try:
+                record = json.loads(line)
+                key = (record["id"], record["k"])
+                file_name = record["file_name"]
+            except (ValueError, KeyError, TypeError):
+                raise RunDirError(
+                    f"{self.path}:{number}: malformed manifest line; fix or remove it by hand "
+                    "(flux-batch only repairs a torn last line)"
+                ) from None
+            if file_name not in present:
+                dirty = True
+                continue
+            if key in kept:  # the later line wins
+                dirty = True
+                del kept[key]
+            kept[key] = (record, line)
+        self.records = {key: record for key, (record, _) in kept.items()}
+        if dirty:
+            write_atomic(self.path, b"".join(line + b"\n" for _, line in kept.values()))
+
+    def _present_files(self) -> set[str]:
+        images = self.run_dir / IMAGES
+        if not images.is_dir():
+            return set()
+        return {f"{IMAGES}/{entry.name}" for entry in os.scandir(images)}
+
+    def done(self) -> set[tuple[str, int]]:
+        return set(self.records)
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            self._file = open(self.path, "ab")
+        self._file.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.records[(record["id"], record["k"])] = record
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class RunStore:
+    """Owns one run directory for the length of a run."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = Path(run_dir)
+        self.images = self.dir / IMAGES
+        self.lock = RunLock(self.dir)
+        self.manifest = Manifest(self.dir)
+        self._errors = None
+
+    def open(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        self._remove_temp_files()
+        self.manifest.load()
+
+    def close(self) -> None:
+        self.manifest.close()
+        if self._errors is not None:
+            self._errors.close()
+        self.lock.release()
+
+    def _remove_temp_files(self) -> None:
+        for folder in (self.dir, self.images):
+            if folder.is_dir():
+                for entry in os.scandir(folder):
+                    if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX):
+                        os.unlink(entry.path)
+
+    def read_run_info(self) -> dict[str, Any] | None:
+        path = self.dir / RUN_INFO
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            raise RunDirError(f"{path}: not valid JSON; remove it to start this run afresh") from None
+
+    def write_run_info(self, info: dict[str, Any]) -> None:
+        write_atomic(self.dir / RUN_INFO, json.dumps(info, indent=2, sort_keys=True).encode() + b"\n")
+
+    def save_image(self, file_name: str, data: bytes) -> None:
+        self.images.mkdir(exist_ok=True)
+        path = (self.dir / file_name).resolve()
+        if path.parent != self.images.resolve():  # ids are validated; this is the last guard
+            raise RunDirError(f"refusing to write outside {self.images}: {file_name}")
+        write_atomic(path, data)
+
+    def record_error(self, record: dict[str, Any]) -> None:
+        if self._errors is None:
+            self._errors = open(self.dir / ERRORS, "ab")
+        self._errors.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+        self._errors.flush()
+        os.fsync(self._errors.fileno())
+
+
+def pending(items: Iterable, done: set[tuple[str, int]]) -> list:
+    return [item for item in items if item.key not in done]
