@@ -11,18 +11,14 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
-from . import tiny  # noqa: E402
 from .config import register_configs  # noqa: E402
 from .errors import FluxBatchError  # noqa: E402
-from .runinfo import run_dir_resolver  # noqa: E402
 
 log = logging.getLogger("flux_batch")
 
 register_configs()
-OmegaConf.register_new_resolver("fb_run_dir", run_dir_resolver, replace=True)
-OmegaConf.register_new_resolver("fb_tiny_dir", lambda: str(tiny.base_dir()), replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -111,6 +111,14 @@ class FluxBatchConfig:
 
 
 def register_configs() -> None:
+    """Schemas into Hydra's ConfigStore, and the resolvers the YAML files use."""
+    from omegaconf import OmegaConf
+
+    from . import tiny
+    from .runinfo import run_dir_resolver
+
+    OmegaConf.register_new_resolver("fb_run_dir", run_dir_resolver, replace=True)
+    OmegaConf.register_new_resolver("fb_tiny_dir", lambda: str(tiny.base_dir()), replace=True)
     cs = ConfigStore.instance()
     cs.store(name="flux_batch_schema", node=FluxBatchConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)

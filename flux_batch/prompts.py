@@ -80,7 +80,7 @@ def read_rows(path: str | os.PathLike, fmt: str = "auto", fields: Fields | None 
         else:
             rows.append(row)
     if not rows and not problems:
-        problems.append(f"{path}: no prompts found (the file is empty)")
+        problems.append(f"{path}: no prompts found")
     if problems:
         raise PromptFileError(problems)
     return rows
@@ -159,7 +159,7 @@ def _csv(text: str) -> RawRows:
     try:
         for values in reader:
             line, start = start, reader.line_num + 1
-            if not any(v.strip() for v in values):
+            if not values:  # an empty line
                 continue
             if columns is None:
                 columns = values
