@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from .config import validate, value_of
 from .errors import FluxBatchError, TooManyErrors
+from .faults import crash_point
 from .images import EXTENSIONS, encode, infotext, to_uint8
 from .items import Item, Settings, expand
 from .prompts import Fields, read_rows
@@ -72,6 +73,8 @@ class Summary:
     model_loaded: bool = False
 
     def line(self) -> str:
+        if not self.model_loaded and not self.failed:
+            return f"{self.run_dir}: nothing to do, all {self.total} items already done"
         per_image = f"{self.render_seconds / self.rendered:.3f} s/image" if self.rendered else "-"
         return (
             f"{self.run_dir}: rendered {self.rendered}, skipped {self.skipped} already done, "
@@ -123,12 +126,14 @@ def _render_all(cfg, store: RunStore, todo: list[Item], settings, previous, summ
     from . import models
     from .render import Renderer, batches
 
-    files = models.resolve_files(cfg)  # a missing file is reported before anything is written
-    store.write_run_info(run_info(cfg, settings, previous))
     with StopSignals() as stop:
         device = models.resolve_device(cfg.runtime.device)
+        files = models.resolve_files(cfg)
         pipe = models.load_pipeline(cfg, device, files)
         summary.model_loaded = True
+        crash_point("model_loaded")
+        # written once the model is known to load, so a refused model leaves nothing behind
+        store.write_run_info(run_info(cfg, settings, previous))
         render = Renderer(pipe, cfg.sampler.max_sequence_length, stop.requested)
         writer = ImageWriter(cfg, store, files.transformer)
         progress = tqdm(total=len(todo), unit="img", disable=None if cfg.runtime.progress else True,
@@ -202,7 +207,9 @@ class ImageWriter:
         record["sha256"] = hashlib.sha256(data).hexdigest()
         try:
             self.store.save_image(record["file_name"], data)
+            crash_point("image_written")
             self.store.manifest.append(record)
+            crash_point("manifest_appended")
         except OSError as e:
             raise FluxBatchError(
                 f"cannot write to {self.store.dir}: {e.strerror or e} ({e.filename or 'manifest'}); "

@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .faults import crash_point
 from .items import Item, Settings
 
 
@@ -51,6 +52,7 @@ class Renderer:
         return None if self.should_stop() else output.images
 
     def _check_stop(self, pipe, step, timestep, callback_kwargs):
+        crash_point("mid_denoise")
         if self.should_stop():
             pipe._interrupt = True  # FluxPipeline skips the remaining steps
         return callback_kwargs
