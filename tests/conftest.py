@@ -1,0 +1,89 @@
+"""Shared fixtures: a per-session model cache with the tiny model built once, and a helper that
+runs the installed `flux-batch` script the way a user does."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def script(name: str) -> str:
+    """The console script pip installed beside this interpreter."""
+    path = Path(sys.executable).parent / name
+    assert path.exists(), f"{name} is not installed: run the README's install command"
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["FLUX_BATCH_CACHE"] = str(cache)
+    from flux_batch import tiny
+
+    tiny.ensure_built("Q8_0")
+    return cache
+
+
+class Cli:
+    def __init__(self, cwd: Path, cache: Path):
+        self.cwd = cwd
+        self.env = {**os.environ, "FLUX_BATCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+
+    def __call__(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 300):
+        result = subprocess.run(
+            [script("flux-batch"), *args], cwd=self.cwd, capture_output=True, text=True,
+            env={**self.env, **(env or {})}, timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"flux-batch {' '.join(args)} exited {result.returncode}:\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def popen(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        return subprocess.Popen(
+            [script("flux-batch"), *args], cwd=self.cwd, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env={**self.env, **(env or {})},
+        )
+
+
+@pytest.fixture
+def cli(tmp_path, model_cache) -> Cli:
+    return Cli(tmp_path, model_cache)
+
+
+def write_prompts(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def manifest(run_dir: Path) -> list[dict]:
+    path = run_dir / "metadata.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def pixels(run_dir: Path) -> dict[tuple[str, int], np.ndarray]:
+    """(id, k) -> uint8 pixels of every image the manifest lists."""
+    return {
+        (r["id"], r["k"]): np.asarray(Image.open(run_dir / r["file_name"]).convert("RGB"))
+        for r in manifest(run_dir)
+    }
+
+
+PROMPTS = [
+    {"id": "fox", "prompt": "a red fox in the snow"},
+    {"id": "boat", "prompt": "a sailing boat at sunset", "seed": 42},
+    {"prompt": "a castle on a hill"},
+    {"prompt": "a bowl of ramen", "num_images": 2},
+    {"id": "tall", "prompt": "a tall tower", "width": 48, "height": 80},
+    {"prompt": "a castle on a hill"},
+    {"id": "owl", "prompt": "an owl at night", "steps": 3},
+]

@@ -1,0 +1,87 @@
+"""The run directory across runs: lock, torn manifest lines, settings fingerprint."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+
+from conftest import PROMPTS, manifest, write_prompts
+
+
+def test_a_second_writer_is_refused_naming_lock_and_pid(cli):
+    run_dir = cli.cwd / "run"
+    run_dir.mkdir()
+    with open(run_dir / ".lock", "w") as held:  # another process holding the run
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        result = cli("output.dir=run", check=False)
+    assert result.returncode == 75
+    assert f"lock file {run_dir / '.lock'}, held by pid 4242" in result.stderr
+    assert not (run_dir / "metadata.jsonl").exists()
+
+
+def test_a_stale_lock_file_does_not_block(cli):
+    run_dir = cli.cwd / "run"
+    run_dir.mkdir()
+    (run_dir / ".lock").write_text("999999\n")  # left by a killed process: no flock held
+    result = cli("output.dir=run", "limit=1")
+    assert "rendered 1," in result.stdout
+
+
+def test_a_torn_last_line_is_cut_off_and_the_item_rendered_again(cli):
+    prompts = write_prompts(cli.cwd / "p.jsonl", PROMPTS[:3])
+    cli(f"dataset.path={prompts}", "output.dir=run")
+    path = cli.cwd / "run" / "metadata.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2]) + lines[2][:25])  # a crash mid-append
+    resumed = cli(f"dataset.path={prompts}", "output.dir=run")
+    assert "rendered 1, skipped 2 already done" in resumed.stdout
+    records = manifest(cli.cwd / "run")
+    assert [r["id"] for r in records] == [r["id"] for r in json_lines(lines)]
+    assert path.read_bytes().endswith(b"\n")
+
+
+def json_lines(lines: list[bytes]) -> list[dict]:
+    return [json.loads(line) for line in lines]
+
+
+def test_a_malformed_middle_line_is_an_error_naming_file_and_line(cli):
+    prompts = write_prompts(cli.cwd / "p.jsonl", PROMPTS[:3])
+    cli(f"dataset.path={prompts}", "output.dir=run")
+    path = cli.cwd / "run" / "metadata.jsonl"
+    lines = path.read_text().splitlines()
+    lines[1] = "{not json"
+    path.write_text("\n".join(lines) + "\n")
+    result = cli(f"dataset.path={prompts}", "output.dir=run", check=False)
+    assert result.returncode == 2
+    assert f"{path}:2: malformed manifest line" in result.stderr
+    assert path.read_text().splitlines()[1] == "{not json"  # left for the user to inspect
+
+
+def test_a_manifest_line_whose_image_is_gone_renders_again(cli):
+    prompts = write_prompts(cli.cwd / "p.jsonl", PROMPTS[:3])
+    cli(f"dataset.path={prompts}", "output.dir=run")
+    os.unlink(cli.cwd / "run" / "images" / "fox.png")
+    resumed = cli(f"dataset.path={prompts}", "output.dir=run")
+    assert "rendered 1, skipped 2 already done" in resumed.stdout
+    ids = [r["id"] for r in manifest(cli.cwd / "run")]
+    assert sorted(ids) == sorted(set(ids)) and "fox" in ids
+
+
+def test_an_explicit_run_dir_with_other_settings_is_refused(cli):
+    prompts = write_prompts(cli.cwd / "p.jsonl", PROMPTS[:1])
+    cli(f"dataset.path={prompts}", "output.dir=run")
+    result = cli(f"dataset.path={prompts}", "output.dir=run", "sampler.steps=3", "seed=7",
+                 check=False)
+    assert result.returncode == 2
+    assert "holds a run with other settings" in result.stderr
+    assert "sampler.steps (4 -> 3)" in result.stderr and "seed (0 -> 7)" in result.stderr
+
+
+def test_settings_that_do_not_change_pixels_resume_the_same_run(cli):
+    prompts = write_prompts(cli.cwd / "p.jsonl", PROMPTS[:3])
+    first = cli(f"dataset.path={prompts}", "limit=1")
+    second = cli(f"dataset.path={prompts}", "batch_size=2", "runtime.progress=false")
+    assert first.stdout.split(":")[0] == second.stdout.split(":")[0]
+    assert "rendered 2, skipped 1 already done" in second.stdout
