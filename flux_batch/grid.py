@@ -97,7 +97,10 @@ def draw(cells: list[list[Path | None]], rows: Axis, cols: Axis, cell: int, out:
     """Draw cells[r][c] (image files, None for a missing one) under labels; save a PNG."""
     font = font or find_font()
     line_h = int(font.getbbox("Ag")[3]) + 3
-    col_lines = [label_lines(font, lab, cell) for lab in cols.labels]
+    # a column is wide enough for its longest word (`guidance=2.5`), up to three cells
+    widest_word = max(text_width(font, w) for lab in cols.labels for part in lab for w in part.split())
+    col_w = max(cell, min(widest_word + PAD, 3 * cell))
+    col_lines = [label_lines(font, lab, col_w) for lab in cols.labels]
     widest = max(text_width(font, part) for lab in rows.labels for part in lab)
     label_w = min(max(widest + PAD, 60), 260)
     row_lines = [label_lines(font, lab, label_w) for lab in rows.labels]
@@ -105,7 +108,7 @@ def draw(cells: list[list[Path | None]], rows: Axis, cols: Axis, cell: int, out:
     header_h = max(len(lines) for lines in col_lines) * line_h + PAD
     left, top = MARGIN + label_w + GAP, MARGIN + title_h + header_h + GAP
     n_rows, n_cols = len(cells), len(cells[0])
-    width = left + n_cols * cell + (n_cols - 1) * GAP + MARGIN
+    width = left + n_cols * col_w + (n_cols - 1) * GAP + MARGIN
     height = top + n_rows * cell + (n_rows - 1) * GAP + MARGIN
     grid = Image.new("RGB", (width, height), BACKGROUND)
     pen = ImageDraw.Draw(grid)
@@ -113,15 +116,16 @@ def draw(cells: list[list[Path | None]], rows: Axis, cols: Axis, cell: int, out:
         pen.text((MARGIN, MARGIN), fit(font, title, width - 2 * MARGIN), fill=INK, font=font)
     boxes = []
     for c, lines in enumerate(col_lines):
-        x = left + c * (cell + GAP)
-        for i, line in enumerate(lines):
-            pen.text((x, MARGIN + title_h + i * line_h), line, fill=INK, font=font)
+        x = left + c * (col_w + GAP)
+        for i, line in enumerate(lines):  # centred over the image
+            at = x + (col_w - text_width(font, line)) // 2
+            pen.text((at, MARGIN + title_h + i * line_h), line, fill=INK, font=font)
     for r, lines in enumerate(row_lines):
         y = top + r * (cell + GAP)
         for i, line in enumerate(lines):
             pen.text((MARGIN, y + i * line_h), line, fill=INK, font=font)
         for c, path in enumerate(cells[r]):
-            x = left + c * (cell + GAP)
+            x = left + c * (col_w + GAP) + (col_w - cell) // 2
             if path is None:
                 pen.rectangle((x, y, x + cell - 1, y + cell - 1), fill=MISSING)
                 pen.text((x + PAD, y + PAD), "missing", fill=INK, font=font)
