@@ -29,6 +29,7 @@ def main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         with JobTracker() as job:  # a multirun job's state in sweep.json
+            job.refuse_output_dir(cfg)
             summary = run(cfg, run_dir)
             job.finished(summary)
     except FluxBatchError as e:

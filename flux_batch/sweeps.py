@@ -157,6 +157,14 @@ class JobTracker:
                                   pid=os.getpid(), invocation=self.invocation)
         return self
 
+    def refuse_output_dir(self, cfg: DictConfig) -> None:
+        """In a sweep the job folder is the run directory; an output.dir would be ignored."""
+        if self.state and cfg.output.dir is not None:
+            from .errors import ConfigError
+
+            raise ConfigError(f"output.dir={cfg.output.dir}: a sweep names each job's run "
+                              "directory itself; use hydra.sweep.dir=DIR to choose the sweep's folder")
+
     def finished(self, summary) -> None:
         if self.state:
             self.state.update_job(

@@ -123,3 +123,12 @@ def test_a_quant_the_tiny_model_cannot_write_is_refused_clearly(cli):
     assert "quant=q6_k: the tiny model is quantized here with the gguf package, which cannot " \
            "write Q6_K; use quant=q8_0, q4_0 or bf16" in result.stderr
     assert sweep_state(cli.cwd / "sw")["jobs"][0]["state"] == "failed"
+
+
+def test_output_dir_in_a_sweep_is_refused_naming_hydra_sweep_dir(cli):
+    result = cli("-m", "output.dir=mine", "sampler.steps=1,2", "hydra.sweep.dir=sw", check=False)
+    assert result.returncode == 2
+    assert "flux-batch: error: output.dir=mine: a sweep names each job's run directory itself; " \
+           "use hydra.sweep.dir=DIR to choose the sweep's folder" in result.stderr
+    assert not (cli.cwd / "mine").exists()
+    assert not list((cli.cwd / "sw").glob("*/metadata.jsonl"))
