@@ -92,10 +92,24 @@ def thumbnail_size(size: tuple[int, int], cell: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def draw(cells: list[list[Path | None]], rows: Axis, cols: Axis, cell: int, out: Path,
-         title: str = "", font=None) -> Image.Image:
-    """Draw cells[r][c] (image files, None for a missing one) under labels; save a PNG."""
-    font = font or find_font()
+@dataclass
+class Layout:
+    """Where everything goes: label lines, column width, the origin of the image area."""
+    col_lines: list[list[str]]
+    row_lines: list[list[str]]
+    col_w: int
+    line_h: int
+    title_h: int
+    left: int
+    top: int
+    size: tuple[int, int]
+
+    def cell_origin(self, r: int, c: int, cell: int) -> tuple[int, int]:
+        x = self.left + c * (self.col_w + GAP) + (self.col_w - cell) // 2
+        return x, self.top + r * (cell + GAP)
+
+
+def plan(font, rows: Axis, cols: Axis, cell: int, title: str) -> Layout:
     line_h = int(font.getbbox("Ag")[3]) + 3
     # a column is wide enough for its longest word (`guidance=2.5`), up to three cells
     widest_word = max(text_width(font, w) for lab in cols.labels for part in lab for w in part.split())
@@ -107,39 +121,55 @@ def draw(cells: list[list[Path | None]], rows: Axis, cols: Axis, cell: int, out:
     title_h = line_h + GAP if title else 0
     header_h = max(len(lines) for lines in col_lines) * line_h + PAD
     left, top = MARGIN + label_w + GAP, MARGIN + title_h + header_h + GAP
-    n_rows, n_cols = len(cells), len(cells[0])
-    width = left + n_cols * col_w + (n_cols - 1) * GAP + MARGIN
-    height = top + n_rows * cell + (n_rows - 1) * GAP + MARGIN
-    grid = Image.new("RGB", (width, height), BACKGROUND)
-    pen = ImageDraw.Draw(grid)
-    if title:
-        pen.text((MARGIN, MARGIN), fit(font, title, width - 2 * MARGIN), fill=INK, font=font)
-    boxes = []
-    for c, lines in enumerate(col_lines):
-        x = left + c * (col_w + GAP)
-        for i, line in enumerate(lines):  # centred over the image
-            at = x + (col_w - text_width(font, line)) // 2
-            pen.text((at, MARGIN + title_h + i * line_h), line, fill=INK, font=font)
-    for r, lines in enumerate(row_lines):
-        y = top + r * (cell + GAP)
-        for i, line in enumerate(lines):
-            pen.text((MARGIN, y + i * line_h), line, fill=INK, font=font)
-        for c, path in enumerate(cells[r]):
-            x = left + c * (col_w + GAP) + (col_w - cell) // 2
-            if path is None:
-                pen.rectangle((x, y, x + cell - 1, y + cell - 1), fill=MISSING)
-                pen.text((x + PAD, y + PAD), "missing", fill=INK, font=font)
-                continue
-            with Image.open(path) as source:
-                image = source.convert("RGB")
-            size = thumbnail_size(image.size, cell)
-            at = (x + (cell - size[0]) // 2, y + (cell - size[1]) // 2)
-            grid.paste(image.resize(size, Image.Resampling.LANCZOS), at)
-            boxes.append({"row": r, "col": c, "box": [*at, *size], "file": str(path)})
-    layout = {"cell": cell, "rows": rows.labels, "cols": cols.labels, "header_bottom": top - GAP,
-              "cells": boxes}
+    n_rows, n_cols = len(rows.labels), len(cols.labels)
+    size = (left + n_cols * col_w + (n_cols - 1) * GAP + MARGIN,
+            top + n_rows * cell + (n_rows - 1) * GAP + MARGIN)
+    return Layout(col_lines, row_lines, col_w, line_h, title_h, left, top, size)
+
+
+def draw(cells: list[list[Path | None]], rows: Axis, cols: Axis, cell: int, out: Path,
+         title: str = "", font=None) -> Image.Image:
+    """Draw cells[r][c] (image files, None for a missing one) under labels; save a PNG."""
+    font = font or find_font()
+    layout = plan(font, rows, cols, cell, title)
+    grid = Image.new("RGB", layout.size, BACKGROUND)
+    _labels(ImageDraw.Draw(grid), font, layout, title, cell)
+    boxes = [{"row": r, "col": c} | _paste(grid, font, path, layout.cell_origin(r, c, cell), cell)
+             for r, row in enumerate(cells) for c, path in enumerate(row)]
     info = PngInfo()
-    info.add_text("flux_batch_grid", json.dumps(layout, ensure_ascii=False))
+    info.add_text("flux_batch_grid", json.dumps({
+        "cell": cell, "rows": rows.labels, "cols": cols.labels, "header_bottom": layout.top - GAP,
+        "cells": [box for box in boxes if "box" in box]}, ensure_ascii=False))
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out, pnginfo=info, optimize=True)
     return grid
+
+
+def _labels(pen: ImageDraw.ImageDraw, font, layout: Layout, title: str, cell: int) -> None:
+    if title:
+        pen.text((MARGIN, MARGIN), fit(font, title, layout.size[0] - 2 * MARGIN), fill=INK, font=font)
+    for c, lines in enumerate(layout.col_lines):
+        x = layout.left + c * (layout.col_w + GAP)
+        for i, line in enumerate(lines):  # centred over the image
+            at = x + (layout.col_w - text_width(font, line)) // 2
+            pen.text((at, MARGIN + layout.title_h + i * layout.line_h), line, fill=INK, font=font)
+    for r, lines in enumerate(layout.row_lines):
+        _, y = layout.cell_origin(r, 0, cell)
+        for i, line in enumerate(lines):
+            pen.text((MARGIN, y + i * layout.line_h), line, fill=INK, font=font)
+
+
+def _paste(grid: Image.Image, font, path: Path | None, origin: tuple[int, int], cell: int) -> dict:
+    """One cell: the image scaled to fit, centred; a grey box when it is missing."""
+    x, y = origin
+    if path is None:
+        pen = ImageDraw.Draw(grid)
+        pen.rectangle((x, y, x + cell - 1, y + cell - 1), fill=MISSING)
+        pen.text((x + PAD, y + PAD), "missing", fill=INK, font=font)
+        return {}
+    with Image.open(path) as source:
+        image = source.convert("RGB")
+    size = thumbnail_size(image.size, cell)
+    at = (x + (cell - size[0]) // 2, y + (cell - size[1]) // 2)
+    grid.paste(image.resize(size, Image.Resampling.LANCZOS), at)
+    return {"box": [*at, *size], "file": str(path)}
