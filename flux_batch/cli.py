@@ -24,10 +24,14 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from .driver import Interrupted, run
+    from .sweeps import JobTracker
 
     run_dir = HydraConfig.get().runtime.output_dir
     try:
-        summary = run(cfg, run_dir)
+        with JobTracker() as job:  # a multirun job's state in sweep.json
+            job.refuse_output_dir(cfg)
+            summary = run(cfg, run_dir)
+            job.finished(summary)
     except FluxBatchError as e:
         print(f"flux-batch: error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None

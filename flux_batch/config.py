@@ -116,8 +116,11 @@ def register_configs() -> None:
 
     from . import tiny
     from .runinfo import run_dir_resolver
+    from .sweeps import job_dir_resolver, sweep_dir_resolver
 
     OmegaConf.register_new_resolver("fb_run_dir", run_dir_resolver, replace=True)
+    OmegaConf.register_new_resolver("fb_sweep_dir", sweep_dir_resolver, replace=True)
+    OmegaConf.register_new_resolver("fb_job_dir", job_dir_resolver, replace=True)
     OmegaConf.register_new_resolver("fb_tiny_dir", lambda: str(tiny.base_dir()), replace=True)
     cs = ConfigStore.instance()
     cs.store(name="flux_batch_schema", node=FluxBatchConfig)

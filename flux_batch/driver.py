@@ -71,6 +71,7 @@ class Summary:
     failed: int = 0
     render_seconds: float = 0.0
     model_loaded: bool = False
+    model_loads: int = 0  # 1 when this run loaded the model, 0 when it reused the kept one
 
     def line(self) -> str:
         if not self.model_loaded and not self.failed:
@@ -123,18 +124,22 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
 def _render_all(cfg, store: RunStore, todo: list[Item], settings, previous, summary: Summary) -> None:
     from tqdm import tqdm
 
-    from . import models
+    from . import models, pipeline_cache
     from .render import Renderer, batches
 
     with StopSignals() as stop:
         device = models.resolve_device(cfg.runtime.device)
         files = models.resolve_files(cfg)
-        pipe = models.load_pipeline(cfg, device, files)
+        pipe, loaded = pipeline_cache.get_pipeline(cfg, device, files)
+        summary.model_loads = int(loaded)
         summary.model_loaded = True
         crash_point("model_loaded")
         # written once the model is known to load, so a refused model leaves nothing behind
         store.write_run_info(run_info(cfg, settings, previous))
-        render = Renderer(pipe, cfg.sampler.max_sequence_length, stop.requested)
+        encode = pipeline_cache.PromptEncoder(
+            pipe, pipeline_cache.encoder_identity(files, device, value_of(cfg.runtime.dtype)),
+            cfg.sampler.max_sequence_length)
+        render = Renderer(pipe, cfg.sampler.max_sequence_length, stop.requested, encode)
         writer = ImageWriter(cfg, store, files.transformer)
         progress = tqdm(total=len(todo), unit="img", disable=None if cfg.runtime.progress else True,
                         file=sys.stderr, dynamic_ncols=True)

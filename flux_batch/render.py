@@ -27,10 +27,12 @@ def batches(items: list[Item], batch_size: int) -> Iterator[list[Item]]:
 class Renderer:
     """Runs a FluxPipeline on batches of items and returns float images in [0, 1]."""
 
-    def __init__(self, pipe, max_sequence_length: int, should_stop: Callable[[], bool]):
+    def __init__(self, pipe, max_sequence_length: int, should_stop: Callable[[], bool],
+                 encode: Callable[[list[str]], tuple]):
         self.pipe = pipe
         self.max_sequence_length = max_sequence_length
         self.should_stop = should_stop
+        self.encode = encode  # prompts -> (prompt_embeds, pooled_prompt_embeds)
 
     def __call__(self, batch: list[Item]) -> np.ndarray | None:
         """(B, H, W, 3) images, or None when a stop was requested mid-batch (results dropped)."""
@@ -38,8 +40,10 @@ class Renderer:
 
         s = batch[0].settings
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
+        prompt_embeds, pooled_prompt_embeds = self.encode([item.prompt for item in batch])
         output = self.pipe(
-            prompt=[item.prompt for item in batch],
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
             width=s.width,
             height=s.height,
             num_inference_steps=s.steps,

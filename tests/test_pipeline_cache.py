@@ -1,0 +1,76 @@
+"""In one process, runs that share a model reuse the loaded pipeline and the prompt embeddings,
+and render exactly what diffusers renders from the prompt strings."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from conftest import manifest, pixels, write_prompts
+from flux_batch import pipeline_cache
+from flux_batch.config import register_configs
+from flux_batch.driver import run
+from flux_batch.images import to_uint8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hydra_config():
+    register_configs()
+    with initialize_config_module(config_module="flux_batch.conf", version_base="1.3"):
+        yield
+
+
+PROMPTS = [{"id": "fox", "prompt": "a red fox in the snow"},
+           {"id": "owl", "prompt": "an owl at night"}]
+
+
+def test_runs_sharing_a_model_load_it_once_and_match_the_uncached_path(tmp_path, model_cache):
+    prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS)
+
+    def cfg(*overrides):
+        return compose(config_name="config", overrides=[
+            f"dataset.path={prompts}", "runtime.progress=false", "sampler.steps=2", *overrides])
+
+    loads = pipeline_cache.load_count()
+    first = run(cfg("sampler.guidance=2.5"), tmp_path / "a")
+    second = run(cfg("sampler.guidance=4.0"), tmp_path / "b")
+    assert (first.model_loads, second.model_loads) == (1, 0)
+    assert pipeline_cache.load_count() == loads + 1
+    other_quant = run(cfg("quant=q4_0"), tmp_path / "c")  # another transformer file
+    assert other_quant.model_loads == 1 and pipeline_cache.load_count() == loads + 2
+
+    # The second run took its embeddings from the cache; diffusers, given the prompt strings,
+    # encodes them itself. The pixels must not differ by a single bit.
+    from flux_batch import models
+
+    reference_cfg = cfg("sampler.guidance=4.0")
+    device = models.resolve_device("cpu")
+    pipe = models.load_pipeline(reference_cfg, device, models.resolve_files(reference_cfg))
+    cached = pixels(tmp_path / "b")
+    for record in manifest(tmp_path / "b"):
+        image = pipe(prompt=[record["prompt"]], width=64, height=64, num_inference_steps=2,
+                     guidance_scale=4.0, max_sequence_length=32, output_type="np",
+                     generator=[torch.Generator("cpu").manual_seed(record["seed"])]).images[0]
+        assert np.array_equal(to_uint8(image), cached[(record["id"], 0)])
+
+
+def test_prompt_embeddings_are_encoded_once_per_prompt_and_settings(model_cache):
+    from flux_batch import models
+
+    cfg = compose(config_name="config", overrides=["runtime.progress=false"])
+    files = models.resolve_files(cfg)
+    pipe, _ = pipeline_cache.get_pipeline(cfg, "cpu", files)
+    identity = pipeline_cache.encoder_identity(files, "cpu", "auto")
+    first = pipeline_cache.PromptEncoder(pipe, identity, 32)
+    embeds, pooled = first(["a unique prompt for this test", "another unique prompt"])
+    assert (first.misses, first.hits) == (2, 0)
+    assert embeds.shape[:2] == (2, 32) and pooled.shape[0] == 2
+
+    again = pipeline_cache.PromptEncoder(pipe, identity, 32)
+    embeds_again, pooled_again = again(["another unique prompt", "a unique prompt for this test"])
+    assert (again.misses, again.hits) == (0, 2)
+    assert torch.equal(embeds_again[0], embeds[1]) and torch.equal(pooled_again[1], pooled[0])
+
+    longer = pipeline_cache.PromptEncoder(pipe, identity, 16)  # max_sequence_length is in the key
+    assert longer(["another unique prompt"])[0].shape[1] == 16 and longer.misses == 1
