@@ -1,7 +1,8 @@
 """Batching and the pipeline call.
 
-Items batch together only when their size, steps and guidance agree. Each item brings its own
-CPU generator, so its starting noise is the same whatever batch it lands in.
+Items batch together only when their Settings agree (size, steps, guidance, true CFG,
+scheduler). Each item brings its own CPU generator, so its starting noise is the same whatever
+batch it lands in.
 """
 from __future__ import annotations
 
@@ -27,19 +28,37 @@ def batches(items: list[Item], batch_size: int) -> Iterator[list[Item]]:
 class Renderer:
     """Runs a FluxPipeline on batches of items and returns float images in [0, 1]."""
 
-    def __init__(self, pipe, max_sequence_length: int, should_stop: Callable[[], bool]):
+    def __init__(self, pipe, max_sequence_length: int, should_stop: Callable[[], bool],
+                 shift: float | None = None):
         self.pipe = pipe
         self.max_sequence_length = max_sequence_length
         self.should_stop = should_stop
+        self.shift = shift
+        self.base_scheduler_config = pipe.scheduler.config
+        self.schedulers: dict = {}
+
+    def _use_scheduler(self, name: str) -> None:
+        from .schedulers import make_scheduler
+
+        if name not in self.schedulers:
+            self.schedulers[name] = make_scheduler(self.base_scheduler_config, name, self.shift)
+        self.pipe.scheduler = self.schedulers[name]
 
     def __call__(self, batch: list[Item]) -> np.ndarray | None:
         """(B, H, W, 3) images, or None when a stop was requested mid-batch (results dropped)."""
         import torch
 
         s = batch[0].settings
+        self._use_scheduler(s.scheduler)
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
+        # true CFG only where the batch has negative prompts (Settings keeps them apart)
+        cfg = {} if s.true_cfg <= 1 else {
+            "negative_prompt": [item.negative_prompt for item in batch],
+            "true_cfg_scale": s.true_cfg,
+        }
         output = self.pipe(
             prompt=[item.prompt for item in batch],
+            **cfg,
             width=s.width,
             height=s.height,
             num_inference_steps=s.steps,
