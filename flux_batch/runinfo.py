@@ -92,6 +92,8 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(set(old) | set(new))
         return [d for k in keys for d in differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):  # e.g. lora.0
+        return [d for i, pair in enumerate(zip(old, new)) for d in differences(*pair, f"{prefix}{i}.")]
     return [] if old == new else [f"{prefix.rstrip('.')} ({old!r} -> {new!r})"]
 
 
