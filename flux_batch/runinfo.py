@@ -32,7 +32,10 @@ def pixel_settings(cfg: DictConfig) -> dict[str, Any]:
     image = {"format": value_of(cfg.output.format)}
     if image["format"] != "png":
         image["quality"] = cfg.output.quality
-    width, height = default_size(s)
+    try:
+        width, height = default_size(s)
+    except ValueError:  # a bad sampler.aspect: validate() names it; naming the run dir must not fail first
+        width, height = str(s.aspect), None
     settings = {
         "model": {"name": cfg.model.name, "variant": cfg.model.variant, **model_identity(cfg)},
         "quant": cfg.quant.name,
