@@ -195,7 +195,10 @@ def check_sampler_extras(s: DictConfig) -> None:
         try:
             parse_aspect(str(s.aspect))
         except ValueError as e:
-            raise ConfigError(f"sampler.aspect={s.aspect}: {e}") from None
+            hint = ""
+            if str(s.aspect).isdigit():  # YAML 1.1 reads an unquoted 16:9 as the number 969
+                hint = '; in a YAML file, quote it (aspect: "16:9")'
+            raise ConfigError(f"sampler.aspect={s.aspect}: {e}{hint}") from None
 
 
 def validate(cfg: DictConfig) -> None:

@@ -50,6 +50,7 @@ def test_mixed_aspects_per_row_batch_by_size_and_keep_their_pixels(cli, tmp_path
     ("sampler.aspect=wide", "sampler.aspect=wide: expected an aspect ratio as W:H"),
     ("sampler.aspect=20:1", "sampler.aspect=20:1: aspect ratio 20:1 is beyond 8:1"),
     ("sampler.megapixels=0", "sampler.megapixels=0.0: must be a number > 0"),
+    ("sampler.aspect=969", 'in a YAML file, quote it (aspect: "16:9")'),
 ])
 def test_bad_aspect_settings_name_the_key(cli, override, message):
     result = cli(override, check=False)
