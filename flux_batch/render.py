@@ -34,7 +34,11 @@ class Renderer:
         self.max_sequence_length = max_sequence_length
         self.should_stop = should_stop
         self.shift = shift
-        self.base_scheduler_config = pipe.scheduler.config
+        # the model's own scheduler config, kept on the pipeline: a pipeline reused by a later
+        # run holds the scheduler this run swapped in, not the model's
+        if not hasattr(pipe, "flux_batch_scheduler_config"):
+            pipe.flux_batch_scheduler_config = pipe.scheduler.config
+        self.base_scheduler_config = pipe.flux_batch_scheduler_config
         self.schedulers: dict = {}
 
     def _use_scheduler(self, name: str) -> None:
