@@ -58,3 +58,28 @@ def test_a_gguf_of_the_other_variant_is_refused(cli, schnell_gguf, model_cache, 
     assert result.returncode == 2
     assert f"model.transformer={gguf}: {message}" in result.stderr
     assert not (cli.cwd / "out" / "run.json").exists()
+
+
+@pytest.mark.parametrize("names, variant, refused", [
+    (["double_blocks.0.img_attn.qkv.weight", "guidance_in.in_layer.weight"], "dev", False),
+    (["double_blocks.0.img_attn.qkv.weight", "guidance_in.in_layer.weight"], "schnell", True),
+    (["double_blocks.0.img_attn.qkv.weight", "time_in.in_layer.weight"], "schnell", False),
+    (["double_blocks.0.img_attn.qkv.weight", "time_in.in_layer.weight"], "dev", True),
+])
+def test_bfl_named_ggufs_are_told_apart_by_their_guidance_embedding(tmp_path, names, variant, refused):
+    # city96's FLUX GGUFs keep BFL's tensor names (guidance_in.*), the tiny model diffusers' ones
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from flux_batch.errors import ModelFileError
+    from flux_batch.gguf_io import write_gguf
+    from flux_batch.models import _check_gguf_variant
+
+    path = tmp_path / "flux1-Q8_0.gguf"
+    write_gguf(path, {name: np.ones((32, 32), np.float32) for name in names}, "Q8_0")
+    m = OmegaConf.create({"name": f"flux-{variant}", "variant": variant, "builder": None})
+    if refused:
+        with pytest.raises(ModelFileError, match="use model=flux-(dev|schnell) with it"):
+            _check_gguf_variant(m, str(path))
+    else:
+        _check_gguf_variant(m, str(path))
