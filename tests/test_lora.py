@@ -151,3 +151,13 @@ def test_a_non_numeric_scale_names_the_key(cli):
     result = cli("lora=[{path:a.safetensors,scale:strong}]", check=False)
     assert result.returncode != 0
     assert "lora" in result.stderr and "scale" in result.stderr
+
+
+def test_a_hub_lora_that_cannot_be_fetched_is_reported_with_its_key(cli):
+    # the test environment is offline (HF_HUB_OFFLINE=1): the hub is asked and says no
+    result = cli("lora=[{path:someone/style-lora/style.safetensors,scale:0.5}]", "output.dir=out",
+                 check=False)
+    assert result.returncode == 2
+    assert ("lora.0.path=someone/style-lora/style.safetensors: not a local file, and it cannot be "
+            "fetched from the Hugging Face hub") in result.stderr
+    assert not (cli.cwd / "out" / "run.json").exists()
