@@ -9,7 +9,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
@@ -64,12 +64,23 @@ class QuantConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = "euler"
+    scheduler: str = "euler"  # a name in schedulers.SCHEDULERS
+    shift: Optional[float] = None  # null: the model's schedule; a number: that fixed shift
     steps: int = MISSING
     guidance: float = MISSING
+    true_cfg: float = 1.0  # > 1 with a negative prompt: true classifier-free guidance
+    negative_prompt: str = ""  # for rows without their own
     width: int = MISSING
     height: int = MISSING
+    aspect: Optional[str] = None  # e.g. 16:9; replaces width/height, keeping `megapixels`
+    megapixels: Optional[float] = None  # null: the area of width x height (1 = 1024 x 1024)
     max_sequence_length: int = MISSING
+
+
+@dataclass
+class LoraConfig:
+    path: str = MISSING  # local .safetensors file or `hub_id/file.safetensors`
+    scale: float = 1.0
 
 
 @dataclass
@@ -103,6 +114,7 @@ class FluxBatchConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    lora: List[LoraConfig] = field(default_factory=list)
     seed: int = 0
     num_images: int = 1
     batch_size: int = 1
@@ -121,7 +133,8 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("fb_run_dir", run_dir_resolver, replace=True)
     OmegaConf.register_new_resolver("fb_sweep_dir", sweep_dir_resolver, replace=True)
     OmegaConf.register_new_resolver("fb_job_dir", job_dir_resolver, replace=True)
-    OmegaConf.register_new_resolver("fb_tiny_dir", lambda: str(tiny.base_dir()), replace=True)
+    OmegaConf.register_new_resolver(
+        "fb_tiny_dir", lambda variant="dev": str(tiny.base_dir(variant)), replace=True)
     cs = ConfigStore.instance()
     cs.store(name="flux_batch_schema", node=FluxBatchConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
@@ -154,6 +167,43 @@ def check_guidance(key: str, value: Any) -> None:
         raise ConfigError(f"{key}={value}: must be a finite number >= 0")
 
 
+def check_finite(key: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key}={value}: must be a finite number")
+
+
+def check_true_cfg(key: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+        raise ConfigError(f"{key}={value}: must be a finite number >= 1 (1 turns true CFG off)")
+
+
+def check_sampler_extras(s: DictConfig) -> None:
+    """Scheduler, shift, true CFG and aspect settings."""
+    from .schedulers import SCHEDULERS
+    from .sizes import parse_aspect
+
+    if s.scheduler not in SCHEDULERS:
+        raise ConfigError(f"sampler.scheduler={s.scheduler}: expected one of {', '.join(SCHEDULERS)}")
+    if s.shift is not None and (not math.isfinite(s.shift) or s.shift <= 0):
+        raise ConfigError(f"sampler.shift={s.shift}: must be a number > 0, or null for the model's")
+    check_true_cfg("sampler.true_cfg", s.true_cfg)
+    if s.negative_prompt.strip() and s.true_cfg <= 1:
+        raise ConfigError(
+            "sampler.negative_prompt has no effect with sampler.true_cfg=1: set sampler.true_cfg "
+            "above 1 (e.g. 4) to render with it"
+        )
+    if s.megapixels is not None and (not math.isfinite(s.megapixels) or s.megapixels <= 0):
+        raise ConfigError(f"sampler.megapixels={s.megapixels}: must be a number > 0")
+    if s.aspect is not None:
+        try:
+            parse_aspect(str(s.aspect))
+        except ValueError as e:
+            hint = ""
+            if str(s.aspect).isdigit():  # YAML 1.1 reads an unquoted 16:9 as the number 969
+                hint = '; in a YAML file, quote it (aspect: "16:9")'
+            raise ConfigError(f"sampler.aspect={s.aspect}: {e}{hint}") from None
+
+
 def validate(cfg: DictConfig) -> None:
     """Refuse well-typed but unusable values, naming the key. Resolves every interpolation."""
     s = cfg.sampler
@@ -162,8 +212,12 @@ def validate(cfg: DictConfig) -> None:
     check_positive_int("sampler.steps", s.steps)
     check_guidance("sampler.guidance", s.guidance)
     check_positive_int("sampler.max_sequence_length", s.max_sequence_length)
-    if s.name != "euler":
-        raise ConfigError(f"sampler.name={s.name}: only 'euler' (FlowMatchEuler) is available")
+    check_sampler_extras(s)
+    for i, entry in enumerate(cfg.lora):
+        check_finite(f"lora.{i}.scale", entry.scale)
+    from . import lora
+
+    lora.check(cfg)
     check_positive_int("seed", cfg.seed, minimum=0)
     check_positive_int("num_images", cfg.num_images)
     check_positive_int("batch_size", cfg.batch_size)

@@ -17,9 +17,11 @@ from .config import validate, value_of
 from .errors import FluxBatchError, TooManyErrors
 from .faults import crash_point
 from .images import EXTENSIONS, encode, infotext, to_uint8
-from .items import Item, Settings, expand
+from .items import Item, RowDefaults, Settings, expand
 from .prompts import Fields, read_rows
 from .runinfo import check_same_run, pixel_settings, run_info
+from .schedulers import infotext_sampler
+from .sizes import area, default_size
 from .store import RunStore, pending
 
 log = logging.getLogger("flux_batch")
@@ -98,7 +100,9 @@ def plan_items(cfg: DictConfig) -> list[Item]:
     d = cfg.dataset
     rows = read_rows(dataset_path(d.path), d.format, Fields(prompt=d.prompt_field, id=d.id_field))
     s = cfg.sampler
-    defaults = Settings(s.width, s.height, s.steps, float(s.guidance))
+    width, height = default_size(s)
+    settings = Settings(width, height, s.steps, float(s.guidance), float(s.true_cfg), s.scheduler)
+    defaults = RowDefaults(settings, s.negative_prompt, area(s))
     items = expand(rows, str(d.path), defaults, cfg.seed, cfg.num_images)
     return items if cfg.limit is None else items[: cfg.limit]
 
@@ -139,8 +143,9 @@ def _render_all(cfg, store: RunStore, todo: list[Item], settings, previous, summ
         encode = pipeline_cache.PromptEncoder(
             pipe, pipeline_cache.encoder_identity(files, device, value_of(cfg.runtime.dtype)),
             cfg.sampler.max_sequence_length)
-        render = Renderer(pipe, cfg.sampler.max_sequence_length, stop.requested, encode)
-        writer = ImageWriter(cfg, store, files.transformer)
+        render = Renderer(pipe, cfg.sampler.max_sequence_length, stop.requested, encode,
+                          cfg.sampler.shift)
+        writer = ImageWriter(cfg, store, files.transformer, files.loras)
         progress = tqdm(total=len(todo), unit="img", disable=None if cfg.runtime.progress else True,
                         file=sys.stderr, dynamic_ncols=True)
         started = time.perf_counter()
@@ -187,27 +192,39 @@ def _fail(cfg, store: RunStore, summary: Summary, item: Item, reason: str) -> No
 class ImageWriter:
     """Encodes an item's image with its metadata, writes it atomically, appends its record."""
 
-    def __init__(self, cfg: DictConfig, store: RunStore, transformer_file: str):
+    def __init__(self, cfg: DictConfig, store: RunStore, transformer_file: str, loras=()):
         self.store = store
         self.format = value_of(cfg.output.format)
         self.quality = cfg.output.quality
         self.model = cfg.model.name
         self.quant = cfg.quant.name
-        self.sampler_label = {"euler": "Euler"}.get(cfg.sampler.name, cfg.sampler.name)
         self.model_label = Path(transformer_file).name.removesuffix(".gguf")
+        self.loras = [lora.record() for lora in loras]
+        self.infotext_extra = {}
+        if cfg.sampler.shift is not None:
+            self.infotext_extra["Shift"] = f"{cfg.sampler.shift:g}"
+        if loras:  # the short hashes LoRA-aware tools look up
+            hashes = ", ".join(f"{lora.name}: {lora.sha256[:12]}" for lora in loras)
+            self.infotext_extra["Lora hashes"] = f'"{hashes}"'
+            self.infotext_extra["Lora weights"] = f'"{", ".join(f"{l.name}: {l.scale:g}" for l in loras)}"'
 
     def record(self, item: Item) -> dict:
         s = item.settings
-        return {
+        record = {
             "file_name": f"images/{item.file_stem}{EXTENSIONS[self.format]}",
             "id": item.id, "k": item.k, "prompt": item.prompt, "seed": item.seed,
             "width": s.width, "height": s.height, "steps": s.steps, "guidance": s.guidance,
-            "model": self.model, "quant": self.quant, **item.extra,
+            "negative_prompt": item.negative_prompt or "", "true_cfg": s.true_cfg,
+            "scheduler": s.scheduler, "model": self.model, "quant": self.quant,
         }
+        if self.loras:
+            record["lora"] = self.loras
+        return {**record, **item.extra}
 
     def write(self, item: Item, image: np.ndarray) -> None:
         record = self.record(item)
-        parameters = infotext(record, self.sampler_label, self.model_label)
+        sampler = infotext_sampler(item.settings.scheduler)
+        parameters = infotext(record, sampler, self.model_label, self.infotext_extra)
         data = encode(to_uint8(image), self.format, self.quality, parameters, record)
         record["sha256"] = hashlib.sha256(data).hexdigest()
         try:

@@ -18,12 +18,20 @@ EXTENSIONS = {"png": ".png", "webp": ".webp", "jpg": ".jpg"}
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
 
 
-def infotext(record: dict[str, Any], sampler: str, model_label: str) -> str:
+def infotext(record: dict[str, Any], sampler: str, model_label: str,
+             extra: dict[str, str] | None = None) -> str:
+    """`<prompt>\n[Negative prompt: …\n]Steps: …, Sampler: …, …` with `extra` fields last."""
+    negative = record.get("negative_prompt")
+    fields = {
+        "Steps": record["steps"], "Sampler": sampler,
+        "CFG scale": f"{record.get('true_cfg', 1):g}",
+        "Distilled CFG Scale": f"{record['guidance']:g}", "Seed": record["seed"],
+        "Size": f"{record['width']}x{record['height']}", "Model": model_label, **(extra or {}),
+    }
     return (
         f"{record['prompt']}\n"
-        f"Steps: {record['steps']}, Sampler: {sampler}, CFG scale: 1, "
-        f"Distilled CFG Scale: {record['guidance']:g}, Seed: {record['seed']}, "
-        f"Size: {record['width']}x{record['height']}, Model: {model_label}"
+        + (f"Negative prompt: {negative}\n" if negative else "")
+        + ", ".join(f"{key}: {value}" for key, value in fields.items())
     )
 
 

@@ -11,16 +11,32 @@ from typing import Any, Iterable
 
 from .errors import PromptFileError
 from .prompts import Row
+from .sizes import size_for
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The sampler settings of one item; items batch together only when these are equal."""
+    """The sampler settings of one item; items batch together only when these are equal.
+
+    `true_cfg` is 1 for an item without a negative prompt, so such items never batch with
+    (and never pay the second transformer pass of) items that have one.
+    """
 
     width: int
     height: int
     steps: int
     guidance: float
+    true_cfg: float = 1.0
+    scheduler: str = "euler"
+
+
+@dataclass(frozen=True)
+class RowDefaults:
+    """What a row falls back to for the settings it does not set itself."""
+
+    settings: Settings
+    negative_prompt: str = ""
+    area: float = 1024 * 1024  # pixels a row's own `aspect` is fitted to
 
 
 @dataclass(frozen=True)
@@ -32,6 +48,7 @@ class Item:
     settings: Settings
     file_stem: str  # <id> or <id>_<k>, the image's name without extension
     line: int = 0
+    negative_prompt: str | None = None  # None: rendered without true CFG
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -73,20 +90,49 @@ def assign_ids(rows: Iterable[Row], path: str) -> list[str]:
     return ids
 
 
-def expand(rows: list[Row], path: str, defaults: Settings, base_seed: int, num_images: int) -> list[Item]:
+def expand(rows: list[Row], path: str, defaults: Settings | RowDefaults, base_seed: int,
+           num_images: int) -> list[Item]:
     """All items of a prompt file, in file order."""
+    if isinstance(defaults, Settings):
+        defaults = RowDefaults(defaults)
     items: list[Item] = []
+    problems: list[str] = []
     for row, item_id in zip(rows, assign_ids(rows, path)):
-        o = row.overrides
-        settings = Settings(
-            width=o.get("width", defaults.width),
-            height=o.get("height", defaults.height),
-            steps=o.get("steps", defaults.steps),
-            guidance=float(o.get("guidance", defaults.guidance)),
-        )
-        n = o.get("num_images", num_images)
+        try:
+            settings, negative = row_settings(row, defaults)
+        except ValueError as e:
+            problems.append(f"{path}:{row.line}: {e}")
+            continue
+        n = row.overrides.get("num_images", num_images)
         for k in range(n):
+            o = row.overrides
             seed = o["seed"] + k if "seed" in o else item_seed(base_seed, item_id, k)
             stem = item_id if n == 1 else f"{item_id}_{k}"
-            items.append(Item(item_id, k, row.prompt, seed, settings, stem, row.line, row.extra))
+            items.append(Item(item_id, k, row.prompt, seed, settings, stem, row.line, negative, row.extra))
+    if problems:
+        raise PromptFileError(problems)
     return items
+
+
+def row_settings(row: Row, defaults: RowDefaults) -> tuple[Settings, str | None]:
+    """A row's settings and negative prompt, its own values over the run's."""
+    o, d = row.overrides, defaults.settings
+    width, height = o.get("width", d.width), o.get("height", d.height)
+    if "aspect" in o:
+        width, height = size_for(o["aspect"], defaults.area)
+    true_cfg = float(o.get("true_cfg", d.true_cfg))
+    negative = o.get("negative_prompt") or defaults.negative_prompt.strip() or None
+    if "negative_prompt" in o and true_cfg <= 1:
+        raise ValueError("negative_prompt has no effect with true_cfg=1: set sampler.true_cfg "
+                         "(or the row's true_cfg) above 1 to render with it")
+    if "true_cfg" in o and true_cfg > 1 and negative is None:
+        raise ValueError(f"true_cfg={true_cfg:g} has no effect without a negative_prompt")
+    if true_cfg <= 1:
+        negative = None
+    settings = Settings(
+        width=width, height=height, steps=o.get("steps", d.steps),
+        guidance=float(o.get("guidance", d.guidance)),
+        true_cfg=true_cfg if negative is not None else 1.0,
+        scheduler=o.get("scheduler", d.scheduler),
+    )
+    return settings, negative

@@ -24,6 +24,7 @@ HUB_FILE = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)/(?P<file>[^/].*\.gguf)$")
 class ModelFiles:
     base: str  # local folder or hub id
     transformer: str  # local GGUF path or URL
+    loras: tuple = ()  # lora.LoraFile, in config order
 
 
 def model_identity(cfg: DictConfig) -> dict:
@@ -37,7 +38,7 @@ def model_identity(cfg: DictConfig) -> dict:
     if m.builder == "tiny":
         from . import tiny
 
-        if Path(transformer).parent == tiny.base_dir():
+        if Path(transformer).parent == tiny.base_dir(m.variant):
             return {"builder": tiny.VERSION, "transformer": os.path.basename(transformer)}
     identity: dict = {"name": os.path.basename(transformer)}
     if os.path.isfile(transformer):
@@ -75,8 +76,10 @@ def resolve_files(cfg: DictConfig) -> ModelFiles:
                 f"quant={cfg.quant.name}: the tiny model is quantized here with the gguf package, "
                 f"which cannot write {cfg.quant.gguf_type}; use quant=q8_0, q4_0 or bf16"
             )
-        tiny.ensure_built(cfg.quant.gguf_type)  # the defaults; an overridden path is used as given
-    return ModelFiles(_resolve_base(m), _resolve_transformer(m))
+        tiny.ensure_built(cfg.quant.gguf_type, m.variant)  # an overridden path is used as given
+    from . import lora
+
+    return ModelFiles(_resolve_base(m), _resolve_transformer(m), lora.resolve(cfg))
 
 
 def _missing(what: str, path: str, how: str) -> ModelFileError:
@@ -131,7 +134,30 @@ def _resolve_transformer(m: DictConfig) -> str:
         raise _missing("model.transformer file", spec, m.how_to_get)
     if not spec.startswith(("http://", "https://")):
         check_weights_file(local, "model.transformer")
+        _check_gguf_variant(m, local)
     return local
+
+
+GUIDANCE_TENSORS = ("guidance_in.", "time_text_embed.guidance_embedder.")  # BFL, diffusers names
+
+
+def _check_gguf_variant(m: DictConfig, path: str) -> None:
+    """A dev GGUF has a guidance embedding, a schnell one has none: refuse the wrong one
+    before loading anything, so a dev file is never run with schnell's settings."""
+    from gguf import GGUFReader
+
+    names = (tensor.name for tensor in GGUFReader(path).tensors)
+    has_guidance = any(name.startswith(GUIDANCE_TENSORS) for name in names)
+    if has_guidance != (m.variant == "dev"):
+        found = "FLUX.1-dev-style (it has a guidance embedding)" if has_guidance else \
+            "FLUX.1-schnell-style (it has no guidance embedding)"
+        wanted = "a dev" if m.variant == "dev" else "a schnell"
+        other = ("tiny" if has_guidance else "tiny-schnell") if m.builder == "tiny" else \
+            ("flux-dev" if has_guidance else "flux-schnell")
+        raise ModelFileError(
+            f"model.transformer={path}: this GGUF is {found}, but model={m.name} needs {wanted} "
+            f"file; use model={other} with it, or a matching GGUF"
+        )
 
 
 def check_weights_file(path: str, key: str) -> None:
@@ -174,6 +200,9 @@ def load_pipeline(cfg: DictConfig, device: str, files: ModelFiles | None = None)
         ) from None
     _check_variant(cfg, transformer)
     pipe = FluxPipeline.from_pretrained(files.base, transformer=transformer, dtype=dtype)
+    from . import lora
+
+    lora.apply(pipe, files.loras)  # adapters before placement, so offload hooks see them
     _place(pipe, cfg, device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

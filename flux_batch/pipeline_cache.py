@@ -43,6 +43,7 @@ def pipeline_key(cfg: DictConfig, device: str, files) -> tuple:
     return (
         files.base, files.transformer, _file_stamp(files.transformer), cfg.quant.name,
         cfg.model.variant, value_of(cfg.runtime.dtype), value_of(cfg.runtime.offload), device,
+        files.loras,  # adapters are loaded into the pipeline: other LoRAs or scales, another one
     )
 
 

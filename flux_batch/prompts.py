@@ -24,10 +24,11 @@ MAX_SEED = 2**63 - 1
 # Per-row settings a prompt file may carry, and how each is checked.
 INT_OVERRIDES = {"num_images": 1, "seed": 0, "width": 16, "height": 16, "steps": 1}
 FLOAT_OVERRIDES = ("guidance",)
+TEXT_OVERRIDES = ("negative_prompt", "scheduler", "aspect")
 # Manifest keys a leftover column of the prompt file may not take over.
 RESERVED_COLUMNS = (
     "file_name", "id", "k", "prompt", "seed", "width", "height", "steps", "guidance", "model",
-    "quant", "sha256",
+    "quant", "sha256", "negative_prompt", "true_cfg", "scheduler", "lora",
 )
 
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".txt": "txt"}
@@ -235,6 +236,7 @@ def _to_row(line: int, record: dict[str, Any], fields: Fields) -> tuple[Row | No
     for name in ("width", "height"):
         if isinstance(overrides.get(name), int) and overrides[name] % 16:
             errors.append(f"{name}={overrides[name]} is not a multiple of 16")
+    errors.extend(_sampler_overrides(take, overrides))
 
     extra = {key: record[key] for key in by_lower.values()}
     for key in extra:
@@ -243,6 +245,40 @@ def _to_row(line: int, record: dict[str, Any], fields: Fields) -> tuple[Row | No
     if errors:
         return None, errors
     return Row(line, prompt.strip(), row_id, overrides, extra), []
+
+
+def _sampler_overrides(take, overrides: dict[str, Any]) -> list[str]:
+    """A row's negative_prompt, true_cfg, scheduler and aspect, checked as the config's are."""
+    from .schedulers import SCHEDULERS
+    from .sizes import parse_aspect
+
+    errors: list[str] = []
+    for name in TEXT_OVERRIDES:
+        value = take(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            errors.append(f"{name} must be a string, got {type(value).__name__}")
+        elif value.strip():
+            overrides[name] = value.strip()
+    value = take("true_cfg")
+    if value is not None:
+        parsed, error = _parse_guidance("true_cfg", value)
+        if error is None and parsed < 1:
+            error = f"true_cfg={value!r} must be >= 1 (1 turns true CFG off)"
+        errors.extend([error] if error else [])
+        overrides["true_cfg"] = parsed
+    scheduler = overrides.get("scheduler")
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        errors.append(f"scheduler={scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
+    if "aspect" in overrides:
+        try:
+            parse_aspect(overrides["aspect"])
+        except ValueError as e:
+            errors.append(f"aspect: {e}")
+        if "width" in overrides or "height" in overrides:
+            errors.append("aspect and width/height both set: give one or the other")
+    return errors
 
 
 def _parse_int(name: str, value: Any, minimum: int) -> tuple[int | None, str | None]:

@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import value_of
 from .errors import RunDirError
+from .lora import identity as lora_identity
 from .models import model_identity
+from .sizes import area, default_size
 
 VERSIONED_PACKAGES = ("flux-batch", "torch", "diffusers", "transformers", "gguf", "hydra-core")
 
@@ -30,17 +32,41 @@ def pixel_settings(cfg: DictConfig) -> dict[str, Any]:
     image = {"format": value_of(cfg.output.format)}
     if image["format"] != "png":
         image["quality"] = cfg.output.quality
-    return {
+    try:
+        width, height = default_size(s)
+    except ValueError:  # a bad sampler.aspect: validate() names it; naming the run dir must not fail first
+        width, height = str(s.aspect), None
+    settings = {
         "model": {"name": cfg.model.name, "variant": cfg.model.variant, **model_identity(cfg)},
         "quant": cfg.quant.name,
         "sampler": {
-            "name": s.name, "steps": s.steps, "guidance": float(s.guidance),
-            "width": s.width, "height": s.height, "max_sequence_length": s.max_sequence_length,
+            # the scheduler sits under "name", its key before schedulers were selectable
+            "name": s.scheduler, "steps": s.steps, "guidance": float(s.guidance),
+            "width": width, "height": height, "max_sequence_length": s.max_sequence_length,
+            **_optional_sampler_settings(s),
         },
         "seed": cfg.seed,
         "dtype": value_of(cfg.runtime.dtype),
         "image": image,
     }
+    if cfg.lora:
+        settings["lora"] = lora_identity(cfg)
+    return settings
+
+
+def _optional_sampler_settings(s: DictConfig) -> dict[str, Any]:
+    """Settings that enter the fingerprint only when they differ from the default, so that a
+    run made before they existed keeps its fingerprint (and its directory)."""
+    found: dict[str, Any] = {}
+    if s.shift is not None:
+        found["shift"] = float(s.shift)
+    if s.true_cfg != 1:
+        found["true_cfg"] = float(s.true_cfg)
+    if s.negative_prompt.strip():
+        found["negative_prompt"] = s.negative_prompt.strip()
+    if s.aspect is not None or s.megapixels is not None:  # rows' own aspects fit this area
+        found["area"] = area(s)
+    return found
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -69,6 +95,8 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(set(old) | set(new))
         return [d for k in keys for d in differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):  # e.g. lora.0
+        return [d for i, pair in enumerate(zip(old, new)) for d in differences(*pair, f"{prefix}{i}.")]
     return [] if old == new else [f"{prefix.rstrip('.')} ({old!r} -> {new!r})"]
 
 

@@ -22,39 +22,40 @@ def cache_root() -> Path:
     return Path(os.environ.get("FLUX_BATCH_CACHE") or Path.home() / ".cache" / "flux-batch")
 
 
-def base_dir() -> Path:
-    return cache_root() / VERSION
+def base_dir(variant: str = "dev") -> Path:
+    """dev: with a guidance embedding, like FLUX.1-dev; schnell: without, like FLUX.1-schnell."""
+    return cache_root() / (VERSION if variant == "dev" else f"{VERSION}-{variant}")
 
 
-def transformer_path(gguf_type: str) -> Path:
-    return base_dir() / f"transformer-{gguf_type}.gguf"
+def transformer_path(gguf_type: str, variant: str = "dev") -> Path:
+    return base_dir(variant) / f"transformer-{gguf_type}.gguf"
 
 
-def ensure_built(gguf_type: str) -> tuple[Path, Path]:
+def ensure_built(gguf_type: str, variant: str = "dev") -> tuple[Path, Path]:
     """Build the pipeline folder and the GGUF file for `gguf_type` if missing; return both."""
-    base = base_dir()
+    base = base_dir(variant)
     if not (base / "model_index.json").exists():
-        _build_base(base)
-    gguf_file = transformer_path(gguf_type)
+        _build_base(base, variant)
+    gguf_file = transformer_path(gguf_type, variant)
     if not gguf_file.exists():
         _write_transformer_gguf(base, gguf_file, gguf_type)
     return base, gguf_file
 
 
-def _build_base(base: Path) -> None:
+def _build_base(base: Path, variant: str) -> None:
     # Build beside the target and rename, so a crash or a concurrent builder never leaves
     # a half-built folder in place.
     tmp = base.with_name(f".{base.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _save_components(tmp)
+    _save_components(tmp, variant)
     try:
         os.rename(tmp, base)
     except OSError:  # another process finished first: theirs is identical
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _save_components(folder: Path) -> None:
+def _save_components(folder: Path, variant: str = "dev") -> None:
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
@@ -90,11 +91,13 @@ def _save_components(folder: Path) -> None:
     FluxTransformer2DModel(
         patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-        guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+        guidance_embeds=variant == "dev", axes_dims_rope=(4, 6, 6),
     ).save_pretrained(folder / "transformer")
 
+    # dev shifts its schedule by resolution; schnell's is unshifted, as in the real configs
     FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+        num_train_timesteps=1000, shift=3.0 if variant == "dev" else 1.0,
+        use_dynamic_shifting=variant == "dev", base_shift=0.5,
         max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
     ).save_pretrained(folder / "scheduler")
 

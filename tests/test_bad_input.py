@@ -110,5 +110,6 @@ def test_a_schnell_config_refuses_a_dev_transformer(cli, model_cache):
     gguf = base / "transformer-Q8_0.gguf"
     result = cli("model=flux-schnell", f"model.base={base}", f"model.transformer={gguf}", check=False)
     assert result.returncode == 2
-    assert "is a dev (guidance embedding) transformer, but model=flux-schnell expects schnell" in result.stderr
+    assert ("this GGUF is FLUX.1-dev-style (it has a guidance embedding), but model=flux-schnell "
+            "needs a schnell file; use model=flux-dev with it") in result.stderr
     assert written(cli.cwd) == []
