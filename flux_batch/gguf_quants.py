@@ -7,13 +7,17 @@ are cast to 0, as numpy's float-to-int cast does on x86 and ARM.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
 # (elements per block, bytes per block) of the types written here, as in gguf.GGML_QUANT_SIZES
 BLOCK = {"Q8_0": (32, 34), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q4_0": (32, 18),
          "Q4_1": (32, 20), "BF16": (1, 2), "F16": (1, 2), "F32": (1, 4)}
-CHUNK_ELEMENTS = 1 << 22  # 16 MiB of float32 per step: big enough to vectorize, small for cache
+CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32 per step: its temporaries stay in the CPU cache
+WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def quantize(x: torch.Tensor | np.ndarray, ggml_type: str) -> np.ndarray:
@@ -35,9 +39,25 @@ def quantize(x: torch.Tensor | np.ndarray, ggml_type: str) -> np.ndarray:
     out = np.empty((blocks.shape[0], type_size), dtype=np.uint8)
     out_t = torch.from_numpy(out)
     step = max(1, CHUNK_ELEMENTS // block)
-    for start in range(0, blocks.shape[0], step):
-        chunk = blocks[start:start + step].to(torch.float32)
-        out_t[start:start + step] = kernel(chunk)
+
+    def run(start: int) -> None:
+        kernel(blocks[start:start + step].to(torch.float32), out_t[start:start + step])
+
+    starts = range(0, blocks.shape[0], step)
+    workers = min(len(starts), WORKERS)
+    if workers <= 1:
+        for start in starts:
+            run(start)
+    else:
+        # chunks in parallel, each op single-threaded: torch's own intra-op threads wait
+        # for each other after every op, which stalls on a busy machine
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(run, starts))
+        finally:
+            torch.set_num_threads(threads)
     return out.reshape(*x.shape[:-1], x.shape[-1] // block * type_size)
 
 
@@ -45,70 +65,103 @@ def _f16_bytes(v: torch.Tensor) -> torch.Tensor:
     return v.to(torch.float16).view(torch.uint8)
 
 
-def _inverse(d: torch.Tensor) -> torch.Tensor:
-    return torch.where(d == 0, torch.zeros_like(d), 1 / d)
+def _inverse(d: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """1/d, 0 where d is 0; and whether any is infinite (a denormal scale), which makes NaNs."""
+    inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+    return inv, bool(torch.isinf(inv).any())
 
 
-def _to_uint8(v: torch.Tensor, high: int) -> torch.Tensor:
-    return torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0).to(torch.uint8).clamp_(0, high)
+def _finite(v: torch.Tensor, needed: bool) -> torch.Tensor:
+    return torch.nan_to_num_(v, nan=0.0, posinf=0.0, neginf=0.0) if needed else v
+
+
+def _nibbles(q: torch.Tensor, out: torch.Tensor) -> None:
+    """Element i of the first half in the low nibble of byte i, of the second half in the high."""
+    half = q.shape[1] // 2
+    torch.bitwise_or(q[:, :half] & 0x0F, q[:, half:] << 4, out=out)
+
+
+def _high_bits(q: torch.Tensor, out: torch.Tensor) -> None:
+    """Bit 4 of each of 32 values, packed little-endian into 4 bytes."""
+    bits = ((q >> 4) & 1).view(-1, 4, 8)
+    packed = bits[..., 0].clone()
+    for k in range(1, 8):
+        packed |= bits[..., k] << k
+    out.copy_(packed)
 
 
 def _round_half_away(v: torch.Tensor) -> torch.Tensor:
-    # the reference's roundf: floor(|v|) + floor(2 * frac), exact in float32 (not floor(v + 0.5))
-    a = v.abs()
-    floored = a.floor()
-    return torch.sign(v) * (floored + (2 * (a - floored)).floor())
+    """The reference's roundf (halves away from zero): torch rounds halves to even, so only
+    exact halves rounded toward zero are moved; v + 0.5 would not be exact in float32."""
+    r = torch.round(v)
+    tie = (v - r).abs_() == 0.5
+    if bool(tie.any()):
+        toward_zero = tie & (r.abs() < v.abs())
+        r[toward_zero] += torch.sign(v[toward_zero])
+    return r
 
 
-def _nibbles(q: torch.Tensor) -> torch.Tensor:
-    """Element i of the first half in the low nibble of byte i, of the second half in the high."""
-    half = q.shape[1] // 2
-    return (q[:, :half] & 0x0F) | (q[:, half:] << 4)
-
-
-def _high_bits(q: torch.Tensor) -> torch.Tensor:
-    """Bit 4 of each of 32 values, packed little-endian into 4 bytes."""
-    bits = ((q >> 4) & 1).view(-1, 4, 8).to(torch.int32)
-    weights = torch.tensor([1 << k for k in range(8)], dtype=torch.int32)
-    return (bits * weights).sum(-1).to(torch.uint8)
-
-
-def _q8_0(x: torch.Tensor) -> torch.Tensor:
+def _q8_0(x: torch.Tensor, out: torch.Tensor) -> None:
     d = x.abs().amax(1, keepdim=True) / 127
-    q = _round_half_away(x * _inverse(d))
-    q = torch.nan_to_num(q, nan=0.0, posinf=0.0, neginf=0.0).to(torch.int8).view(torch.uint8)
-    return torch.cat([_f16_bytes(d), q], 1)
+    inv, nans = _inverse(d)
+    rounded = _round_half_away(x * inv)
+    out[:, :2] = _f16_bytes(d)
+    out[:, 2:] = _finite(rounded, nans).to(torch.int8).view(torch.uint8)
+
+
+def _peak(x: torch.Tensor) -> torch.Tensor:
+    """Per block, the signed value of largest magnitude, the first one on a tie (as argmax)."""
+    high, low = x.amax(1, keepdim=True), x.amin(1, keepdim=True)
+    peak = torch.where(-low > high, low, high)
+    tie = (-low == high) & (high != 0)
+    if bool(tie.any()):  # +m and -m both present: the first one wins
+        rows = tie.view(-1)
+        peak[rows] = x[rows].gather(1, x[rows].abs().argmax(1, keepdim=True))
+    return peak
 
 
 def _symmetric(levels: int):
     """Q4_0 / Q5_0: scale from the signed value of largest magnitude, offset `levels / 2`."""
-    def kernel(x: torch.Tensor) -> torch.Tensor:
-        peak = x.gather(1, x.abs().argmax(1, keepdim=True))
+    def kernel(x: torch.Tensor, out: torch.Tensor) -> None:
+        peak = _peak(x)
         d = peak / -(levels // 2)
-        q = _to_uint8(torch.trunc(x * _inverse(d) + (levels // 2 + 0.5)), levels - 1)
-        parts = [_f16_bytes(d)] + ([_high_bits(q)] if levels == 32 else []) + [_nibbles(q)]
-        return torch.cat(parts, 1)
+        inv, nans = _inverse(d)
+        v = (x * inv).add_(levels // 2 + 0.5).trunc_()
+        q = _finite(v, nans).to(torch.uint8).clamp_(0, levels - 1)
+        out[:, :2] = _f16_bytes(d)
+        if levels == 32:
+            _high_bits(q, out[:, 2:6])
+        _nibbles(q, out[:, -16:])
     return kernel
 
 
 def _affine(levels: int):
     """Q4_1 / Q5_1: scale and minimum per block."""
-    def kernel(x: torch.Tensor) -> torch.Tensor:
+    def kernel(x: torch.Tensor, out: torch.Tensor) -> None:
         low = x.amin(1, keepdim=True)
         d = (x.amax(1, keepdim=True) - low) / (levels - 1)
-        q = _to_uint8(torch.trunc((x - low) * _inverse(d) + 0.5), levels - 1)
-        parts = [_f16_bytes(d), _f16_bytes(low)]
-        parts += ([_high_bits(q)] if levels == 32 else []) + [_nibbles(q)]
-        return torch.cat(parts, 1)
+        inv, nans = _inverse(d)
+        v = (x - low).mul_(inv).add_(0.5).trunc_()
+        q = _finite(v, nans).to(torch.uint8).clamp_(0, levels - 1)
+        out[:, :2] = _f16_bytes(d)
+        out[:, 2:4] = _f16_bytes(low)
+        if levels == 32:
+            _high_bits(q, out[:, 4:8])
+        _nibbles(q, out[:, -16:])
     return kernel
 
 
-def _bf16(x: torch.Tensor) -> torch.Tensor:
-    # ggml_compute_fp32_to_bf16: quiet NaNs, then round to nearest even on the raw bits
-    n = x.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-    n = torch.where((n & 0x7FFFFFFF) > 0x7F800000, (n & 0xFFFF0000) | (64 << 16), n)
-    n = ((n + (0x7FFF + ((n >> 16) & 1))) >> 16) & 0xFFFF
-    return torch.stack([n & 0xFF, n >> 8], -1).to(torch.uint8).view(-1, 2)
+def _bf16(x: torch.Tensor, out: torch.Tensor) -> None:
+    # ggml_compute_fp32_to_bf16 rounds to nearest even like torch's cast; it differs only in
+    # the NaN it makes (sign and payload kept, quiet bit set), so NaNs take the exact path
+    bits = x.to(torch.bfloat16).view(torch.uint8).view(-1, 2)
+    nan = torch.isnan(x).view(-1)
+    if bool(nan.any()):
+        n = x.view(-1)[nan].view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+        n = (n & 0xFFFF0000) | (64 << 16)
+        n = ((n + 0x7FFF + ((n >> 16) & 1)) >> 16) & 0xFFFF
+        bits[nan] = torch.stack([n & 0xFF, n >> 8], -1).to(torch.uint8)
+    out.copy_(bits)
 
 
 KERNELS = {"Q8_0": _q8_0, "Q5_0": _symmetric(32), "Q5_1": _affine(32), "Q4_0": _symmetric(16),

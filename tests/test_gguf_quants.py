@@ -27,6 +27,7 @@ def hard_rows() -> np.ndarray:
     rows.append((rng.standard_normal((4, 64)) * 1e30).astype(np.float32))
     ties = np.tile(np.array([1.0, -1.0, 0.5, -0.5, 2.5, -127.5], np.float32), 11)[:64]
     rows.append(np.stack([ties, ties * 3, -ties, ties + 1]))  # equal magnitudes, halfway values
+    rows.append(np.tile(np.float32([-3, 1, 3, 2]), 16)[None])  # -m before +m: the first wins
     rows.append(np.full((1, 64), -0.0, np.float32))
     below_half = np.nextafter(np.float32(0.5), np.float32(0))  # |v| + 0.5 rounds up to 1 in float32
     rows.append(np.tile(np.array([127, below_half, -below_half, 0.5], np.float32), 16)[None])
@@ -51,6 +52,15 @@ def test_bit_exact_on_a_large_matrix_spanning_chunks(ggml_type, monkeypatch):
     data = np.random.default_rng(1).standard_normal((300, 96)).astype(np.float32) * 0.02
     expected = gguf.quants.quantize(data, gguf.GGMLQuantizationType[ggml_type])
     assert quantize(data, ggml_type).tobytes() == expected.tobytes()
+
+
+def test_bf16_keeps_nan_sign_and_payload_like_the_reference():
+    payloads = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF812345, 0x7FFFFFFF, 0x7F800000],
+                        np.uint32).view(np.float32)
+    data = np.concatenate([payloads, np.float32([1.0, -2.5])])[None]
+    with np.errstate(all="ignore"):
+        expected = gguf.quants.quantize(data, gguf.GGMLQuantizationType.BF16)
+    assert quantize(data, "BF16").tobytes() == expected.tobytes()
 
 
 def test_bfloat16_input_is_quantized_from_its_exact_values():
