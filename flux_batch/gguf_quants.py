@@ -54,7 +54,7 @@ def quantize(x: torch.Tensor | np.ndarray, ggml_type: str) -> np.ndarray:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            with ThreadPoolExecutor(workers) as pool:
+            with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
                 list(pool.map(run, starts))
         finally:
             torch.set_num_threads(threads)
@@ -75,43 +75,43 @@ def _finite(v: torch.Tensor, needed: bool) -> torch.Tensor:
     return torch.nan_to_num_(v, nan=0.0, posinf=0.0, neginf=0.0) if needed else v
 
 
+# The bit tricks below work on 8 bytes at once through int64 views of the (blocks, 32) bytes.
+LOW_NIBBLES = 0x0F0F0F0F0F0F0F0F
+LOW_BITS = 0x0101010101010101
+GATHER_BITS = 0x0102040810204080  # moves bit 0 of byte k to bit 56 + k, without carries
+
+
 def _nibbles(q: torch.Tensor, out: torch.Tensor) -> None:
     """Element i of the first half in the low nibble of byte i, of the second half in the high."""
-    half = q.shape[1] // 2
-    torch.bitwise_or(q[:, :half] & 0x0F, q[:, half:] << 4, out=out)
+    words = q.view(torch.int64)  # (blocks, 4): elements 0-15 in words 0-1, 16-31 in words 2-3
+    packed = (words[:, :2] & LOW_NIBBLES) | ((words[:, 2:] & LOW_NIBBLES) << 4)
+    out.copy_(packed.view(torch.uint8))
 
 
 def _high_bits(q: torch.Tensor, out: torch.Tensor) -> None:
     """Bit 4 of each of 32 values, packed little-endian into 4 bytes."""
-    bits = ((q >> 4) & 1).view(-1, 4, 8)
-    packed = bits[..., 0].clone()
-    for k in range(1, 8):
-        packed |= bits[..., k] << k
-    out.copy_(packed)
+    bits = (q.view(torch.int64) >> 4) & LOW_BITS  # bit 4 of byte k now at bit 8k
+    out.copy_(((bits * GATHER_BITS) >> 56 & 0xFF).to(torch.uint8))
 
 
-def _round_half_away(v: torch.Tensor) -> torch.Tensor:
-    """The reference's roundf (halves away from zero): torch rounds halves to even, so only
-    exact halves rounded toward zero are moved; v + 0.5 would not be exact in float32."""
-    r = torch.round(v)
-    tie = (v - r).abs_() == 0.5
-    if bool(tie.any()):
-        toward_zero = tie & (r.abs() < v.abs())
-        r[toward_zero] += torch.sign(v[toward_zero])
-    return r
+# The largest float32 below 0.5. trunc(v + copysign(HALF_DOWN, v)) is the reference's roundf
+# (halves away from zero) for every |v| <= 2**22: an exact half still reaches the next integer,
+# while v + 0.5 would wrongly round 0.49999997 up to 1. The cast to int truncates.
+HALF_DOWN = float(np.nextafter(np.float32(0.5), np.float32(0)))
 
 
 def _q8_0(x: torch.Tensor, out: torch.Tensor) -> None:
     d = x.abs().amax(1, keepdim=True) / 127
     inv, nans = _inverse(d)
-    rounded = _round_half_away(x * inv)
+    v = x * inv
+    v += torch.copysign(torch.tensor(HALF_DOWN), v)
     out[:, :2] = _f16_bytes(d)
-    out[:, 2:] = _finite(rounded, nans).to(torch.int8).view(torch.uint8)
+    out[:, 2:] = _finite(v, nans).to(torch.int8).view(torch.uint8)
 
 
 def _peak(x: torch.Tensor) -> torch.Tensor:
     """Per block, the signed value of largest magnitude, the first one on a tie (as argmax)."""
-    high, low = x.amax(1, keepdim=True), x.amin(1, keepdim=True)
+    low, high = x.amin(1, keepdim=True), x.amax(1, keepdim=True)  # faster than aminmax
     peak = torch.where(-low > high, low, high)
     tie = (-low == high) & (high != 0)
     if bool(tie.any()):  # +m and -m both present: the first one wins
@@ -126,7 +126,7 @@ def _symmetric(levels: int):
         peak = _peak(x)
         d = peak / -(levels // 2)
         inv, nans = _inverse(d)
-        v = (x * inv).add_(levels // 2 + 0.5).trunc_()
+        v = (x * inv).add_(levels // 2 + 0.5)  # >= 0.5: the cast truncates
         q = _finite(v, nans).to(torch.uint8).clamp_(0, levels - 1)
         out[:, :2] = _f16_bytes(d)
         if levels == 32:
@@ -138,10 +138,10 @@ def _symmetric(levels: int):
 def _affine(levels: int):
     """Q4_1 / Q5_1: scale and minimum per block."""
     def kernel(x: torch.Tensor, out: torch.Tensor) -> None:
-        low = x.amin(1, keepdim=True)
-        d = (x.amax(1, keepdim=True) - low) / (levels - 1)
+        low, high = x.amin(1, keepdim=True), x.amax(1, keepdim=True)  # faster than aminmax
+        d = (high - low) / (levels - 1)
         inv, nans = _inverse(d)
-        v = (x - low).mul_(inv).add_(0.5).trunc_()
+        v = (x - low).mul_(inv).add_(0.5)  # >= 0: the cast truncates
         q = _finite(v, nans).to(torch.uint8).clamp_(0, levels - 1)
         out[:, :2] = _f16_bytes(d)
         out[:, 2:4] = _f16_bytes(low)
