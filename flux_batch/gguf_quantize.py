@@ -48,4 +48,6 @@ def _bar(tensors):
     from tqdm import tqdm
 
     total = sum(math.prod(t.shape) for t in tensors)
-    return tqdm(total=total, unit="weights", unit_scale=True, desc="quantizing", leave=False)
+    # disable=None: shown on a terminal only, so logs and pipes get the summary line alone
+    return tqdm(total=total, unit="weights", unit_scale=True, desc="quantizing", leave=False,
+                disable=None)

@@ -1,9 +1,10 @@
 """GGML block quantization in vectorized torch, bit-exact with `gguf.quants.quantize`.
 
-The `gguf` package's numpy reference is correct but slow (many temporaries, 16 rows at a
-time); these kernels do the same float32 arithmetic in the same order on large chunks, on
-all CPU threads. Values that the reference turns into NaN (a block whose scale underflows)
-are cast to 0, as numpy's float-to-int cast does on x86 and ARM.
+The `gguf` package's numpy reference is correct but slow (a dozen full passes over 16 rows
+at a time). These kernels give the same bytes from fewer passes (truncating casts instead of
+trunc and round, packing on int64 words) over cache-sized chunks, one chunk per CPU thread.
+Values the reference turns into NaN (a block whose scale underflows) are cast to 0, as
+numpy's float-to-int cast does on x86.
 """
 from __future__ import annotations
 
