@@ -45,6 +45,20 @@ def summarize(path: str | os.PathLike) -> dict:
     }
 
 
+DIFFUSERS_BFL_WIDTH = 3072  # diffusers' BFL-name conversion assumes FLUX's hidden size
+
+
+def loading_problem(path: str | os.PathLike) -> str | None:
+    """Why diffusers' from_single_file cannot load this GGUF as a FLUX transformer, if it can't."""
+    info = summarize(path)
+    if info["layout"] is None:
+        return "no FLUX transformer tensors in it (img_in/double_blocks or x_embedder/transformer_blocks)"
+    if info["layout"] == "bfl" and info["hidden_size"] != DIFFUSERS_BFL_WIDTH:
+        return (f"BFL key names with hidden size {info['hidden_size']}, which diffusers converts only "
+                f"at {DIFFUSERS_BFL_WIDTH}; write it with `flux-batch-gguf quantize --layout diffusers`")
+    return None
+
+
 def _field(reader, key: str):
     field = reader.get_field(key)
     if field is None:

@@ -8,7 +8,6 @@ import json
 
 import gguf
 import pytest
-import torch
 
 import flux_wide
 from conftest import manifest
