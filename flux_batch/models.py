@@ -172,6 +172,11 @@ def check_weights_file(path: str, key: str) -> None:
         check_gguf_file(path)
     except (ValueError, OSError) as e:
         raise ModelFileError(f"{key}={e}") from None
+    from .gguf_inspect import loading_problem
+
+    problem = loading_problem(path)
+    if problem:
+        raise ModelFileError(f"{key}={path}: {problem}")
 
 
 def load_pipeline(cfg: DictConfig, device: str, files: ModelFiles | None = None):
