@@ -73,15 +73,15 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
 
 def default_run_dir(cfg: DictConfig) -> str:
     """outputs/<dataset>-<model>-<quant>-<8 hex of the fingerprint>, relative to the cwd."""
     digest = fingerprint(pixel_settings(cfg))[:8]
-    dataset = _slug(Path(str(cfg.dataset.path)).stem)
-    return f"outputs/{dataset}-{_slug(cfg.model.name)}-{_slug(cfg.quant.name)}-{digest}"
+    dataset = slug(Path(str(cfg.dataset.path)).stem)
+    return f"outputs/{dataset}-{slug(cfg.model.name)}-{slug(cfg.quant.name)}-{digest}"
 
 
 def run_dir_resolver(*, _root_: DictConfig) -> str:

@@ -66,11 +66,11 @@ def job_dir_resolver(*, _root_: DictConfig) -> str:
 def sweep_dir_resolver(*, _root_: DictConfig) -> str:
     """The default `hydra.sweep.dir`: multirun/<dataset>-<model>-<8 hex of the common
     settings>, from the sweep's base config, where swept values are not applied yet."""
-    from .runinfo import _slug, fingerprint, pixel_settings
+    from .runinfo import fingerprint, pixel_settings, slug
 
     swept = {o.key_or_group for o in _parse(list(_root_.hydra.overrides.task)) if o.is_sweep_override()}
-    dataset = "datasets" if swept & {"dataset", "dataset.path"} else _slug(Path(str(_root_.dataset.path)).stem)
-    model = "models" if "model" in swept else _slug(_root_.model.name)
+    dataset = "datasets" if swept & {"dataset", "dataset.path"} else slug(Path(str(_root_.dataset.path)).stem)
+    model = "models" if "model" in swept else slug(_root_.model.name)
     return f"multirun/{dataset}-{model}-{fingerprint(pixel_settings(_root_))[:8]}"
 
 

@@ -48,3 +48,5 @@ def test_wheel_installs_into_a_fresh_venv_and_renders(tmp_path, model_cache):
     assert len(list((cwd / "outputs").glob("example-tiny-q8_0-*/images/*.png"))) == 2
     cfg = run(venv / "bin" / "flux-batch", "--cfg", "job", "model=flux-dev", cwd=cwd, env=env)
     assert "max_sequence_length: 512" in cfg.stdout
+    for tool, says in (("flux-batch-gguf", "quantize"), ("flux-batch-grid", "sweep_dir")):
+        assert says in run(venv / "bin" / tool, "--help", cwd=cwd, env=env).stdout
