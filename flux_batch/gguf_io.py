@@ -30,6 +30,15 @@ def check_gguf_file(path: str | os.PathLike) -> None:
         head = f.read(4)
     if head != GGUF_MAGIC:
         raise ValueError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
+    import gguf
+
+    try:  # the reader maps the file; a cut-off download fails here, not deep inside diffusers
+        tensors = gguf.GGUFReader(path).tensors
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in tensors), default=0)
+    except Exception as e:  # whatever a damaged header makes the reader raise
+        raise ValueError(f"{path}: truncated or damaged GGUF file ({type(e).__name__}: {e})") from None
+    if end > path.stat().st_size:
+        raise ValueError(f"{path}: truncated GGUF file ({path.stat().st_size} bytes; its tensors end at {end})")
 
 
 def tensor_type(name: str, shape: tuple[int, ...], qtype: str) -> str:

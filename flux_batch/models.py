@@ -173,7 +173,14 @@ def load_pipeline(cfg: DictConfig, device: str, files: ModelFiles | None = None)
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from None
     _check_variant(cfg, transformer)
-    pipe = FluxPipeline.from_pretrained(files.base, transformer=transformer, dtype=dtype)
+    try:  # use_safetensors: a folder holding only pickled .bin weights is refused, not unpickled
+        pipe = FluxPipeline.from_pretrained(files.base, transformer=transformer, dtype=dtype,
+                                            use_safetensors=True)
+    except (ValueError, OSError) as e:
+        raise ModelFileError(
+            f"model.base={files.base}: cannot be loaded as a FLUX pipeline with safetensors "
+            f"weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     _place(pipe, cfg, device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
