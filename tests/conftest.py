@@ -56,6 +56,20 @@ class Cli:
         )
 
 
+def wait_until_stopped(proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait for a process to stop itself (a `stop` fault point: SIGSTOP) or fail if it exits."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"exited {proc.returncode} before stopping: {proc.communicate()}"
+        state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("T", "t"):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the process did not reach its stop point")
+
+
 @pytest.fixture
 def cli(tmp_path, model_cache) -> Cli:
     return Cli(tmp_path, model_cache)

@@ -5,7 +5,7 @@ import fcntl
 import json
 import os
 
-from conftest import PROMPTS, manifest, write_prompts
+from conftest import FAST, PROMPTS, manifest, wait_until_stopped, write_prompts
 
 
 def test_a_second_writer_is_refused_naming_lock_and_pid(cli):
@@ -85,3 +85,23 @@ def test_settings_that_do_not_change_pixels_resume_the_same_run(cli):
     second = cli(f"dataset.path={prompts}", "batch_size=2", "runtime.progress=false")
     assert first.stdout.split(":")[0] == second.stdout.split(":")[0]
     assert "rendered 2, skipped 1 already done" in second.stdout
+
+
+def test_two_real_processes_on_one_run_and_a_killed_holder(cli):
+    prompts = write_prompts(cli.cwd / "p.jsonl", PROMPTS[:2])
+    args = (f"dataset.path={prompts}", "output.dir=run", *FAST)
+    first = cli.popen(*args, env={"FLUX_BATCH_CRASH": "model_loaded:1:stop"})  # holds the lock
+    try:
+        wait_until_stopped(first)
+        second = cli(*args, check=False)
+        assert second.returncode == 75
+        lock = cli.cwd / "run" / ".lock"
+        assert f"(lock file {lock}, held by pid {first.pid})" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.kill()  # SIGKILL: the holder dies without releasing anything by hand
+        first.wait()
+    assert (cli.cwd / "run" / ".lock").exists()  # stale, yet no obstacle
+    third = cli(*args)
+    assert "rendered 2, skipped 0 already done" in third.stdout
+    assert len(manifest(cli.cwd / "run")) == 2
