@@ -144,8 +144,10 @@ def check_weights_file(path: str, key: str) -> None:
 
     try:
         check_gguf_file(path)
-    except (ValueError, OSError) as e:
+    except ValueError as e:
         raise ModelFileError(f"{key}={e}") from None
+    except OSError as e:
+        raise ModelFileError(f"{key}={path}: cannot read it ({e.strerror or e})") from None
 
 
 def load_pipeline(cfg: DictConfig, device: str, files: ModelFiles | None = None):
