@@ -104,12 +104,12 @@ def plan_items(cfg: DictConfig) -> list[Item]:
 
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
-    validate(cfg)
-    items = plan_items(cfg)
-    settings = pixel_settings(cfg)
-    store = RunStore(run_dir)
-    # from here on a signal ends the run through Interrupted: exit 130 / 143, manifest whole
+    # a signal at any point ends the run through Interrupted: exit 130 / 143, manifest whole
     with StopSignals() as stop:
+        validate(cfg)
+        items = plan_items(cfg)
+        settings = pixel_settings(cfg)
+        store = RunStore(run_dir)
         store.open()
         try:
             previous = store.read_run_info()

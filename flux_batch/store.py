@@ -110,9 +110,15 @@ class AppendLog:
                 raise OSError(errno.EIO, f"short write to {self.path}")
             os.fsync(self._file.fileno())
         except BaseException:  # an OSError, or a second Ctrl-C mid-write
-            os.ftruncate(self._file.fileno(), self._end)
+            self._cut_back()
             raise
         self._end += len(line)
+
+    def _cut_back(self) -> None:
+        try:
+            os.ftruncate(self._file.fileno(), self._end)
+        except OSError:  # then the next append reopens the file, which cuts the partial line
+            self.close()
 
     def _open(self) -> None:
         self._file = open(self.path, "ab", buffering=0)  # unbuffered: nothing left to flush later

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 
 import pytest
 
@@ -84,3 +85,22 @@ def test_write_errors_stop_the_run_and_the_next_run_resumes(cli_server, tmp_path
     assert sorted(keys) == [(f"p{i}", 0) for i in range(len(ROWS))]
     assert len(list((tmp_path / "run" / "images").iterdir())) == len(ROWS)
     assert len(manifest(tmp_path / "run")) == len(ROWS)
+
+
+def test_when_even_the_cut_back_fails_the_next_append_repairs_first(tmp_path, armed, monkeypatch):
+    path = tmp_path / "log.jsonl"
+    log = AppendLog(path, fault_point="mid_append")
+    armed("mid_append:2:EIO")
+    log.append({"n": 1})
+
+    def failing_truncate(fd, length):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "ftruncate", failing_truncate)
+        with pytest.raises(OSError):
+            log.append({"n": 2})
+    assert path.read_bytes().startswith(b'{"n": 1}\n{"n"')  # the half line is still there
+    log.append({"n": 3})
+    log.close()
+    assert path.read_bytes() == b'{"n": 1}\n{"n": 3}\n'

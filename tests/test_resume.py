@@ -105,3 +105,22 @@ def test_two_real_processes_on_one_run_and_a_killed_holder(cli):
     third = cli(*args)
     assert "rendered 2, skipped 0 already done" in third.stdout
     assert len(manifest(cli.cwd / "run")) == 2
+
+
+def test_manifest_repair_on_open_keeps_one_line_per_finished_image(tmp_path):
+    from flux_batch.store import RunStore
+
+    run = tmp_path / "run"
+    (run / "images").mkdir(parents=True)
+    for name in ("a.png", "b.png", "orphan.png"):
+        (run / "images" / name).write_bytes(b"x")
+    line = lambda i, extra="": json.dumps({"id": i, "k": 0, "file_name": f"images/{i}.png", "n": extra})
+    (run / "metadata.jsonl").write_text("\n".join([
+        line("a", "first"), "", line("gone"), line("b"), line("a", "again"),
+    ]) + "\n" + line("c")[:20])  # a blank line, a missing image, a repeat, a torn tail
+    store = RunStore(run)
+    store.open()
+    store.close()
+    records = manifest(run)
+    assert [(r["id"], r["n"]) for r in records] == [("b", ""), ("a", "again")]
+    assert store.manifest.done() == {("a", 0), ("b", 0)}  # the orphan and "gone" render again
