@@ -4,7 +4,7 @@ Each kill is followed by running the same command again (which may itself be kil
 crash points (flux_batch/faults.py) put kills exactly where a real crash hurts most: during
 model load, mid-denoise, half-way through an image's temp file, between the image's rename and
 its manifest line, half-way through a manifest line, and just after it. Timed kills add moments
-no crash point names. `FLUX_BATCH_KILLS=N` sets how many timed kills run (default 4, so this
+no crash point names. `FLUX_BATCH_KILLS=N` sets how many timed kills run (default 2, so this
 file makes 20 kills; the README gives the long run).
 """
 from __future__ import annotations
@@ -40,6 +40,8 @@ SCHEDULE = [
     ("image_written", 1),     # the orphan is rendered again, not listed twice
     ("mid_append", 2),        # progress: boat k=1, then torn
     ("model_loaded", 1),
+    ("mid_image_write", 1),
+    ("image_written", 1),
     ("mid_denoise", 1),
     ("image_written", 2),     # progress: castle, then an orphan
     ("mid_append", 1),
@@ -88,7 +90,7 @@ def test_killed_at_every_crash_point_then_resumed(job, cli_server):
         assert result.returncode == -9, f"{point}:{hit} did not kill: {result.stdout}"
         kills += 1
         check_consistent(cwd / "run")
-    assert kills == len(SCHEDULE) == 16
+    assert kills == len(SCHEDULE) == 18
     images = cwd / "run" / "images"
     assert any(p.suffix == ".tmp" for p in images.iterdir())  # the last half-written file
     done = len(manifest(cwd / "run"))
@@ -102,14 +104,16 @@ def test_killed_at_every_crash_point_then_resumed(job, cli_server):
 
 def test_killed_at_random_moments_then_resumed(job, cli_server):
     cwd, args, reference, clean_seconds = job
-    wanted = int(os.environ.get("FLUX_BATCH_KILLS", "4"))
+    wanted = int(os.environ.get("FLUX_BATCH_KILLS", "2"))
     rng = random.Random(int(os.environ.get("FLUX_BATCH_KILL_SEED", "0")))
     kills, rounds = 0, 0
     while kills < wanted:
         rounds += 1
         run = (*args, f"output.dir=random-{rounds}")
         for attempt in range(50):
-            result = cli_server(cwd, *run, kill_after=rng.uniform(0.0, clean_seconds))
+            # a window that widens with each try, so a slower machine still finishes the job
+            window = clean_seconds * (1 + attempt / 5)
+            result = cli_server(cwd, *run, kill_after=rng.uniform(0.0, window))
             if result.returncode == 0:
                 break
             assert result.returncode == -9, result.stdout
