@@ -123,3 +123,4 @@ def test_killed_at_random_moments_then_resumed(job, cli_server):
             pytest.fail("a run never finished between kills")
         check_finished(cwd / f"random-{rounds}", reference)
     assert kills >= wanted
+    print(f"{kills} timed kills survived; {rounds} runs finished with every item once")

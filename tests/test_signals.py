@@ -42,3 +42,24 @@ def test_sigterm_mid_batch_then_sigint_during_load_then_resume(cli):
     resumed = cli(*args)
     assert "rendered 2, skipped 1 already done" in resumed.stdout
     assert sorted(r["id"] for r in manifest(cli.cwd / "run")) == ["p0", "p1", "p2"]
+
+
+def test_a_second_signal_mid_append_stops_at_once_and_cuts_the_half_line(cli):
+    prompts = write_prompts(cli.cwd / "p.jsonl", ROWS)
+    args = (f"dataset.path={prompts}", "output.dir=run", *FAST)
+    proc = cli.popen(*args, env={"FLUX_BATCH_CRASH": "mid_append:2:stop"})
+    path = cli.cwd / "run" / "metadata.jsonl"
+    try:
+        wait_until_stopped(proc)
+        assert not path.read_bytes().endswith(b"\n")  # p1's line is half on disk
+        # two signals: the first asks for a stop after the batch, the second stops at once
+        os.kill(proc.pid, signal.SIGTERM)
+        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode in (130, 143), stderr
+    assert "Traceback" not in stderr
+    assert path.read_bytes().count(b"\n") == 1 and path.read_bytes().endswith(b"\n")
+    assert [r["id"] for r in check_consistent(cli.cwd / "run")] == ["p0"]
