@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from . import faults
 from .config import validate, value_of
 from .errors import FluxBatchError, TooManyErrors
-from . import faults
 from .faults import crash_point
 from .images import EXTENSIONS, defect, encode, infotext, to_uint8
 from .items import Item, Settings, expand

@@ -8,8 +8,8 @@ arrival from the n-th on, written `<n>+`) misbehave the way real failures do:
 - `ENOSPC`, `EIO`: raise that OSError, as a full or failing disk would.
 - `nan`, `black`: at `pipeline_image`, replace the image with NaN or zero pixels.
 
-At the write points (`mid_image_write`, `mid_append`) `kill` and the OSErrors first write half
-the data, leaving what a real torn write leaves. Unset (the normal case), each fault point is
+At the write points (`mid_image_write`, `mid_append`) every action first writes half the data
+and fsyncs it, leaving what a real torn write leaves. Unset (the normal case), each fault point is
 one dictionary lookup.
 """
 from __future__ import annotations
