@@ -107,14 +107,17 @@ def test_killed_at_random_moments_then_resumed(job, cli_server):
     wanted = int(os.environ.get("FLUX_BATCH_KILLS", "2"))
     rng = random.Random(int(os.environ.get("FLUX_BATCH_KILL_SEED", "0")))
     kills, rounds = 0, 0
+    full_run = clean_seconds  # how long a whole run takes now; the machine's load changes
     while kills < wanted:
         rounds += 1
         run = (*args, f"output.dir=random-{rounds}")
         for attempt in range(50):
-            # a window that widens with each try, so a slower machine still finishes the job
-            window = clean_seconds * (1 + attempt / 5)
-            result = cli_server(cwd, *run, kill_after=rng.uniform(0.0, window))
+            # a window that widens with each try, so a slower moment still finishes the job
+            started = time.monotonic()
+            result = cli_server(cwd, *run, kill_after=rng.uniform(0.0, full_run * (1 + attempt / 5)))
             if result.returncode == 0:
+                if attempt == 0:
+                    full_run = time.monotonic() - started
                 break
             assert result.returncode == -9, result.stdout
             kills += 1
