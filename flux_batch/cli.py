@@ -14,15 +14,30 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from .config import register_configs  # noqa: E402
-from .errors import FluxBatchError  # noqa: E402
+from .errors import EXIT_BAD_INPUT, FluxBatchError  # noqa: E402
 
 log = logging.getLogger("flux_batch")
 
 register_configs()
+_started = False  # whether Hydra got as far as calling the app
+
+
+def main() -> None:
+    """The `flux-batch` script. Hydra reports a config it cannot compose (unknown key, wrong
+    type, bad enum value: its message names the key) with exit status 1; here that becomes 2,
+    the status of every other refused input, so scripts can tell bad input from a failed run."""
+    try:
+        hydra_app()
+    except SystemExit as e:
+        if e.code == 1 and not _started:
+            raise SystemExit(EXIT_BAD_INPUT) from None
+        raise
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def hydra_app(cfg: DictConfig) -> None:
+    global _started
+    _started = True
     from .driver import Interrupted, run
     from .sweeps import JobTracker
 

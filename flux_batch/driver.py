@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from . import faults
 from .config import validate, value_of
 from .errors import FluxBatchError, TooManyErrors
 from .faults import crash_point
-from .images import EXTENSIONS, encode, infotext, to_uint8
+from .images import EXTENSIONS, defect, encode, infotext, to_uint8
 from .items import Item, RowDefaults, Settings, expand
 from .prompts import Fields, read_rows
 from .runinfo import check_same_run, pixel_settings, run_info
@@ -108,80 +109,88 @@ def plan_items(cfg: DictConfig) -> list[Item]:
 
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
-    validate(cfg)
-    items = plan_items(cfg)
-    settings = pixel_settings(cfg)
-    store = RunStore(run_dir)
-    store.open()
-    try:
-        previous = store.read_run_info()
-        check_same_run(previous, settings, store.dir)
-        todo = pending(items, store.manifest.done())
-        summary = Summary(store.dir, total=len(items), skipped=len(items) - len(todo))
-        if todo:
-            _render_all(cfg, store, todo, settings, previous, summary)
-        return summary
-    finally:
-        store.close()
+    # a signal at any point ends the run through Interrupted: exit 130 / 143, manifest whole
+    with StopSignals() as stop:
+        validate(cfg)
+        items = plan_items(cfg)
+        settings = pixel_settings(cfg)
+        store = RunStore(run_dir)
+        store.open()
+        try:
+            previous = store.read_run_info()
+            check_same_run(previous, settings, store.dir)
+            todo = pending(items, store.manifest.done())
+            summary = Summary(store.dir, total=len(items), skipped=len(items) - len(todo))
+            if todo:
+                _render_all(cfg, store, todo, settings, previous, summary, stop)
+                store.prune_errors()  # items retried with success leave the errors log
+            return summary
+        finally:
+            store.close()
 
 
-def _render_all(cfg, store: RunStore, todo: list[Item], settings, previous, summary: Summary) -> None:
+def _render_all(cfg, store: RunStore, todo: list[Item], settings, previous, summary: Summary,
+                stop: StopSignals) -> None:
     from tqdm import tqdm
 
     from . import models, pipeline_cache
     from .render import Renderer, batches
 
-    with StopSignals() as stop:
-        device = models.resolve_device(cfg.runtime.device)
-        files = models.resolve_files(cfg)
-        pipe, loaded = pipeline_cache.get_pipeline(cfg, device, files)
-        summary.model_loads = int(loaded)
-        summary.model_loaded = True
-        crash_point("model_loaded")
-        # written once the model is known to load, so a refused model leaves nothing behind
-        store.write_run_info(run_info(cfg, settings, previous))
-        encode = pipeline_cache.PromptEncoder(
-            pipe, pipeline_cache.encoder_identity(files, device, value_of(cfg.runtime.dtype)),
-            cfg.sampler.max_sequence_length)
-        render = Renderer(pipe, cfg.sampler.max_sequence_length, stop.requested, encode,
-                          cfg.sampler.shift)
-        writer = ImageWriter(cfg, store, files.transformer, files.loras)
-        progress = tqdm(total=len(todo), unit="img", disable=None if cfg.runtime.progress else True,
-                        file=sys.stderr, dynamic_ncols=True)
-        started = time.perf_counter()
-        try:
-            for batch in batches(todo, cfg.batch_size):
-                stop.rendering = True
-                try:
-                    images = render(batch)
-                except Exception as e:  # one bad batch must not end a long run
-                    images = None
-                    log.exception("batch of %d failed", len(batch))
-                    for item in batch:
-                        _fail(cfg, store, summary, item, f"{type(e).__name__}: {e}")
-                if stop.requested():
-                    break
-                for item, image in zip(batch, images if images is not None else []):
-                    if np.isfinite(image).all():
-                        writer.write(item, image)
-                        summary.rendered += 1
-                    else:
-                        _fail(cfg, store, summary, item, "the pipeline returned non-finite pixels (NaN/inf)")
-                    progress.update(1)
-                stop.rendering = False
-                progress.set_postfix(failed=summary.failed, refresh=False)
-        finally:
+    device = models.resolve_device(cfg.runtime.device)
+    files = models.resolve_files(cfg)
+    pipe, loaded = pipeline_cache.get_pipeline(cfg, device, files)
+    summary.model_loads = int(loaded)
+    summary.model_loaded = True
+    crash_point("model_loaded")
+    # written once the model is known to load, so a refused model leaves nothing behind
+    store.write_run_info(run_info(cfg, settings, previous))
+    encode = pipeline_cache.PromptEncoder(
+        pipe, pipeline_cache.encoder_identity(files, device, value_of(cfg.runtime.dtype)),
+        cfg.sampler.max_sequence_length)
+    render = Renderer(pipe, cfg.sampler.max_sequence_length, stop.requested, encode,
+                      cfg.sampler.shift)
+    writer = ImageWriter(cfg, store, files.transformer, files.loras)
+    progress = tqdm(total=len(todo), unit="img", disable=None if cfg.runtime.progress else True,
+                    file=sys.stderr, dynamic_ncols=True)
+    started = time.perf_counter()
+    try:
+        for batch in batches(todo, cfg.batch_size):
+            stop.rendering = True
+            try:
+                images = render(batch)
+            except Exception as e:  # one bad batch must not end a long run
+                images = None
+                log.exception("batch of %d failed", len(batch))
+                for item in batch:
+                    _fail(cfg, store, summary, item, f"{type(e).__name__}: {e}")
+            if stop.requested():
+                break
+            for item, image in zip(batch, images if images is not None else []):
+                image = faults.image(image)
+                if (problem := defect(image)) is None:
+                    writer.write(item, image)
+                    summary.rendered += 1
+                else:
+                    _fail(cfg, store, summary, item, problem)
+                progress.update(1)
             stop.rendering = False
-            summary.render_seconds = time.perf_counter() - started
-            progress.close()
-        if stop.requested():
-            raise Interrupted(stop.signum)
+            progress.set_postfix(failed=summary.failed, refresh=False)
+    finally:
+        stop.rendering = False
+        summary.render_seconds = time.perf_counter() - started
+        progress.close()
+    if stop.requested():
+        raise Interrupted(stop.signum)
 
 
 def _fail(cfg, store: RunStore, summary: Summary, item: Item, reason: str) -> None:
     summary.failed += 1
-    store.record_error({"id": item.id, "k": item.k, "line": item.line, "reason": reason,
-                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    log.warning("%s (k=%d) failed: %s", item.id, item.k, reason)
+    try:
+        store.record_error({"id": item.id, "k": item.k, "line": item.line, "reason": reason,
+                            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    except OSError as e:
+        raise _write_error(store, e) from None
     if summary.failed > cfg.max_errors:
         raise TooManyErrors(
             f"{summary.failed} items failed (max_errors={cfg.max_errors}); see "
@@ -233,7 +242,12 @@ class ImageWriter:
             self.store.manifest.append(record)
             crash_point("manifest_appended")
         except OSError as e:
-            raise FluxBatchError(
-                f"cannot write to {self.store.dir}: {e.strerror or e} ({e.filename or 'manifest'}); "
-                "everything listed in the manifest is intact: free space and run the same command"
-            ) from None
+            raise _write_error(self.store, e) from None
+
+
+def _write_error(store: RunStore, e: OSError) -> FluxBatchError:
+    where = f" ({e.filename})" if e.filename else ""
+    return FluxBatchError(
+        f"cannot write to {store.dir}: {e.strerror or e}{where}; the run stopped and everything "
+        "listed in the manifest is intact: fix the cause and run the same command to resume"
+    )

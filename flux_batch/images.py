@@ -40,6 +40,19 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
+def defect(image: np.ndarray) -> str | None:
+    """Why a pipeline output must not be saved as a valid image, or None.
+
+    All-black means every pixel is 0 once converted to 8 bits: what a NaN-poisoned or
+    collapsed decode produces, and (unlike a merely dark image) never a real render.
+    """
+    if not np.isfinite(image).all():
+        return "the pipeline returned non-finite pixels (NaN/inf)"
+    if not to_uint8(image).any():
+        return "the pipeline returned an all-black image (every pixel 0 in 8 bits)"
+    return None
+
+
 def encode(pixels: np.ndarray, fmt: str, quality: int, parameters: str, record: dict[str, Any]) -> bytes:
     image = Image.fromarray(pixels)
     buffer = io.BytesIO()

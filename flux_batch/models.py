@@ -170,8 +170,10 @@ def check_weights_file(path: str, key: str) -> None:
 
     try:
         check_gguf_file(path)
-    except (ValueError, OSError) as e:
+    except ValueError as e:
         raise ModelFileError(f"{key}={e}") from None
+    except OSError as e:
+        raise ModelFileError(f"{key}={path}: cannot read it ({e.strerror or e})") from None
     from .gguf_inspect import loading_problem
 
     problem = loading_problem(path)
@@ -204,7 +206,14 @@ def load_pipeline(cfg: DictConfig, device: str, files: ModelFiles | None = None)
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from None
     _check_variant(cfg, transformer)
-    pipe = FluxPipeline.from_pretrained(files.base, transformer=transformer, dtype=dtype)
+    try:  # use_safetensors: a folder holding only pickled .bin weights is refused, not unpickled
+        pipe = FluxPipeline.from_pretrained(files.base, transformer=transformer, dtype=dtype,
+                                            use_safetensors=True)
+    except (ValueError, OSError) as e:
+        raise ModelFileError(
+            f"model.base={files.base}: cannot be loaded as a FLUX pipeline with safetensors "
+            f"weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     from . import lora
 
     lora.apply(pipe, files.loras)  # adapters before placement, so offload hooks see them

@@ -20,6 +20,9 @@ from .errors import PromptFileError
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 INT_TEXT = re.compile(r"[+-]?\d+")
 MAX_SEED = 2**63 - 1
+# Far beyond what the text encoders read (77 CLIP, 512 T5 tokens); a longer "prompt" is a
+# wrong column or a binary file, and would be copied into every image and manifest line.
+MAX_PROMPT_CHARS = 20_000
 
 # Per-row settings a prompt file may carry, and how each is checked.
 INT_OVERRIDES = {"num_images": 1, "seed": 0, "width": 16, "height": 16, "steps": 1}
@@ -69,7 +72,7 @@ def read_rows(path: str | os.PathLike, fmt: str = "auto", fields: Fields | None 
     if fmt == "txt":
         raw_rows = _txt(text, fields.prompt)
     else:
-        raw_rows = {"jsonl": _jsonl, "csv": _csv, "tsv": _tsv}[fmt](text)
+        raw_rows = _jsonl(text) if fmt == "jsonl" else {"csv": _csv, "tsv": _tsv}[fmt](text, fields.prompt)
     problems: list[str] = []
     rows: list[Row] = []
     for line, record, error in raw_rows:
@@ -132,7 +135,7 @@ def _txt(text: str, prompt_field: str) -> RawRows:
             yield number, {prompt_field: line}, None
 
 
-def _tsv(text: str) -> RawRows:
+def _tsv(text: str, prompt_field: str) -> RawRows:
     # Read literally: no quote processing (PartiPrompts has a prompt that begins with `"`).
     lines = _lines(text)
     header_line = next(((n, l) for n, l in lines if l.strip()), None)
@@ -140,7 +143,7 @@ def _tsv(text: str) -> RawRows:
         return
     number, header = header_line
     columns = header.split("\t")
-    if (error := _header_problem(columns)) is not None:
+    if (error := _header_problem(columns, prompt_field)) is not None:
         yield number, {}, error
         return
     for number, line in lines:
@@ -153,7 +156,7 @@ def _tsv(text: str) -> RawRows:
         yield number, dict(zip(columns, values)), None
 
 
-def _csv(text: str) -> RawRows:
+def _csv(text: str, prompt_field: str) -> RawRows:
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     columns: list[str] | None = None
     start = 1
@@ -164,7 +167,7 @@ def _csv(text: str) -> RawRows:
                 continue
             if columns is None:
                 columns = values
-                if (error := _header_problem(columns)) is not None:
+                if (error := _header_problem(columns, prompt_field)) is not None:
                     yield line, {}, error
                     return
                 continue
@@ -176,7 +179,7 @@ def _csv(text: str) -> RawRows:
         yield start, {}, f"malformed CSV: {e}"
 
 
-def _header_problem(columns: list[str]) -> str | None:
+def _header_problem(columns: list[str], prompt_field: str) -> str | None:
     seen: set[str] = set()
     for name in columns:
         key = name.strip().lower()
@@ -185,6 +188,10 @@ def _header_problem(columns: list[str]) -> str | None:
         if key in seen:
             return f"duplicate column {name!r} in the header"
         seen.add(key)
+    if prompt_field.lower() not in seen:  # most often a file without a header row
+        shown = ", ".join(repr(c[:40]) for c in columns[:5])
+        return (f"no {prompt_field!r} column in the header ({shown}); the first line must name "
+                "the columns (or set dataset.prompt_field)")
     return None
 
 
@@ -209,6 +216,9 @@ def _to_row(line: int, record: dict[str, Any], fields: Fields) -> tuple[Row | No
         errors.append(f"{fields.prompt!r} must be a string, got {type(prompt).__name__}")
     elif not prompt.strip():
         errors.append(f"empty {fields.prompt!r}")
+    elif len(prompt) > MAX_PROMPT_CHARS:
+        errors.append(f"{fields.prompt!r} is {len(prompt):,} characters long; the limit is "
+                      f"{MAX_PROMPT_CHARS:,}")
 
     row_id = take(fields.id)
     if row_id is not None:

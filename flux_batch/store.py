@@ -6,12 +6,14 @@ item is either done (line + file) or not (no line; maybe an orphan file, replace
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import faults
 from .errors import LockedError, RunDirError
 
 MANIFEST = "metadata.jsonl"
@@ -30,12 +32,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, fault_point: str = "") -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        # O_NOFOLLOW: a planted symlink at the temp name cannot redirect the write
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with open(fd, "wb") as f:
+            faults.write(f, data, fault_point)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -73,14 +77,70 @@ class RunLock:
             self._fd = None
 
 
+def whole_lines_end(f) -> int:
+    """Offset just past the last newline of an open binary file: where a torn tail starts."""
+    pos = f.seek(0, os.SEEK_END)
+    while pos > 0:
+        step = min(pos, 1 << 16)
+        f.seek(pos - step)
+        newline = f.read(step).rfind(b"\n")
+        if newline >= 0:
+            return pos - step + newline + 1
+        pos -= step
+    return 0
+
+
+class AppendLog:
+    """A JSONL file that grows one fsynced line at a time, and only by whole lines: a torn
+    tail left by a crash is cut off when it is opened, and a line whose write fails (a full
+    disk) is cut back off, so the next line never glues onto a partial one."""
+
+    def __init__(self, path: Path, fault_point: str = ""):
+        self.path = path
+        self.fault_point = fault_point
+        self._file = None
+        self._end = 0  # offset just past the last whole line
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            self._open()
+        line = json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+        try:
+            if faults.write(self._file, line, self.fault_point) != len(line):
+                raise OSError(errno.EIO, f"short write to {self.path}")
+            os.fsync(self._file.fileno())
+        except BaseException:  # an OSError, or a second Ctrl-C mid-write
+            self._cut_back()
+            raise
+        self._end += len(line)
+
+    def _cut_back(self) -> None:
+        try:
+            os.ftruncate(self._file.fileno(), self._end)
+        except OSError:  # then the next append reopens the file, which cuts the partial line
+            self.close()
+
+    def _open(self) -> None:
+        self._file = open(self.path, "ab", buffering=0)  # unbuffered: nothing left to flush later
+        with open(self.path, "rb") as f:
+            self._end = whole_lines_end(f)
+        if self._end != os.fstat(self._file.fileno()).st_size:
+            os.ftruncate(self._file.fileno(), self._end)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 class Manifest:
-    """metadata.jsonl: one record per finished image, appended with flush + fsync."""
+    """metadata.jsonl: one record per finished image, appended with fsync."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.path = run_dir / MANIFEST
         self.records: dict[tuple[str, int], dict[str, Any]] = {}
-        self._file = None
+        self._log = AppendLog(self.path, fault_point="mid_append")
 
     def load(self) -> None:
         """Read the manifest, cutting off a torn last line and dropping records whose image
@@ -127,17 +187,11 @@ class Manifest:
         return set(self.records)
 
     def append(self, record: dict[str, Any]) -> None:
-        if self._file is None:
-            self._file = open(self.path, "ab")
-        self._file.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self._log.append(record)
         self.records[(record["id"], record["k"])] = record
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._log.close()
 
 
 class RunStore:
@@ -148,18 +202,22 @@ class RunStore:
         self.images = self.dir / IMAGES
         self.lock = RunLock(self.dir)
         self.manifest = Manifest(self.dir)
-        self._errors = None
+        self.errors = AppendLog(self.dir / ERRORS)
 
     def open(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.lock.acquire()
-        self._remove_temp_files()
-        self.manifest.load()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+            self._remove_temp_files()
+            self.manifest.load()
+            self.prune_errors()
+        except OSError as e:
+            self.lock.release()
+            raise RunDirError(f"cannot use the run directory {self.dir}: {e.strerror or e}") from None
 
     def close(self) -> None:
         self.manifest.close()
-        if self._errors is not None:
-            self._errors.close()
+        self.errors.close()
         self.lock.release()
 
     def _remove_temp_files(self) -> None:
@@ -181,19 +239,38 @@ class RunStore:
     def write_run_info(self, info: dict[str, Any]) -> None:
         write_atomic(self.dir / RUN_INFO, json.dumps(info, indent=2, sort_keys=True).encode() + b"\n")
 
+    def image_path(self, file_name: str) -> Path:
+        """Where an image goes: always directly inside images/, whatever the name says."""
+        path = (self.dir / file_name).resolve()
+        # ids are validated when the prompt file is read; this is the last guard
+        if path.parent != self.images.resolve() or self.images.is_symlink():
+            raise RunDirError(f"refusing to write outside {self.images}: {file_name!r}")
+        return path
+
     def save_image(self, file_name: str, data: bytes) -> None:
         self.images.mkdir(exist_ok=True)
-        path = (self.dir / file_name).resolve()
-        if path.parent != self.images.resolve():  # ids are validated; this is the last guard
-            raise RunDirError(f"refusing to write outside {self.images}: {file_name}")
-        write_atomic(path, data)
+        write_atomic(self.image_path(file_name), data, fault_point="mid_image_write")
 
     def record_error(self, record: dict[str, Any]) -> None:
-        if self._errors is None:
-            self._errors = open(self.dir / ERRORS, "ab")
-        self._errors.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
-        self._errors.flush()
-        os.fsync(self._errors.fileno())
+        self.errors.append(record)
+
+    def prune_errors(self) -> None:
+        """Keep errors.jsonl to the items that failed and are still not done."""
+        path = self.errors.path
+        if not path.exists():
+            return
+        self.errors.close()
+        lines = path.read_bytes().split(b"\n")
+        kept = [line for line in lines[:-1] if self._still_failed(line)]
+        if len(kept) != len(lines) - 1 or lines[-1]:
+            write_atomic(path, b"".join(line + b"\n" for line in kept))
+
+    def _still_failed(self, line: bytes) -> bool:
+        try:
+            record = json.loads(line)
+            return (record["id"], record["k"]) not in self.manifest.records
+        except (ValueError, KeyError, TypeError):
+            return False  # a torn or damaged line of a log: dropped
 
 
 def pending(items: Iterable, done: set[tuple[str, int]]) -> list:

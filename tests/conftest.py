@@ -2,6 +2,7 @@
 runs the installed `flux-batch` script the way a user does."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -55,9 +56,61 @@ class Cli:
         )
 
 
+def wait_until_stopped(proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait for a process to stop itself (a `stop` fault point: SIGSTOP) or fail if it exits."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"exited {proc.returncode} before stopping: {proc.communicate()}"
+        state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("T", "t"):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the process did not reach its stop point")
+
+
 @pytest.fixture
 def cli(tmp_path, model_cache) -> Cli:
     return Cli(tmp_path, model_cache)
+
+
+class CliServer:
+    """`flux-batch` runs forked from one warm interpreter (see cli_server.py): the same entry
+    point as the installed script, without paying the imports for each of dozens of runs."""
+
+    def __init__(self, cache: Path, logs: Path):
+        self.logs = logs
+        self.count = 0
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("cli_server.py"))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=logs,
+            env={**os.environ, "FLUX_BATCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
+        )
+
+    def __call__(self, cwd: Path, *args: str, env: dict | None = None,
+                 kill_after: float | None = None) -> subprocess.CompletedProcess:
+        self.count += 1
+        log = self.logs / f"run-{self.count}.log"
+        request = {"args": list(args), "cwd": str(cwd), "log": str(log), "env": env or {},
+                   "kill_after": kill_after}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        assert reply, "the flux-batch test server died"
+        output = log.read_text() if log.exists() else ""
+        return subprocess.CompletedProcess(args, json.loads(reply)["returncode"], output, output)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def cli_server(model_cache, tmp_path_factory):
+    server = CliServer(model_cache, tmp_path_factory.mktemp("server-logs"))
+    yield server
+    server.close()
 
 
 def write_prompts(path: Path, rows: list[dict]) -> Path:
@@ -76,6 +129,25 @@ def pixels(run_dir: Path) -> dict[tuple[str, int], np.ndarray]:
         (r["id"], r["k"]): np.asarray(Image.open(run_dir / r["file_name"]).convert("RGB"))
         for r in manifest(run_dir)
     }
+
+
+# Small, quick renders for the tests that run the CLI dozens of times.
+FAST = ("sampler.steps=2", "sampler.width=32", "sampler.height=32", "runtime.progress=false")
+
+
+def check_consistent(run_dir: Path) -> list[dict]:
+    """What any reader may rely on at any moment: every whole manifest line parses and names
+    an image that exists, decodes and has the listed sha256. A torn last line may remain."""
+    path = run_dir / "metadata.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    records = [json.loads(line) for line in lines[:-1]]
+    for record in records:
+        data = (run_dir / record["file_name"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == record["sha256"], record["file_name"]
+        Image.open(run_dir / record["file_name"]).load()
+    return records
 
 
 PROMPTS = [

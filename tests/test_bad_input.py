@@ -113,3 +113,108 @@ def test_a_schnell_config_refuses_a_dev_transformer(cli, model_cache):
     assert ("this GGUF is FLUX.1-dev-style (it has a guidance embedding), but model=flux-schnell "
             "needs a schnell file; use model=flux-dev with it") in result.stderr
     assert written(cli.cwd) == []
+
+
+# --- the wider matrix, through the same entry point forked from one warm interpreter ---
+
+def ten_megabyte_line() -> bytes:
+    return b"a" * (10 * 2**20) + b"\n"
+
+
+def long_file_bad_at_the_end() -> bytes:
+    rows = "".join(f'{{"prompt": "prompt {i}"}}\n' for i in range(100_000))
+    return (rows + '{"prompt": "the last one", }\n').encode()
+
+
+MATRIX_FILES = [
+    ("traversal.jsonl", '{"prompt": "a", "id": "../../x"}\n', "traversal.jsonl:1: bad id '../../x'"),
+    ("nul-id.jsonl", '{"prompt": "a", "id": "a\\u0000b"}\n', "nul-id.jsonl:1: bad id 'a\\x00b'"),
+    ("slash-id.csv", "id,prompt\nsub/dir,a\n", "slash-id.csv:2: bad id 'sub/dir'"),
+    ("huge-line.txt", ten_megabyte_line, "huge-line.txt:1: 'prompt' is 10,485,760 characters long; the limit is 20,000"),
+    ("long-file.jsonl", long_file_bad_at_the_end, "long-file.jsonl:100001: invalid JSON"),
+    ("array.jsonl", '[{"prompt": "a"}]\n', "array.jsonl:1: expected a JSON object, got list"),
+    ("no-header.csv", "a red fox in the snow,7\nan owl,3\n",
+     "no-header.csv:1: no 'prompt' column in the header ('a red fox in the snow', '7')"),
+    ("no-header.tsv", "a red fox\t7\n", "no-header.tsv:1: no 'prompt' column in the header"),
+    ("dup-columns.csv", "prompt,seed,Seed\na,1,2\n", "dup-columns.csv:1: duplicate column 'Seed' in the header"),
+    ("width0.jsonl", '{"prompt": "a", "width": 0}\n', "width0.jsonl:1: width=0 must be >= 16"),
+    ("guidance-nan.jsonl", '{"prompt": "a", "guidance": NaN}\n', "guidance-nan.jsonl:1: guidance=nan must be a finite number"),
+    ("num0.csv", "prompt,num_images\na,0\n", "num0.csv:2: num_images=0 must be >= 1"),
+    ("bool-seed.jsonl", '{"prompt": "a", "seed": true}\n', "bool-seed.jsonl:1: seed=True is not an integer"),
+    ("reserved.jsonl", '{"prompt": "a", "sha256": "x"}\n', "column 'sha256' would overwrite the manifest field"),
+    ("case.jsonl", '{"prompt": "a", "Prompt": "b"}\n', "case.jsonl:1: fields 'prompt' and 'Prompt' differ only in case"),
+    ("quote.csv", 'prompt\n"never closed\n', "quote.csv:2: malformed CSV"),
+    ("a-dir.jsonl", None, "a-dir.jsonl: is a directory, not a prompt file"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", MATRIX_FILES, ids=[m[0] for m in MATRIX_FILES])
+def test_malformed_prompt_files(cli_server, tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    else:
+        content = content() if callable(content) else content
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    result = cli_server(tmp_path, f"dataset.path={name}")
+    assert result.returncode == 2, result.stdout
+    assert message in result.stdout
+    assert len([l for l in result.stdout.splitlines() if name in l]) == 1  # one line, one problem
+    assert "Traceback" not in result.stdout
+    assert written(tmp_path) == []
+
+
+MATRIX_OVERRIDES = [
+    ("sampler.width=0", "sampler.width=0: image sizes must be positive multiples of 16"),
+    ("sampler.steps=-1", "sampler.steps=-1: must be an integer >= 1"),
+    ("sampler.guidance=nan", "sampler.guidance=nan: must be a finite number >= 0"),
+    ("sampler.guidance=-1", "sampler.guidance=-1.0: must be a finite number >= 0"),
+    ("num_images=0", "num_images=0: must be an integer >= 1"),
+    ("batch_size=0", "batch_size=0: must be an integer >= 1"),
+    ("limit=-1", "limit=-1: must be an integer >= 0"),
+    ("seed=-1", "seed=-1: must be an integer >= 0"),
+    ("max_errors=-1", "max_errors=-1: must be an integer >= 0"),
+    ("output.quality=0", "output.quality=0: must be between 1 and 100"),
+    ("dataset.format=xml", "dataset.format=xml: expected one of auto, jsonl, csv, tsv, txt"),
+    ("runtime.device=gpu", "runtime.device=gpu: expected auto, cpu, cuda, cuda:N or mps"),
+    # refused by Hydra while composing; its message names the key
+    ("output.format=gif", "full_key: output.format"),
+    ("sampler.steps=abc", "full_key: sampler.steps"),
+    ("guidance=nan", "Key 'guidance' not in 'FluxBatchConfig'"),
+]
+
+
+@pytest.mark.parametrize("override, message", MATRIX_OVERRIDES, ids=[m[0] for m in MATRIX_OVERRIDES])
+def test_bad_overrides(cli_server, tmp_path, override, message):
+    result = cli_server(tmp_path, override)
+    assert result.returncode == 2, result.stdout
+    assert message in result.stdout
+    assert "Traceback" not in result.stdout
+    assert written(tmp_path) == []
+
+
+def truncated_gguf(tiny: Path, dest: Path) -> None:
+    data = (tiny / "transformer-Q8_0.gguf").read_bytes()
+    dest.write_bytes(data[: len(data) * 2 // 3])  # an interrupted download
+
+
+MATRIX_WEIGHTS = [
+    ("cut.gguf", truncated_gguf, "truncated"),
+    ("header-only.gguf", lambda tiny, dest: dest.write_bytes(
+        (tiny / "transformer-Q8_0.gguf").read_bytes()[:64]), "truncated GGUF file"),
+    ("weights.safetensors", lambda tiny, dest: dest.write_bytes(b"{}"), "only GGUF transformer files are read"),
+    ("weights.pt", lambda tiny, dest: dest.write_bytes(b"\x80\x04pickle"), "only GGUF transformer files are read"),
+    ("folder.gguf", lambda tiny, dest: dest.mkdir(), "cannot read it (Is a directory)"),
+]
+
+
+@pytest.mark.parametrize("name, make, message", MATRIX_WEIGHTS, ids=[m[0] for m in MATRIX_WEIGHTS])
+def test_bad_weights_files(cli_server, model_cache, tmp_path, name, make, message):
+    tiny = model_cache / "tiny-v1"
+    make(tiny, tmp_path / name)
+    result = cli_server(tmp_path, "model=flux-dev", f"model.base={tiny}", f"model.transformer={name}")
+    assert result.returncode == 2, result.stdout
+    assert f"model.transformer={name}" in result.stdout and message in result.stdout
+    assert "loading transformer" not in result.stdout  # refused before diffusers sees it
+    assert "Traceback" not in result.stdout
+    assert written(tmp_path) == []

@@ -5,7 +5,7 @@ import fcntl
 import json
 import os
 
-from conftest import PROMPTS, manifest, write_prompts
+from conftest import FAST, PROMPTS, manifest, wait_until_stopped, write_prompts
 
 
 def test_a_second_writer_is_refused_naming_lock_and_pid(cli):
@@ -85,3 +85,42 @@ def test_settings_that_do_not_change_pixels_resume_the_same_run(cli):
     second = cli(f"dataset.path={prompts}", "batch_size=2", "runtime.progress=false")
     assert first.stdout.split(":")[0] == second.stdout.split(":")[0]
     assert "rendered 2, skipped 1 already done" in second.stdout
+
+
+def test_two_real_processes_on_one_run_and_a_killed_holder(cli):
+    prompts = write_prompts(cli.cwd / "p.jsonl", PROMPTS[:2])
+    args = (f"dataset.path={prompts}", "output.dir=run", *FAST)
+    first = cli.popen(*args, env={"FLUX_BATCH_CRASH": "model_loaded:1:stop"})  # holds the lock
+    try:
+        wait_until_stopped(first)
+        second = cli(*args, check=False)
+        assert second.returncode == 75
+        lock = cli.cwd / "run" / ".lock"
+        assert f"(lock file {lock}, held by pid {first.pid})" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.kill()  # SIGKILL: the holder dies without releasing anything by hand
+        first.wait()
+    assert (cli.cwd / "run" / ".lock").exists()  # stale, yet no obstacle
+    third = cli(*args)
+    assert "rendered 2, skipped 0 already done" in third.stdout
+    assert len(manifest(cli.cwd / "run")) == 2
+
+
+def test_manifest_repair_on_open_keeps_one_line_per_finished_image(tmp_path):
+    from flux_batch.store import RunStore
+
+    run = tmp_path / "run"
+    (run / "images").mkdir(parents=True)
+    for name in ("a.png", "b.png", "orphan.png"):
+        (run / "images" / name).write_bytes(b"x")
+    line = lambda i, extra="": json.dumps({"id": i, "k": 0, "file_name": f"images/{i}.png", "n": extra})
+    (run / "metadata.jsonl").write_text("\n".join([
+        line("a", "first"), "", line("gone"), line("b"), line("a", "again"),
+    ]) + "\n" + line("c")[:20])  # a blank line, a missing image, a repeat, a torn tail
+    store = RunStore(run)
+    store.open()
+    store.close()
+    records = manifest(run)
+    assert [(r["id"], r["n"]) for r in records] == [("b", ""), ("a", "again")]
+    assert store.manifest.done() == {("a", 0), ("b", 0)}  # the orphan and "gone" render again

@@ -1,0 +1,75 @@
+"""Runs `flux-batch` many times from one interpreter, for the tests that kill it dozens of times.
+
+Importing torch, diffusers and Hydra costs seconds per process; this server pays it once, then
+forks a child per request that runs the same entry point as the installed script
+(`flux_batch.cli:main`) with its own argv, working directory, environment and output file.
+The parent may SIGKILL a child after a delay, for kills at moments no crash point names.
+
+Protocol: one JSON object per line on stdin
+  {"args": [...], "cwd": DIR, "log": FILE, "env": {...}, "kill_after": SECONDS (optional)}
+and one JSON line back per request: {"returncode": N} (negative: killed by signal -N).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+
+from flux_batch import cli, driver, faults, models, render  # noqa: F401  (imported once, here)
+from diffusers import FluxPipeline, FluxTransformer2DModel, GGUFQuantizationConfig  # noqa: F401,E402
+import transformers  # noqa: F401,E402
+import tqdm  # noqa: F401,E402
+
+
+def child(request: dict) -> None:
+    code = 1
+    try:
+        os.chdir(request["cwd"])
+        os.environ.update(request.get("env") or {})
+        faults.configure(os.environ.get("FLUX_BATCH_CRASH", ""))
+        out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        sys.argv = ["flux-batch", *request["args"]]
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve(request: dict) -> int:
+    pid = os.fork()
+    if pid == 0:
+        child(request)
+    deadline = request.get("kill_after")
+    if deadline is not None:
+        deadline += time.monotonic()
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.005)
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def main() -> None:
+    for line in sys.stdin:
+        returncode = serve(json.loads(line))
+        sys.stdout.write(json.dumps({"returncode": returncode}) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
