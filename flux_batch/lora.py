@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from .errors import ModelFileError
+from .models import fetch_hub_file
 
 log = logging.getLogger(__name__)
 HUB_FILE = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)/(?P<file>[^/].*\.safetensors)$")
@@ -93,19 +94,8 @@ def resolve(cfg: DictConfig) -> tuple[LoraFile, ...]:
 def _resolve_one(key: str, entry) -> LoraFile:
     spec = os.path.expanduser(str(entry.path))
     _check_suffix(key, spec)
-    if os.path.isfile(spec):
-        local = spec
-    elif (match := HUB_FILE.match(spec)) and not spec.startswith((".", "/")):
-        try:
-            from huggingface_hub import hf_hub_download
-
-            local = hf_hub_download(match["repo"], match["file"])
-        except Exception as e:
-            raise ModelFileError(
-                f"{key}.path={spec}: not a local file, and it cannot be fetched from the Hugging "
-                f"Face hub ({type(e).__name__})"
-            ) from None
-    else:
+    local = spec if os.path.isfile(spec) else fetch_hub_file(f"{key}.path", spec, HUB_FILE)
+    if local is None:
         raise ModelFileError(f"{key}.path={spec}: LoRA file not found")
     return LoraFile(key, Path(spec).stem, local, file_sha256(local), float(entry.scale))
 

@@ -116,22 +116,31 @@ def _resolve_base(m: DictConfig) -> str:
         ) from None
 
 
+def fetch_hub_file(key: str, spec: str, pattern: re.Pattern, hint: str = "") -> str | None:
+    """The local copy, through huggingface_hub's cache, of a `owner/repo/file` spec that
+    `pattern` matches; None when the spec is not of that form."""
+    match = pattern.match(spec)
+    if match is None or spec.startswith((".", "/")):
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(match["repo"], match["file"])
+    except Exception as e:  # offline, gated, or no such file
+        raise ModelFileError(
+            f"{key}={spec}: cannot fetch it from the Hugging Face hub ({type(e).__name__})."
+            + (f" {hint}" if hint else "")
+        ) from None
+
+
 def _resolve_transformer(m: DictConfig) -> str:
     spec = os.path.expanduser(str(m.transformer))
     if spec.startswith(("http://", "https://")) or os.path.exists(spec):
         local = spec
-    elif (match := HUB_FILE.match(spec)) and not spec.startswith((".", "/")):
-        try:
-            from huggingface_hub import hf_hub_download
-
-            local = hf_hub_download(match["repo"], match["file"])
-        except Exception as e:
-            raise ModelFileError(
-                f"model.transformer={spec}: cannot fetch it from the Hugging Face hub "
-                f"({type(e).__name__}). {m.how_to_get}"
-            ) from None
     else:
-        raise _missing("model.transformer file", spec, m.how_to_get)
+        local = fetch_hub_file("model.transformer", spec, HUB_FILE, m.how_to_get)
+        if local is None:
+            raise _missing("model.transformer file", spec, m.how_to_get)
     if not spec.startswith(("http://", "https://")):
         check_weights_file(local, "model.transformer")
         _check_gguf_variant(m, local)

@@ -158,6 +158,6 @@ def test_a_hub_lora_that_cannot_be_fetched_is_reported_with_its_key(cli):
     result = cli("lora=[{path:someone/style-lora/style.safetensors,scale:0.5}]", "output.dir=out",
                  check=False)
     assert result.returncode == 2
-    assert ("lora.0.path=someone/style-lora/style.safetensors: not a local file, and it cannot be "
-            "fetched from the Hugging Face hub") in result.stderr
+    assert ("lora.0.path=someone/style-lora/style.safetensors: cannot fetch it from the Hugging "
+            "Face hub") in result.stderr
     assert not (cli.cwd / "out" / "run.json").exists()
