@@ -9,8 +9,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 from omegaconf import DictConfig
 
 from . import faults
@@ -18,12 +18,15 @@ from .config import validate, value_of
 from .errors import FluxBatchError, TooManyErrors
 from .faults import crash_point
 from .images import EXTENSIONS, defect, encode, infotext, to_uint8
-from .items import Item, RowDefaults, Settings, expand
+from .items import Item, Plan, RowDefaults, Settings
 from .prompts import Fields, read_rows
 from .runinfo import check_same_run, pixel_settings, run_info
 from .schedulers import infotext_sampler
 from .sizes import area, default_size
-from .store import RunStore, pending
+from .store import RunStore
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("flux_batch")
 
@@ -96,31 +99,35 @@ def dataset_path(path: str) -> Path:
     return given
 
 
-def plan_items(cfg: DictConfig) -> list[Item]:
-    """Every item of the prompt file (first `limit` only), or PromptFileError."""
+def plan_run(cfg: DictConfig) -> Plan:
+    """The prompt file's items (first `limit` only), checked whole, or PromptFileError."""
     d = cfg.dataset
     rows = read_rows(dataset_path(d.path), d.format, Fields(prompt=d.prompt_field, id=d.id_field))
     s = cfg.sampler
     width, height = default_size(s)
     settings = Settings(width, height, s.steps, float(s.guidance), float(s.true_cfg), s.scheduler)
     defaults = RowDefaults(settings, s.negative_prompt, area(s))
-    items = expand(rows, str(d.path), defaults, cfg.seed, cfg.num_images)
-    return items if cfg.limit is None else items[: cfg.limit]
+    return Plan(rows, str(d.path), defaults, cfg.seed, cfg.num_images, cfg.limit)
+
+
+def plan_items(cfg: DictConfig) -> list[Item]:
+    """Every item of the prompt file (first `limit` only), or PromptFileError."""
+    return plan_run(cfg).items()
 
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
     # a signal at any point ends the run through Interrupted: exit 130 / 143, manifest whole
     with StopSignals() as stop:
         validate(cfg)
-        items = plan_items(cfg)
+        plan = plan_run(cfg)
         settings = pixel_settings(cfg)
         store = RunStore(run_dir)
         store.open()
         try:
             previous = store.read_run_info()
             check_same_run(previous, settings, store.dir)
-            todo = pending(items, store.manifest.done())
-            summary = Summary(store.dir, total=len(items), skipped=len(items) - len(todo))
+            todo = plan.items(skip=store.manifest)  # Items only for what is left to render
+            summary = Summary(store.dir, total=plan.total, skipped=plan.total - len(todo))
             if todo:
                 _render_all(cfg, store, todo, settings, previous, summary, stop)
                 store.prune_errors()  # items retried with success leave the errors log

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy and PIL are imported where used: a run with nothing to do never needs them.
 
 EXTENSIONS = {"png": ".png", "webp": ".webp", "jpg": ".jpg"}
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
@@ -37,6 +38,8 @@ def infotext(record: dict[str, Any], sampler: str, model_label: str,
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """float image in [0, 1] -> uint8, rounding as diffusers' numpy_to_pil does."""
+    import numpy as np
+
     return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
@@ -46,6 +49,8 @@ def defect(image: np.ndarray) -> str | None:
     All-black means every pixel is 0 once converted to 8 bits: what a NaN-poisoned or
     collapsed decode produces, and (unlike a merely dark image) never a real render.
     """
+    import numpy as np
+
     if not np.isfinite(image).all():
         return "the pipeline returned non-finite pixels (NaN/inf)"
     if not to_uint8(image).any():
@@ -54,6 +59,9 @@ def defect(image: np.ndarray) -> str | None:
 
 
 def encode(pixels: np.ndarray, fmt: str, quality: int, parameters: str, record: dict[str, Any]) -> bytes:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
     image = Image.fromarray(pixels)
     buffer = io.BytesIO()
     if fmt == "png":
@@ -71,6 +79,8 @@ def encode(pixels: np.ndarray, fmt: str, quality: int, parameters: str, record: 
 
 def read_parameters(path) -> str | None:
     """The infotext stored in an image written by `encode`, or None."""
+    from PIL import Image
+
     with Image.open(path) as image:
         if "parameters" in image.info:
             return image.info["parameters"]

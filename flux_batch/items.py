@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Container, Iterable, Iterator
 
 from .errors import PromptFileError
 from .prompts import Row
@@ -90,28 +90,76 @@ def assign_ids(rows: Iterable[Row], path: str) -> list[str]:
     return ids
 
 
+class Plan:
+    """The items of a prompt file, checked whole (ids, duplicates, row settings) but built
+    lazily: `items(skip=done)` makes Items, seeds included, only for the keys not skipped, so
+    finding that a long finished run has nothing to do costs little more than reading it."""
+
+    def __init__(self, rows: list[Row], path: str, defaults: Settings | RowDefaults,
+                 base_seed: int, num_images: int, limit: int | None = None):
+        if isinstance(defaults, Settings):
+            defaults = RowDefaults(defaults)
+        self.base_seed = base_seed
+        ids = assign_ids(rows, path)
+        settings = _all_row_settings(rows, path, defaults)
+        left = limit if limit is not None else float("inf")
+        # (row, id, (settings, negative prompt), the row's num_images, how many of them are planned)
+        self._rows: list[tuple[Row, str, tuple[Settings, str | None], int, int]] = []
+        for row, item_id, setting in zip(rows, ids, settings):
+            if left <= 0:
+                break
+            n = row.overrides.get("num_images", num_images)
+            self._rows.append((row, item_id, setting, n, min(n, left)))
+            left -= n
+        self.total = sum(planned for *_, planned in self._rows)
+
+    def keys(self) -> Iterator[tuple[str, int]]:
+        for _, item_id, _, _, planned in self._rows:
+            for k in range(planned):
+                yield (item_id, k)
+
+    def items(self, skip: Container[tuple[str, int]] = ()) -> list[Item]:
+        """The planned items in file order, less those whose (id, k) is in `skip`."""
+        items: list[Item] = []
+        for row, item_id, (settings, negative), n, planned in self._rows:
+            for k in range(planned):
+                if (item_id, k) in skip:
+                    continue
+                o = row.overrides
+                seed = o["seed"] + k if "seed" in o else item_seed(self.base_seed, item_id, k)
+                stem = item_id if n == 1 else f"{item_id}_{k}"
+                items.append(Item(item_id, k, row.prompt, seed, settings, stem, row.line, negative,
+                                  row.extra))
+        return items
+
+
 def expand(rows: list[Row], path: str, defaults: Settings | RowDefaults, base_seed: int,
            num_images: int) -> list[Item]:
     """All items of a prompt file, in file order."""
-    if isinstance(defaults, Settings):
-        defaults = RowDefaults(defaults)
-    items: list[Item] = []
+    return Plan(rows, path, defaults, base_seed, num_images).items()
+
+
+def _all_row_settings(rows: list[Row], path: str,
+                      defaults: RowDefaults) -> list[tuple[Settings, str | None]]:
+    """Every row's settings, or PromptFileError naming each row whose settings contradict.
+    Rows with the same overrides share one result: most rows of a long file have none."""
+    found: dict[tuple, tuple[Settings, str | None] | str] = {}
+    settings: list = []
     problems: list[str] = []
-    for row, item_id in zip(rows, assign_ids(rows, path)):
-        try:
-            settings, negative = row_settings(row, defaults)
-        except ValueError as e:
-            problems.append(f"{path}:{row.line}: {e}")
-            continue
-        n = row.overrides.get("num_images", num_images)
-        for k in range(n):
-            o = row.overrides
-            seed = o["seed"] + k if "seed" in o else item_seed(base_seed, item_id, k)
-            stem = item_id if n == 1 else f"{item_id}_{k}"
-            items.append(Item(item_id, k, row.prompt, seed, settings, stem, row.line, negative, row.extra))
+    for row in rows:
+        key = tuple(sorted(row.overrides.items()))
+        if key not in found:
+            try:
+                found[key] = row_settings(row, defaults)
+            except ValueError as e:
+                found[key] = str(e)
+        result = found[key]
+        if isinstance(result, str):
+            problems.append(f"{path}:{row.line}: {result}")
+        settings.append(result)
     if problems:
         raise PromptFileError(problems)
-    return items
+    return settings
 
 
 def row_settings(row: Row, defaults: RowDefaults) -> tuple[Settings, str | None]:

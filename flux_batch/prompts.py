@@ -195,7 +195,26 @@ def _header_problem(columns: list[str], prompt_field: str) -> str | None:
     return None
 
 
+def _plain_row(line: int, record: dict[str, Any], fields: Fields) -> Row | None:
+    """The row of a record holding a valid prompt and maybe a valid id, under exactly the
+    configured names, and nothing else: the common case, checked quickly. None otherwise."""
+    prompt = record.get(fields.prompt)
+    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
+        return None
+    row_id = record.get(fields.id)
+    if len(record) != 1 + (row_id is not None) or (row_id is None and fields.id in record):
+        return None
+    if type(row_id) is int:
+        row_id = str(row_id)
+    if row_id is not None and (type(row_id) is not str or not ID_PATTERN.fullmatch(row_id)):
+        return None
+    prompt = prompt.strip()
+    return Row(line, prompt, row_id) if prompt else None
+
+
 def _to_row(line: int, record: dict[str, Any], fields: Fields) -> tuple[Row | None, list[str]]:
+    if (row := _plain_row(line, record, fields)) is not None:
+        return row, []
     by_lower: dict[str, str] = {}
     for key in record:
         lower = key.lower()
@@ -230,6 +249,8 @@ def _to_row(line: int, record: dict[str, Any], fields: Fields) -> tuple[Row | No
                 "starting with a letter or digit"
             )
 
+    if not by_lower:  # only a prompt and an id: the common row, with nothing more to check
+        return (None, errors) if errors else (Row(line, prompt.strip(), row_id), [])
     overrides: dict[str, Any] = {}
     for name, minimum in INT_OVERRIDES.items():
         value = take(name)
