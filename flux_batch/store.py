@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import faults
+from . import faults, manifest_index
 from .errors import LockedError, RunDirError
 
 MANIFEST = "metadata.jsonl"
@@ -101,7 +102,8 @@ class AppendLog:
         self._file = None
         self._end = 0  # offset just past the last whole line
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any]) -> bytes:
+        """Append one record; the line written, as bytes."""
         if self._file is None:
             self._open()
         line = json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
@@ -113,6 +115,7 @@ class AppendLog:
             self._cut_back()
             raise
         self._end += len(line)
+        return line
 
     def _cut_back(self) -> None:
         try:
@@ -134,65 +137,106 @@ class AppendLog:
 
 
 class Manifest:
-    """metadata.jsonl: one record per finished image, appended with fsync."""
+    """metadata.jsonl: one record per finished image, appended with fsync. What is done is
+    kept as {(id, k): file_name}; the records themselves stay in the file."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.path = run_dir / MANIFEST
-        self.records: dict[tuple[str, int], dict[str, Any]] = {}
+        self.index_path = run_dir / manifest_index.INDEX
+        self.files: dict[tuple[str, int], str] = {}
         self._log = AppendLog(self.path, fault_point="mid_append")
+        # the manifest's bytes as this process knows them: line entries, hash and length
+        self._lines: list[manifest_index.Entry] = []
+        self._hash = hashlib.sha256()
+        self._length = 0
+        self._index_stale = False
 
-    def load(self) -> None:
+    def load(self, present: set[str] | None = None) -> None:
         """Read the manifest, cutting off a torn last line and dropping records whose image
-        is gone (so the item renders again without a duplicate line)."""
+        is gone (so the item renders again without a duplicate line). `present`: the
+        file_names of the images there, when the caller has just listed them."""
         if not self.path.exists():
             return
         data = self.path.read_bytes()
-        lines = data.split(b"\n")
-        torn = lines.pop()  # bytes after the last newline: empty unless an append was cut off
-        dirty = bool(torn)
-        present = self._present_files()
-        kept: dict[tuple[str, int], tuple[dict[str, Any], bytes]] = {}
-        for number, line in enumerate(lines, start=1):
+        end = data.rfind(b"\n") + 1  # bytes after the last newline: a torn append
+        entries, covered = manifest_index.read(self.index_path, data[:end])
+        parsed, blank = self._parse(data, covered, end, first_line=len(entries) + 1)
+        entries += parsed
+        present = self._present_files() if present is None else present
+        kept: dict[tuple[str, int], str] = {}
+        for key, file_name in entries:
+            if file_name in present:
+                kept.pop(key, None)  # the later line wins
+                kept[key] = file_name
+        self.files = kept
+        clean = not blank and end == len(data) and len(kept) == len(entries)
+        data = data[:end] if clean else self._rewrite(data[:end], present)
+        self._lines = entries if clean else list(kept.items())
+        self._hash, self._length = hashlib.sha256(data), len(data)
+        self._index_stale = not clean or covered < end
+
+    def _parse(self, data: bytes, start: int, end: int, first_line: int) -> tuple[list, bool]:
+        """((id, k), file_name) of each line of data[start:end], and whether a line was blank."""
+        entries, blank = [], False
+        for number, line in enumerate(data[start:end].split(b"\n")[:-1], start=first_line):
             if not line.strip():
-                dirty = True
+                blank = True
                 continue
             try:
                 record = json.loads(line)
-                key = (record["id"], record["k"])
-                file_name = record["file_name"]
+                entries.append(((record["id"], record["k"]), record["file_name"]))
             except (ValueError, KeyError, TypeError):
                 raise RunDirError(
                     f"{self.path}:{number}: malformed manifest line; fix or remove it by hand "
                     "(flux-batch only repairs a torn last line)"
                 ) from None
-            if file_name not in present:
-                dirty = True
-                continue
-            if key in kept:  # the later line wins
-                dirty = True
-                del kept[key]
-            kept[key] = (record, line)
-        self.records = {key: record for key, (record, _) in kept.items()}
-        if dirty:
-            write_atomic(self.path, b"".join(line + b"\n" for _, line in kept.values()))
+        return entries, blank
+
+    def _rewrite(self, data: bytes, present: set[str]) -> bytes:
+        """The manifest less blank lines, lines whose image is gone and all but the last line
+        of a key, written atomically (every line was parsed once already)."""
+        kept: dict[tuple[str, int], bytes] = {}
+        for line in data.split(b"\n")[:-1]:
+            if line.strip():
+                record = json.loads(line)
+                if record["file_name"] in present:
+                    key = (record["id"], record["k"])
+                    kept.pop(key, None)
+                    kept[key] = line
+        content = b"".join(line + b"\n" for line in kept.values())
+        write_atomic(self.path, content)
+        return content
 
     def _present_files(self) -> set[str]:
         images = self.run_dir / IMAGES
         if not images.is_dir():
             return set()
-        return {f"{IMAGES}/{entry.name}" for entry in os.scandir(images)}
+        return {f"{IMAGES}/{name}" for name in os.listdir(images)}
 
     def done(self) -> set[tuple[str, int]]:
-        return set(self.records)
+        return set(self.files)
+
+    def __contains__(self, key: tuple[str, int]) -> bool:
+        return key in self.files
 
     def append(self, record: dict[str, Any]) -> None:
-        self._log.append(record)
-        self.records[(record["id"], record["k"])] = record
+        line = self._log.append(record)
+        key = (record["id"], record["k"])
+        self.files.pop(key, None)  # a key written again moves to the end, as in the file
+        self.files[key] = record["file_name"]
+        self._lines.append((key, record["file_name"]))
+        self._hash.update(line)
+        self._length += len(line)
+        self._index_stale = True
 
     def close(self) -> None:
+        """Close the log and bring the index up to date, so the next start reads the keys
+        instead of every JSON line."""
         self._log.close()
-
+        if self._index_stale:
+            manifest_index.write(self.index_path, self._hash.hexdigest(), self._length, self._lines)
+            self._index_stale = False
 
 class RunStore:
     """Owns one run directory for the length of a run."""
@@ -208,8 +252,7 @@ class RunStore:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.lock.acquire()
-            self._remove_temp_files()
-            self.manifest.load()
+            self.manifest.load(present=self._remove_temp_files())
             self.prune_errors()
         except OSError as e:
             self.lock.release()
@@ -220,12 +263,18 @@ class RunStore:
         self.errors.close()
         self.lock.release()
 
-    def _remove_temp_files(self) -> None:
+    def _remove_temp_files(self) -> set[str]:
+        """Delete the temp files a crash left; the images present, as manifest file_names
+        (one listing of images/ serves both)."""
+        present: set[str] = set()
         for folder in (self.dir, self.images):
             if folder.is_dir():
-                for entry in os.scandir(folder):
-                    if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX):
-                        os.unlink(entry.path)
+                for name in os.listdir(folder):
+                    if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                        os.unlink(folder / name)
+                    elif folder is self.images:
+                        present.add(f"{IMAGES}/{name}")
+        return present
 
     def read_run_info(self) -> dict[str, Any] | None:
         path = self.dir / RUN_INFO
@@ -268,7 +317,7 @@ class RunStore:
     def _still_failed(self, line: bytes) -> bool:
         try:
             record = json.loads(line)
-            return (record["id"], record["k"]) not in self.manifest.records
+            return (record["id"], record["k"]) not in self.manifest
         except (ValueError, KeyError, TypeError):
             return False  # a torn or damaged line of a log: dropped
 
