@@ -194,26 +194,14 @@ def load_pipeline(cfg: DictConfig, device: str, files: ModelFiles | None = None)
     """The FluxPipeline with its GGUF-quantized transformer, placed on `device`."""
     import diffusers
     import transformers
-    from diffusers import FluxPipeline, FluxTransformer2DModel, GGUFQuantizationConfig
+    from diffusers import FluxPipeline
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     files = files or resolve_files(cfg)
     dtype = resolve_dtype(value_of(cfg.runtime.dtype), device)
     log.info("loading transformer %s (%s, compute %s)", files.transformer, cfg.quant.name, dtype)
-    try:
-        transformer = FluxTransformer2DModel.from_single_file(
-            files.transformer,
-            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
-            config=files.base,
-            subfolder="transformer",
-            dtype=dtype,
-        )
-    except (ValueError, OSError, KeyError) as e:
-        raise ModelFileError(
-            f"model.transformer={files.transformer}: cannot be loaded as a FLUX transformer "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        ) from None
+    transformer = load_transformer(files.transformer, files.base, dtype)
     _check_variant(cfg, transformer)
     try:  # use_safetensors: a folder holding only pickled .bin weights is refused, not unpickled
         pipe = FluxPipeline.from_pretrained(files.base, transformer=transformer, dtype=dtype,
@@ -229,6 +217,32 @@ def load_pipeline(cfg: DictConfig, device: str, files: ModelFiles | None = None)
     _place(pipe, cfg, device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_transformer(transformer: str, base: str, dtype, lean: bool = True):
+    """The GGUF transformer through diffusers' GGUF layers. `lean`: read a local file through
+    its memory mapping (gguf_mmap) instead of diffusers' reader, which copies every tensor;
+    the same tensors either way. A URL is left to diffusers, which downloads it."""
+    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+
+    try:
+        source = transformer
+        if lean and not transformer.startswith(("http://", "https://")):
+            from . import gguf_mmap
+
+            source = gguf_mmap.state_dict(transformer)
+        return FluxTransformer2DModel.from_single_file(
+            source,
+            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+            config=base,
+            subfolder="transformer",
+            dtype=dtype,
+        )
+    except (ValueError, OSError, KeyError) as e:
+        raise ModelFileError(
+            f"model.transformer={transformer}: cannot be loaded as a FLUX transformer "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
 
 
 def _check_variant(cfg: DictConfig, transformer) -> None:
