@@ -102,13 +102,16 @@ class Plan:
         self.base_seed = base_seed
         ids = assign_ids(rows, path)
         settings = _all_row_settings(rows, path, defaults)
-        left = limit if limit is not None else float("inf")
         # (row, id, (settings, negative prompt), the row's num_images, how many of them are planned)
         self._rows: list[tuple[Row, str, tuple[Settings, str | None], int, int]] = []
+        left = limit
         for row, item_id, setting in zip(rows, ids, settings):
+            n = row.overrides.get("num_images", num_images) if row.overrides else num_images
+            if left is None:
+                self._rows.append((row, item_id, setting, n, n))
+                continue
             if left <= 0:
                 break
-            n = row.overrides.get("num_images", num_images)
             self._rows.append((row, item_id, setting, n, min(n, left)))
             left -= n
         self.total = sum(planned for *_, planned in self._rows)
@@ -147,7 +150,7 @@ def _all_row_settings(rows: list[Row], path: str,
     settings: list = []
     problems: list[str] = []
     for row in rows:
-        key = tuple(sorted(row.overrides.items()))
+        key = tuple(sorted(row.overrides.items())) if row.overrides else ()
         if key not in found:
             try:
                 found[key] = row_settings(row, defaults)

@@ -20,7 +20,7 @@ VERSION = 1
 Entry = tuple[tuple[str, int], str]  # ((id, k), file_name) of one manifest line
 
 
-def read(path: Path, manifest: bytes) -> tuple[list[Entry], int]:
+def read(path: Path, manifest: bytes | memoryview) -> tuple[list[Entry], int]:
     """The entries of the manifest prefix the index covers and that prefix's length in bytes,
     or ([], 0) when there is no index or it does not match the manifest."""
     try:
@@ -28,7 +28,7 @@ def read(path: Path, manifest: bytes) -> tuple[list[Entry], int]:
         length, lines = index["bytes"], index["lines"]
         if index["version"] != VERSION or not isinstance(length, int) or not 0 <= length <= len(manifest):
             return [], 0
-        if hashlib.sha256(memoryview(manifest)[:length]).hexdigest() != index["sha256"]:
+        if hashlib.sha256(manifest[:length]).hexdigest() != index["sha256"]:
             return [], 0
         return [((item_id, k), file_name) for item_id, k, file_name in lines], length
     except (OSError, ValueError, KeyError, TypeError):

@@ -160,26 +160,33 @@ class Manifest:
             return
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1  # bytes after the last newline: a torn append
-        entries, covered = manifest_index.read(self.index_path, data[:end])
-        parsed, blank = self._parse(data, covered, end, first_line=len(entries) + 1)
+        whole = memoryview(data)[:end]
+        entries, covered = manifest_index.read(self.index_path, whole)
+        parsed, blank = self._parse(whole[covered:], first_line=len(entries) + 1)
         entries += parsed
         present = self._present_files() if present is None else present
-        kept: dict[tuple[str, int], str] = {}
-        for key, file_name in entries:
-            if file_name in present:
-                kept.pop(key, None)  # the later line wins
-                kept[key] = file_name
+        kept = dict(entries)
+        if len(kept) != len(entries) or not present.issuperset(kept.values()):
+            kept = {}
+            for key, file_name in entries:
+                if file_name in present:
+                    kept.pop(key, None)  # the later line wins
+                    kept[key] = file_name
         self.files = kept
         clean = not blank and end == len(data) and len(kept) == len(entries)
-        data = data[:end] if clean else self._rewrite(data[:end], present)
+        data = bytes(whole) if clean else self._rewrite(bytes(whole), present)
         self._lines = entries if clean else list(kept.items())
         self._hash, self._length = hashlib.sha256(data), len(data)
         self._index_stale = not clean or covered < end
 
-    def _parse(self, data: bytes, start: int, end: int, first_line: int) -> tuple[list, bool]:
-        """((id, k), file_name) of each line of data[start:end], and whether a line was blank."""
+    def _parse(self, data: memoryview, first_line: int) -> tuple[list, bool]:
+        """((id, k), file_name) of each line of `data` (whole lines), and whether one was blank."""
+        try:  # one decode, then str lines: a third faster than bytes lines
+            lines = str(data, "utf-8").split("\n")
+        except UnicodeDecodeError:  # each line on its own, to name the bad one
+            lines = bytes(data).split(b"\n")
         entries, blank = [], False
-        for number, line in enumerate(data[start:end].split(b"\n")[:-1], start=first_line):
+        for number, line in enumerate(lines[:-1], start=first_line):
             if not line.strip():
                 blank = True
                 continue

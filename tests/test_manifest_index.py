@@ -135,3 +135,10 @@ def test_a_finished_run_is_found_done_without_importing_numpy_pil_or_torch(tmp_p
                 if line.startswith("import time:")}
     assert "omegaconf" in imported  # the import log was read
     assert not imported & {"numpy", "PIL", "torch", "diffusers", "transformers", "gguf"}
+
+
+def test_a_line_that_is_not_utf8_is_malformed_and_named(run):
+    with open(run / "metadata.jsonl", "ab") as f:
+        f.write(b'{"file_name": "images/d.png", "id": "d\xff", "k": 0}\n' + line("e").encode())
+    with pytest.raises(RunDirError, match=r"metadata\.jsonl:4: malformed manifest line"):
+        opened(run)
