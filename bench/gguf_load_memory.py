@@ -154,12 +154,17 @@ def main() -> None:
         f"{(mapped['loaded']['VmHWM'] - mapped['imported']['VmRSS']) / size:.2f}× the file. "
         f"Forward outputs identical: {'yes' if same else 'NO'}.",
         "",
-        f"What the mapped reader still allocates beyond the imports is mostly the F16 tensors "
+        f"Of the {mib(mapped['peak_anon']['load'] - mapped['imported']['RssAnon'])} MiB the "
+        f"mapped reader allocates beyond its imports, {mib(2 * f16)} MiB are the F16 tensors "
         f"(input and output layers, {mib(f16)} MiB in this file), which diffusers keeps as plain "
-        f"tensors and converts to the float32 compute dtype ({mib(2 * f16)} MiB); quantized "
-        "weights stay in the file's pages until a forward pass reads them (RssFile after one "
-        "forward), shared with the page cache. A full FLUX.1 file holds proportionally far "
-        "fewer F16 tensors (0.5% of its parameters against 12% here).",
+        "tensors and converts to the float32 compute dtype; the rest "
+        f"({mib(mapped['peak_anon']['load'] - mapped['imported']['RssAnon'] - 2 * f16)} MiB) is "
+        "model set-up both readers pay (the copy reader: "
+        f"{mib(copy['peak_anon']['load'] - copy['imported']['RssAnon'] - 2 * f16 - size)} MiB "
+        "beyond the file's copy and the same conversions). Quantized weights stay in the "
+        "file's pages until a forward pass reads them (RssFile after one forward), shared "
+        "with the page cache. A full FLUX.1 file holds proportionally far fewer F16 tensors "
+        "(0.5% of its parameters against 12% here).",
     ])
     write_section("gguf_load_memory", "GGUF loading memory", body, ("torch", "diffusers", "gguf"), load)
 
