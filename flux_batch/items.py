@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Container, Iterable, Iterator
+from typing import Any, Container, Iterable
 
 from .errors import PromptFileError
 from .prompts import Row
@@ -115,11 +115,6 @@ class Plan:
             self._rows.append((row, item_id, setting, n, min(n, left)))
             left -= n
         self.total = sum(planned for *_, planned in self._rows)
-
-    def keys(self) -> Iterator[tuple[str, int]]:
-        for _, item_id, _, _, planned in self._rows:
-            for k in range(planned):
-                yield (item_id, k)
 
     def items(self, skip: Container[tuple[str, int]] = ()) -> list[Item]:
         """The planned items in file order, less those whose (id, k) is in `skip`."""
