@@ -70,3 +70,46 @@ def test_compile_wraps_the_transformer_and_renders_the_same_pixels(tmp_path, mod
     assert pipe.transformer._compiled_call_impl is None
     compiled, eager = pixels(tmp_path / "compiled"), pixels(tmp_path / "eager")
     assert all((compiled[k] == eager[k]).all() for k in eager)
+
+
+def test_under_model_offload_phased_moves_the_transformer_once_per_chunk(tmp_path, model_cache):
+    # diffusers' model CPU offload hooks work with a CPU as the execution device (moves are
+    # no-ops there), so the schedules' placement calls can be counted on a CPU
+    from flux_batch import models
+    from flux_batch.batch_size import BatchSizer
+    from flux_batch.driver import plan_items
+    from flux_batch.render import Renderer
+    from flux_batch.schedule import Schedule
+
+    prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS[:4])
+    cfg = config(prompts, "sampler.steps=1")
+    pipe = models.load_pipeline(cfg, "cpu", models.resolve_files(cfg))
+    pipe.enable_model_cpu_offload(device="cpu")
+    moves, released = [], []  # every model sent off the accelerator; models released early
+    offload_all = pipe.enable_model_cpu_offload  # what the pipeline calls after each call
+    pipe.enable_model_cpu_offload = lambda *a, **k: moves.append(1) or offload_all(*a, **k)
+    from accelerate.hooks import UserCpuOffloadHook
+
+    offload_one = UserCpuOffloadHook.offload
+    UserCpuOffloadHook.offload = lambda hook: released.append(hook.model) or offload_one(hook)
+    items = plan_items(cfg)
+
+    def render(phased):
+        moves.clear()
+        encoder = pipeline_cache.PromptEncoder(pipe, ("offload test", phased), 32)
+        schedule = Schedule(Renderer(pipe, 32, lambda: False, encoder), BatchSizer(1), phased, 32)
+        done = list(schedule(items))
+        return {(d.batch[0].id, d.batch[0].k): d.images for d in done}, len(moves)
+
+    try:
+        per_item, per_item_moves = render(False)
+        released.clear()
+        phased, phased_moves = render(True)
+    finally:
+        UserCpuOffloadHook.offload = offload_one
+    assert len(phased) == len(per_item) == len(items) == 5  # one row has num_images=2
+    assert all(np.array_equal(phased[k], per_item[k]) for k in per_item)
+    assert per_item_moves == 5  # every model off after each of the 5 pipeline calls
+    assert phased_moves == 1  # once, after the chunk
+    assert any(m is pipe.text_encoder_2 for m in released)  # T5 released before denoising
+    assert "maybe_free_model_hooks" not in pipe.__dict__  # the pipeline's own behaviour is back
