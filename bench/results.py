@@ -36,7 +36,8 @@ def versions(*packages: str) -> str:
     return ", ".join(found)
 
 
-def write_section(name: str, title: str, body: str, packages: tuple[str, ...], start_load: str) -> None:
+def write_section(name: str, title: str, body: str, packages: tuple[str, ...], start_load: str,
+                  path: Path = RESULTS) -> None:
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
     section = "\n".join([
         f"<!-- {name}:begin -->",
@@ -50,11 +51,11 @@ def write_section(name: str, title: str, body: str, packages: tuple[str, ...], s
         body.rstrip(),
         f"<!-- {name}:end -->",
     ])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if begin in text and end in text:
         text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    path.write_text(text)
     print(section)

@@ -6,6 +6,7 @@ wrong types by itself, `validate()` refuses values that are well-typed but unusa
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -28,6 +29,12 @@ class Offload(str, Enum):
     model = "model"
     auto = "auto"
     sequential = "sequential"  # accepted by the schema only to be refused with a reason
+
+
+class Schedule(str, Enum):
+    auto = "auto"  # phased when the run has more than one batch
+    phased = "phased"  # per chunk: encode every prompt, then denoise, then decode
+    per_item = "per_item"  # one plain pipeline call per batch
 
 
 class DType(str, Enum):
@@ -104,6 +111,10 @@ class RuntimeConfig:
     offload: Offload = Offload.auto
     dtype: DType = DType.auto
     progress: bool = True
+    schedule: Schedule = Schedule.auto
+    chunk_size: int = 32  # phased: items encoded, then denoised, then decoded together
+    embed_cache: Optional[str] = None  # folder of prompt embeddings kept between runs
+    compile: bool = False  # torch.compile the transformer
 
 
 @dataclass
@@ -117,7 +128,7 @@ class FluxBatchConfig:
     lora: List[LoraConfig] = field(default_factory=list)
     seed: int = 0
     num_images: int = 1
-    batch_size: int = 1
+    batch_size: Any = 1  # an integer >= 1, or auto
     limit: Optional[int] = None
     max_errors: int = 3
 
@@ -160,6 +171,15 @@ def check_size(key: str, value: Any) -> None:
 def check_positive_int(key: str, value: Any, minimum: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{key}={value}: must be an integer >= {minimum}")
+
+
+def check_batch_size(value: Any) -> None:
+    if value == "auto":
+        return
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"batch_size={value}: must be an integer >= 1, or auto")
 
 
 def check_guidance(key: str, value: Any) -> None:
@@ -220,7 +240,8 @@ def validate(cfg: DictConfig) -> None:
     lora.check(cfg)
     check_positive_int("seed", cfg.seed, minimum=0)
     check_positive_int("num_images", cfg.num_images)
-    check_positive_int("batch_size", cfg.batch_size)
+    check_batch_size(cfg.batch_size)
+    check_positive_int("runtime.chunk_size", cfg.runtime.chunk_size)
     check_positive_int("max_errors", cfg.max_errors, minimum=0)
     if cfg.limit is not None:
         check_positive_int("limit", cfg.limit, minimum=0)
@@ -237,6 +258,9 @@ def validate(cfg: DictConfig) -> None:
             "runtime.offload=sequential: diffusers' sequential CPU offload does not work with "
             "GGUF-quantized transformers (it fails with KeyError: None); use runtime.offload=model"
         )
+    cache = cfg.runtime.embed_cache
+    if cache and os.path.exists(os.path.expanduser(cache)) and not os.path.isdir(os.path.expanduser(cache)):
+        raise ConfigError(f"runtime.embed_cache={cache}: not a folder")
     if not 1 <= cfg.output.quality <= 100:
         raise ConfigError(f"output.quality={cfg.output.quality}: must be between 1 and 100")
     if cfg.model.variant not in ("dev", "schnell"):

@@ -141,7 +141,7 @@ def _render_all(cfg, store: RunStore, todo: list[Item], settings, previous, summ
     from tqdm import tqdm
 
     from . import models, pipeline_cache
-    from .render import Renderer, batches
+    from .schedule import for_run as make_schedule
 
     device = models.resolve_device(cfg.runtime.device)
     files = models.resolve_files(cfg)
@@ -151,28 +151,17 @@ def _render_all(cfg, store: RunStore, todo: list[Item], settings, previous, summ
     crash_point("model_loaded")
     # written once the model is known to load, so a refused model leaves nothing behind
     store.write_run_info(run_info(cfg, settings, previous))
-    encode = pipeline_cache.PromptEncoder(
-        pipe, pipeline_cache.encoder_identity(files, device, value_of(cfg.runtime.dtype)),
-        cfg.sampler.max_sequence_length)
-    render = Renderer(pipe, cfg.sampler.max_sequence_length, stop.requested, encode,
-                      cfg.sampler.shift)
+    schedule = make_schedule(cfg, pipe, files, device, todo, stop.requested)
     writer = ImageWriter(cfg, store, files.transformer, files.loras)
     progress = tqdm(total=len(todo), unit="img", disable=None if cfg.runtime.progress else True,
                     file=sys.stderr, dynamic_ncols=True)
     started = time.perf_counter()
     try:
-        for batch in batches(todo, cfg.batch_size):
-            stop.rendering = True
-            try:
-                images = render(batch)
-            except Exception as e:  # one bad batch must not end a long run
-                images = None
-                log.exception("batch of %d failed", len(batch))
-                for item in batch:
-                    _fail(cfg, store, summary, item, f"{type(e).__name__}: {e}")
-            if stop.requested():
-                break
-            for item, image in zip(batch, images if images is not None else []):
+        stop.rendering = True  # a signal now stops after the current batch
+        for done in schedule(todo):  # one bad batch must not end a long run
+            for item in done.batch if done.error is not None else []:
+                _fail(cfg, store, summary, item, f"{type(done.error).__name__}: {done.error}")
+            for item, image in zip(done.batch, done.images if done.images is not None else []):
                 image = faults.image(image)
                 if (problem := defect(image)) is None:
                     writer.write(item, image)
@@ -180,12 +169,13 @@ def _render_all(cfg, store: RunStore, todo: list[Item], settings, previous, summ
                 else:
                     _fail(cfg, store, summary, item, problem)
                 progress.update(1)
-            stop.rendering = False
             progress.set_postfix(failed=summary.failed, refresh=False)
     finally:
         stop.rendering = False
         summary.render_seconds = time.perf_counter() - started
         progress.close()
+    log.info("%s; the rest of rendering (writing, manifest) %.2f s", schedule.timing(),
+             summary.render_seconds - schedule.model_seconds())
     if stop.requested():
         raise Interrupted(stop.signum)
 

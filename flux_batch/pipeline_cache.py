@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from typing import Any
 
 from omegaconf import DictConfig
@@ -77,48 +78,79 @@ def release_pipeline() -> None:
 
 class PromptEncoder:
     """Text embeddings of prompts, computed one prompt at a time and kept in a process-wide
-    cache keyed by the text encoders' identity, the prompt and max_sequence_length."""
+    cache keyed by the text encoders' identity, the prompt and max_sequence_length; with a
+    `disk` cache (embed_cache.EmbedCache) also kept between processes."""
 
     _store: dict[tuple, tuple[Any, Any]] = {}
     _bytes = 0
 
-    def __init__(self, pipe, encoder_identity: tuple, max_sequence_length: int):
+    def __init__(self, pipe, encoder_identity: tuple, max_sequence_length: int, disk=None):
         self.pipe = pipe
         self.identity = encoder_identity
         self.max_sequence_length = max_sequence_length
-        self.hits = 0
-        self.misses = 0
+        self.disk = disk
+        self.hits = 0  # found in memory or on disk
+        self.misses = 0  # encoded by the text encoders
+        self.seconds = 0.0  # spent encoding
 
     def __call__(self, prompts: list[str]):
         """(prompt_embeds, pooled_prompt_embeds) for a batch, as FluxPipeline takes them."""
+        return self.stack([self.embedding(p) for p in prompts])
+
+    def stack(self, pairs: list[tuple]):
+        """Per-prompt (embeds, pooled) pairs as one batch on the pipeline's device."""
         import torch
 
-        pairs = [self._one(p) for p in prompts]
         device = self.pipe._execution_device
         embeds = torch.cat([e for e, _ in pairs]).to(device)
         pooled = torch.cat([p for _, p in pairs]).to(device)
         return embeds, pooled
 
-    def _one(self, prompt: str):
+    def embedding(self, prompt: str):
+        """(embeds, pooled) of one prompt, on the CPU: from memory, from disk, or encoded."""
         key = (self.identity, self.max_sequence_length, prompt)
         cached = PromptEncoder._store.get(key)
+        if cached is None and self.disk is not None:
+            cached = self.disk.load(prompt, self.max_sequence_length)
+            if cached is not None:
+                self._keep(key, cached)
         if cached is not None:
             self.hits += 1
             return cached
         self.misses += 1
+        started = time.perf_counter()
         embeds, pooled, _ = self.pipe.encode_prompt(
             prompt=[prompt], prompt_2=None, num_images_per_prompt=1,
             max_sequence_length=self.max_sequence_length,
         )
         pair = (embeds.detach().cpu(), pooled.detach().cpu())  # copying is exact
+        self.seconds += time.perf_counter() - started
+        self._keep(key, pair)
+        if self.disk is not None:
+            self.disk.save(prompt, self.max_sequence_length, pair)
+        return pair
+
+    @staticmethod
+    def _keep(key: tuple, pair: tuple) -> None:
         size = sum(t.numel() * t.element_size() for t in pair)
         if PromptEncoder._bytes + size <= PROMPT_CACHE_BYTES:  # full: keep the earliest ones,
             PromptEncoder._store[key] = pair  # so a sweep cycling through many prompts still hits
             PromptEncoder._bytes += size
-        return pair
 
 
-def encoder_identity(files, device: str, dtype: str) -> tuple:
+def encoder_identity(files, device: str, dtype: str, pipe=None) -> tuple:
     """The text encoders come from the pipeline folder: same folder, dtype and device, same
-    embeddings, whichever transformer or quant a job uses."""
-    return (os.path.realpath(files.base), device, dtype)
+    embeddings, whichever transformer or quant a job uses, unless a LoRA adapts the text
+    encoders (then its file and scale count too)."""
+    identity = (os.path.realpath(files.base), device, dtype)
+    if files.loras and pipe is not None and adapts_text_encoders(pipe):
+        identity += tuple((lora.sha256, lora.scale) for lora in files.loras)
+    return identity
+
+
+def adapts_text_encoders(pipe) -> bool:
+    """Whether a LoRA adapter sits on a layer of CLIP or T5."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    encoders = [m for m in (pipe.text_encoder, pipe.text_encoder_2) if m is not None]
+    return any(isinstance(module, BaseTunerLayer) for encoder in encoders for module in encoder.modules())

@@ -14,13 +14,15 @@ from .faults import crash_point
 from .items import Item, Settings
 
 
-def batches(items: list[Item], batch_size: int) -> Iterator[list[Item]]:
-    """Batches of compatible items, in order of each group's first item."""
+def batches(items: list[Item], batch_size: int | Callable[[], int]) -> Iterator[list[Item]]:
+    """Batches of compatible items, in order of each group's first item. `batch_size` may be
+    a function, read at each item: a batch size lowered mid-run applies to the next batches."""
+    size = batch_size if callable(batch_size) else (lambda: batch_size)
     open_batches: dict[Settings, list[Item]] = {}
     for item in items:
         batch = open_batches.setdefault(item.settings, [])
         batch.append(item)
-        if len(batch) == batch_size:
+        if len(batch) >= size():
             yield open_batches.pop(item.settings)
     yield from open_batches.values()
 
@@ -50,17 +52,25 @@ class Renderer:
         self.pipe.scheduler = self.schedulers[name]
 
     def __call__(self, batch: list[Item]) -> np.ndarray | None:
-        """(B, H, W, 3) images, or None when a stop was requested mid-batch (results dropped)."""
+        """(B, H, W, 3) images, or None when a stop was requested mid-batch (results dropped):
+        one plain pipeline call, which encodes, denoises and decodes."""
+        return self.denoise(batch, self.encode, output_type="np")
+
+    def denoise(self, batch: list[Item], encode: Callable[[list[str]], tuple] | None = None,
+                output_type: str = "latent"):
+        """The pipeline call for a batch; with output_type="latent" it stops before the VAE
+        and returns the packed latents, which `decode` turns into the same images."""
         import torch
 
+        encode = encode or self.encode
         s = batch[0].settings
         self._use_scheduler(s.scheduler)
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
-        prompt_embeds, pooled_prompt_embeds = self.encode([item.prompt for item in batch])
+        prompt_embeds, pooled_prompt_embeds = encode([item.prompt for item in batch])
         # true CFG only where the batch has negative prompts (Settings keeps them apart)
         cfg = {}
         if s.true_cfg > 1:
-            negative, negative_pooled = self.encode([item.negative_prompt for item in batch])
+            negative, negative_pooled = encode([item.negative_prompt for item in batch])
             cfg = {"negative_prompt_embeds": negative, "negative_pooled_prompt_embeds": negative_pooled,
                    "true_cfg_scale": s.true_cfg}
         output = self.pipe(
@@ -73,13 +83,34 @@ class Renderer:
             guidance_scale=s.guidance,
             generator=generators,
             max_sequence_length=self.max_sequence_length,
-            output_type="np",
+            output_type=output_type,
             callback_on_step_end=self._check_stop,
         )
         return None if self.should_stop() else output.images
+
+    def decode(self, latents, settings: Settings) -> np.ndarray:
+        """Packed latents of a batch as (B, H, W, 3) images: what FluxPipeline does after its
+        denoising loop, step for step, so a phased run renders the pipeline's own pixels."""
+        import torch
+
+        pipe = self.pipe
+        with torch.no_grad():
+            latents = pipe._unpack_latents(latents, settings.height, settings.width,
+                                           pipe.vae_scale_factor)
+            latents = (latents / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
+            latents = latents.to(_vae_device(pipe))
+            image = pipe.vae.decode(latents, return_dict=False)[0]
+            return pipe.image_processor.postprocess(image, output_type="np")
 
     def _check_stop(self, pipe, step, timestep, callback_kwargs):
         crash_point("mid_denoise")
         if self.should_stop():
             pipe._interrupt = True  # FluxPipeline skips the remaining steps
         return callback_kwargs
+
+
+def _vae_device(pipe):
+    """Where the VAE runs: its parameters' device, or its offload hook's execution device."""
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    return get_module_execution_device(pipe.vae)

@@ -1,0 +1,53 @@
+"""The reference loop: one FluxPipeline call per prompt, as diffusers' GGUF example renders.
+
+    python bench/plain_loop.py BASE TRANSFORMER.gguf PROMPTS.jsonl OUT_DIR --width 128 ...
+
+Loads exactly as flux-batch does (from_single_file with GGUFQuantizationConfig, then
+from_pretrained), renders each JSONL row's `prompt` with a CPU generator seeded by its `seed`,
+saves a PNG per row, and prints `loop seconds: X` (the rendering loop alone). On CUDA it uses
+enable_model_cpu_offload(), as the reference script does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from diffusers import FluxPipeline, FluxTransformer2DModel, GGUFQuantizationConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    for name in ("base", "transformer", "prompts", "out"):
+        parser.add_argument(name)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--height", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--guidance", type=float, default=3.5)
+    parser.add_argument("--max-sequence-length", type=int, default=32)
+    a = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    transformer = FluxTransformer2DModel.from_single_file(
+        a.transformer, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+        config=a.base, subfolder="transformer", dtype=dtype)
+    pipe = FluxPipeline.from_pretrained(a.base, transformer=transformer, dtype=dtype)
+    if cuda:
+        pipe.enable_model_cpu_offload()
+    pipe.set_progress_bar_config(disable=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in open(a.prompts)]
+    started = time.perf_counter()
+    for row in rows:
+        image = pipe(row["prompt"], width=a.width, height=a.height, num_inference_steps=a.steps,
+                     guidance_scale=a.guidance, max_sequence_length=a.max_sequence_length,
+                     generator=torch.Generator("cpu").manual_seed(row["seed"])).images[0]
+        image.save(out / f"{row['id']}.png")
+    print(f"loop seconds: {time.perf_counter() - started:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Phased and per-item schedules render the same pixels; `auto` picks phased for several
+batches; runtime.compile wraps the transformer in torch.compile and unwraps it again."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from conftest import PROMPTS, pixels, write_prompts
+from flux_batch import pipeline_cache, torch_compile
+from flux_batch.config import register_configs
+from flux_batch.driver import run
+
+ROWS = PROMPTS + [{"id": "neg", "prompt": "a lamp", "negative_prompt": "blurry", "true_cfg": 2}]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hydra_config():
+    register_configs()
+    with initialize_config_module(config_module="flux_batch.conf", version_base="1.3"):
+        yield
+
+
+def config(prompts, *overrides):
+    return compose(config_name="config", overrides=[
+        f"dataset.path={prompts}", "runtime.progress=false", "sampler.steps=2",
+        "sampler.width=32", "sampler.height=32", *overrides])
+
+
+def test_phased_and_per_item_render_identical_pixels(tmp_path, model_cache, caplog):
+    prompts = write_prompts(tmp_path / "p.jsonl", ROWS)
+    caplog.set_level("INFO", logger="flux_batch")
+    run(config(prompts, "runtime.schedule=per_item", "batch_size=2"), tmp_path / "per_item")
+    assert "per_item schedule, batch size 2" in caplog.text
+    # chunks of 3 items: several chunks, batches that straddle no chunk, a true-CFG batch
+    summary = run(config(prompts, "runtime.schedule=phased", "batch_size=2", "runtime.chunk_size=3"),
+                  tmp_path / "phased")
+    assert "phased schedule, batch size 2" in caplog.text
+    assert summary.rendered == 9 and summary.failed == 0
+    phased, per_item = pixels(tmp_path / "phased"), pixels(tmp_path / "per_item")
+    assert set(phased) == set(per_item) and len(phased) == 9
+    for key, image in per_item.items():
+        assert np.array_equal(phased[key], image), key
+
+
+def test_auto_schedule_is_phased_for_more_than_one_batch(tmp_path, model_cache, caplog):
+    prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS[:2])
+    caplog.set_level("INFO", logger="flux_batch")
+    run(config(prompts, "batch_size=2"), tmp_path / "one")
+    assert "per_item schedule" in caplog.text and "phased schedule" not in caplog.text
+    caplog.clear()
+    run(config(prompts, "batch_size=1"), tmp_path / "two")
+    assert "phased schedule" in caplog.text
+
+
+def test_compile_wraps_the_transformer_and_renders_the_same_pixels(tmp_path, model_cache, monkeypatch):
+    # inductor needs minutes on a CPU: the eager backend runs the same graph through dynamo
+    monkeypatch.setattr(torch_compile, "OPTIONS", {"backend": "eager"})
+    import torch._dynamo
+
+    prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS[:1])
+    torch._dynamo.reset()
+    frames = torch._dynamo.utils.counters["frames"]["ok"]
+    run(config(prompts, "runtime.compile=true"), tmp_path / "compiled")
+    pipe = pipeline_cache._pipeline[1]
+    assert pipe.transformer._compiled_call_impl is not None
+    assert torch._dynamo.utils.counters["frames"]["ok"] > frames  # dynamo traced the forward
+    run(config(prompts), tmp_path / "eager")
+    assert pipe.transformer._compiled_call_impl is None
+    compiled, eager = pixels(tmp_path / "compiled"), pixels(tmp_path / "eager")
+    assert all((compiled[k] == eager[k]).all() for k in eager)
+
+
+def test_under_model_offload_phased_moves_the_transformer_once_per_chunk(tmp_path, model_cache):
+    # diffusers' model CPU offload hooks work with a CPU as the execution device (moves are
+    # no-ops there), so the schedules' placement calls can be counted on a CPU
+    from flux_batch import models
+    from flux_batch.batch_size import BatchSizer
+    from flux_batch.driver import plan_items
+    from flux_batch.render import Renderer
+    from flux_batch.schedule import Schedule
+
+    prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS[:4])
+    cfg = config(prompts, "sampler.steps=1")
+    pipe = models.load_pipeline(cfg, "cpu", models.resolve_files(cfg))
+    pipe.enable_model_cpu_offload(device="cpu")
+    moves, released = [], []  # every model sent off the accelerator; models released early
+    offload_all = pipe.enable_model_cpu_offload  # what the pipeline calls after each call
+    pipe.enable_model_cpu_offload = lambda *a, **k: moves.append(1) or offload_all(*a, **k)
+    from accelerate.hooks import UserCpuOffloadHook
+
+    offload_one = UserCpuOffloadHook.offload
+    UserCpuOffloadHook.offload = lambda hook: released.append(hook.model) or offload_one(hook)
+    items = plan_items(cfg)
+
+    def render(phased):
+        moves.clear()
+        encoder = pipeline_cache.PromptEncoder(pipe, ("offload test", phased), 32)
+        schedule = Schedule(Renderer(pipe, 32, lambda: False, encoder), BatchSizer(1), phased, 32)
+        done = list(schedule(items))
+        return {(d.batch[0].id, d.batch[0].k): d.images for d in done}, len(moves)
+
+    try:
+        per_item, per_item_moves = render(False)
+        released.clear()
+        phased, phased_moves = render(True)
+    finally:
+        UserCpuOffloadHook.offload = offload_one
+    assert len(phased) == len(per_item) == len(items) == 5  # one row has num_images=2
+    assert all(np.array_equal(phased[k], per_item[k]) for k in per_item)
+    assert per_item_moves == 5  # every model off after each of the 5 pipeline calls
+    assert phased_moves == 1  # once, after the chunk
+    assert any(m is pipe.text_encoder_2 for m in released)  # T5 released before denoising
+    assert "maybe_free_model_hooks" not in pipe.__dict__  # the pipeline's own behaviour is back
