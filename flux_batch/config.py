@@ -104,6 +104,9 @@ class RuntimeConfig:
     offload: Offload = Offload.auto
     dtype: DType = DType.auto
     progress: bool = True
+    shard: int = 0  # this job's shard of the items (ranks.py), for arrays of independent jobs
+    num_shards: int = 1
+    dry_run: bool = False  # print which items and device each rank or shard gets; render nothing
 
 
 @dataclass
