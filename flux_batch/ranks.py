@@ -20,7 +20,7 @@ from typing import Any, Sequence, TypeVar
 
 from omegaconf import DictConfig, open_dict
 
-from .errors import ConfigError
+from .errors import ConfigError, FluxBatchError
 
 T = TypeVar("T")
 
@@ -133,7 +133,13 @@ class Group:
             import torch.distributed as dist
 
             if not dist.is_initialized():
-                dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+                try:
+                    dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+                except (ValueError, RuntimeError) as e:  # e.g. WORLD_SIZE set by hand, no MASTER_ADDR
+                    raise FluxBatchError(
+                        f"rank {worker.rank} of {worker.world} (RANK, WORLD_SIZE) cannot reach the "
+                        f"others: {str(e).splitlines()[0]}; start the ranks with accelerate launch "
+                        "or torchrun") from None
             Group._initialized = True
 
     def broadcast(self, value: Any) -> Any:

@@ -179,7 +179,7 @@ class JobTracker:
                               "directory itself; use hydra.sweep.dir=DIR to choose the sweep's folder")
 
     def finished(self, summary) -> None:
-        if self.state:
+        if self.state and summary.show:  # not the other ranks of a launch: rank 0 counts them
             self._update(
                 state=DONE if not summary.failed else "partial", total=summary.total,
                 rendered=summary.rendered, skipped=summary.skipped, failed=summary.failed,
