@@ -5,9 +5,10 @@
 
 Each configuration renders the items of a fresh run directory on the tiny model; the table gives
 the whole command (Python, imports, model load, rendering, merge) and the render phase alone
-(the summary's s/image: for ranks, the slowest rank's render time over all images). Runs
-alternate (1, 2, 1, 2, ...) so that load from other work falls on both alike; the best of
---repeat counts. Checks that both runs give the same pixels.
+(the summary's s/image: for ranks, the slowest rank's render time over all images). torchrun
+gives each rank one CPU thread (OMP_NUM_THREADS=1), so one process is measured both with
+torch's default threads (one per core) and with one thread. Runs alternate so that load from
+other work falls on all alike; the best of --repeat counts. Checks that the pixels agree.
 """
 from __future__ import annotations
 
@@ -46,12 +47,22 @@ def command(processes: int) -> list[str]:
             "--main_process_port", str(free_port()), str(BIN / "flux-batch")]
 
 
-def render(cwd: Path, processes: int, args: list[str], run_dir: str) -> tuple[float, float, str]:
+# label -> (processes, environment)
+CONFIGS = {
+    "1 process, default threads": (1, {}),
+    "1 process, 1 thread": (1, {"OMP_NUM_THREADS": "1"}),
+    "2 ranks, 1 thread each": (2, {}),
+}
+
+
+def render(cwd: Path, label: str, args: list[str], run_dir: str) -> tuple[float, float, str]:
     """(whole seconds, render seconds per image, summary line) of one fresh run."""
+    processes, env = CONFIGS[label]
     shutil.rmtree(cwd / run_dir, ignore_errors=True)
     started = time.perf_counter()
     result = subprocess.run([*command(processes), *args, f"output.dir={run_dir}"], cwd=cwd,
-                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{processes} process(es) failed:\n{result.stderr[-3000:]}")
@@ -83,28 +94,29 @@ def main() -> None:
     try:
         subprocess.run([str(BIN / "flux-batch"), *args, "limit=1", "output.dir=warm"], cwd=cwd,
                        check=True, capture_output=True)  # builds the tiny model once
-        runs: dict[int, list[tuple[float, float, str]]] = {1: [], 2: []}
+        runs: dict[str, list[tuple[float, float, str]]] = {label: [] for label in CONFIGS}
         loads = []
         for _ in range(options.repeat):
-            for processes in (1, 2):
-                runs[processes].append(render(cwd, processes, args, f"run{processes}"))
+            for n, label in enumerate(CONFIGS):
+                runs[label].append(render(cwd, label, args, f"run{n}"))
                 loads.append(os.getloadavg()[0])
-        same = digests(cwd / "run1") == digests(cwd / "run2")
+        same = len({json.dumps(digests(cwd / f"run{n}"), sort_keys=True) for n in range(len(CONFIGS))}) == 1
     finally:
         shutil.rmtree(cwd, ignore_errors=True)
     whole = {p: min(r[0] for r in runs[p]) for p in runs}
     per_image = {p: min(r[1] for r in runs[p]) for p in runs}
+    base = "1 process, 1 thread"
     body = "\n".join([
         f"{options.items} items, tiny model, {options.size}x{options.size}, {options.steps} steps, "
         f"best of {options.repeat} (1-minute load average after each run: "
         f"{', '.join(f'{x:.1f}' for x in loads)}).",
         "",
-        "| processes | whole command, s | render phase, s/image | images/s (render) | speed-up (render) | speed-up (whole) |",
+        f"| run | whole command, s | render phase, s/image | images/s (render) | render speed vs {base} | whole command vs {base} |",
         "|---|---|---|---|---|---|",
-        *(f"| {p} | {whole[p]:.1f} | {per_image[p]:.3f} | {1 / per_image[p]:.1f} | "
-          f"{per_image[1] / per_image[p]:.2f}x | {whole[1] / whole[p]:.2f}x |" for p in (1, 2)),
+        *(f"| {p} | {whole[p]:.1f} | {per_image[p]:.3f} | {1 / per_image[p]:.2f} | "
+          f"{per_image[base] / per_image[p]:.2f}x | {whole[base] / whole[p]:.2f}x |" for p in CONFIGS),
         "",
-        f"Pixels of the two runs identical: **{'yes' if same else 'NO'}**.",
+        f"Pixels of all runs identical: **{'yes' if same else 'NO'}**.",
     ])
     write_section("scale_out", "Scale-out: 1 process vs 2 ranks", body, ("torch", "accelerate"), start_load)
 

@@ -83,10 +83,6 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
 
 def _holder(pid: str, path: Path) -> str:
     if pid:

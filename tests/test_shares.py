@@ -92,3 +92,14 @@ def test_parts_without_a_live_writer_merge_whole_lines_and_go(tmp_path):
     assert find_parts(tmp_path) == {"shard-2-rank-1"}  # the live part stays
     assert merge_parts(tmp_path, own=None) == 1  # its writer gone
     assert find_parts(tmp_path) == set()
+
+
+def test_each_rank_draws_its_progress_bar_on_its_own_line_labelled(monkeypatch):
+    from flux_batch.ranks import progress_options
+
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert progress_options(cfg(1, 2)) == {"desc": "shard 1/2 rank 5/8", "position": 3}
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert progress_options(cfg()) == {"desc": None, "position": 0}
