@@ -39,6 +39,7 @@ def hydra_app(cfg: DictConfig) -> None:
     global _started
     _started = True
     from .driver import Interrupted, run
+    from .requeue import hand_on
     from .sweeps import JobTracker
 
     run_dir = HydraConfig.get().runtime.output_dir
@@ -48,12 +49,15 @@ def hydra_app(cfg: DictConfig) -> None:
             summary = run(cfg, run_dir)
             job.finished(summary)
     except FluxBatchError as e:
-        print(f"flux-batch: error: {e}", file=sys.stderr)
+        if not getattr(e, "quiet", False):  # the other ranks of a launch leave it to rank 0
+            print(f"flux-batch: error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
     except Interrupted as e:
         print(f"flux-batch: stopped by {e}; run the same command to finish", file=sys.stderr)
+        hand_on(e.signum)  # under submitit: checkpoint and requeue the job
         raise SystemExit(128 + e.signum) from None
-    print(summary.line())
+    if summary.show:
+        print(summary.line())
 
 
 if __name__ == "__main__":

@@ -115,6 +115,9 @@ class RuntimeConfig:
     chunk_size: int = 32  # phased: items encoded, then denoised, then decoded together
     embed_cache: Optional[str] = None  # folder of prompt embeddings kept between runs
     compile: bool = False  # torch.compile the transformer
+    shard: int = 0  # this job's shard of the items (ranks.py), for arrays of independent jobs
+    num_shards: int = 1
+    dry_run: bool = False  # print which items and device each rank or shard gets; render nothing
 
 
 @dataclass

@@ -20,9 +20,11 @@ from .faults import crash_point
 from .images import EXTENSIONS, defect, encode, infotext, to_uint8
 from .items import Item, Plan, RowDefaults, Settings
 from .prompts import Fields, read_rows
-from .runinfo import check_same_run, pixel_settings, run_info
+from .ranks import Worker, progress_options
+from .runinfo import pixel_settings, run_info
 from .schedulers import infotext_sampler
 from .sizes import area, default_size
+from .share import finish, open_share
 from .store import RunStore
 
 if TYPE_CHECKING:
@@ -49,7 +51,8 @@ class StopSignals:
         self._previous = {}
 
     def __enter__(self):
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        # SIGUSR2: Slurm's warning before preemption or the time limit (see requeue.py)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -78,14 +81,18 @@ class Summary:
     render_seconds: float = 0.0
     model_loaded: bool = False
     model_loads: int = 0  # 1 when this run loaded the model, 0 when it reused the kept one
+    shard: str = ""  # "shard 1/4": the counts are of that shard's items
+    ranks: int = 1  # the counts are of all ranks of the launch
+    show: bool = True  # False on ranks other than 0, whose counts rank 0 reports
 
     def line(self) -> str:
+        where = (f", {self.shard}" if self.shard else "") + (f", {self.ranks} ranks" if self.ranks > 1 else "")
         if not self.model_loaded and not self.failed:
-            return f"{self.run_dir}: nothing to do, all {self.total} items already done"
+            return f"{self.run_dir}: nothing to do, all {self.total} items already done{where}"
         per_image = f"{self.render_seconds / self.rendered:.3f} s/image" if self.rendered else "-"
         return (
             f"{self.run_dir}: rendered {self.rendered}, skipped {self.skipped} already done, "
-            f"failed {self.failed} ({per_image}, {self.total} items in the plan)"
+            f"failed {self.failed} ({per_image}, {self.total} items in the plan{where})"
         )
 
 
@@ -121,19 +128,42 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
         validate(cfg)
         plan = plan_run(cfg)
         settings = pixel_settings(cfg)
-        store = RunStore(run_dir)
-        store.open()
+        worker = Worker.current(cfg)
+        share = open_share(worker, run_dir, plan, settings)  # this process's items (ranks.py)
+        store, todo = share.store, share.todo
         try:
-            previous = store.read_run_info()
-            check_same_run(previous, settings, store.dir)
-            todo = plan.items(skip=store.manifest)  # Items only for what is left to render
-            summary = Summary(store.dir, total=plan.total, skipped=plan.total - len(todo))
+            summary = Summary(store.dir, total=share.scope, skipped=share.scope - share.pending,
+                              shard=worker.shard_label,
+                              ranks=worker.world)
+            if cfg.runtime.dry_run:
+                return _dry_run(cfg, worker, share, summary)
             if todo:
-                _render_all(cfg, store, todo, settings, previous, summary, stop)
-                store.prune_errors()  # items retried with success leave the errors log
+                _render_all(worker.config(cfg), store, todo, settings, share.previous, summary, stop)
+                if worker.alone:
+                    store.prune_errors()  # items retried with success leave the errors log
+            _count_all_ranks(share, summary)
             return summary
         finally:
             store.close()
+
+
+def _dry_run(cfg, worker: Worker, share, summary: Summary) -> Summary:
+    from .models import resolve_device
+
+    print(share.describe(resolve_device(worker.config(cfg).runtime.device)), flush=True)
+    summary.show = False
+    return summary
+
+
+def _count_all_ranks(share, summary: Summary) -> None:
+    """Rank 0 reports the counts of every rank; the other ranks report nothing."""
+    counts = finish(share, {key: getattr(summary, key) for key in (
+        "rendered", "failed", "render_seconds", "model_loads", "model_loaded")})
+    if counts is None:
+        summary.show = False
+    else:
+        for key, value in counts.items():
+            setattr(summary, key, value)
 
 
 def _render_all(cfg, store: RunStore, todo: list[Item], settings, previous, summary: Summary,
@@ -154,7 +184,7 @@ def _render_all(cfg, store: RunStore, todo: list[Item], settings, previous, summ
     schedule = make_schedule(cfg, pipe, files, device, todo, stop.requested)
     writer = ImageWriter(cfg, store, files.transformer, files.loras)
     progress = tqdm(total=len(todo), unit="img", disable=None if cfg.runtime.progress else True,
-                    file=sys.stderr, dynamic_ncols=True)
+                    file=sys.stderr, dynamic_ncols=True, **progress_options(cfg))
     started = time.perf_counter()
     try:
         stop.rendering = True  # a signal now stops after the current batch

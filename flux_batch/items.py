@@ -116,6 +116,10 @@ class Plan:
             left -= n
         self.total = sum(planned for *_, planned in self._rows)
 
+    def keys(self) -> list[tuple[str, int]]:
+        """(id, k) of every planned item, in plan order."""
+        return [(item_id, k) for _, item_id, _, _, planned in self._rows for k in range(planned)]
+
     def items(self, skip: Container[tuple[str, int]] = ()) -> list[Item]:
         """The planned items in file order, less those whose (id, k) is in `skip`."""
         items: list[Item] = []

@@ -11,8 +11,9 @@ import fcntl
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from . import faults, manifest_index
 from .errors import LockedError, RunDirError
@@ -23,6 +24,7 @@ RUN_INFO = "run.json"
 IMAGES = "images"
 LOCK = ".lock"
 TMP_SUFFIX = ".tmp"
+HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
 
 
 def fsync_dir(path: Path) -> None:
@@ -35,7 +37,8 @@ def fsync_dir(path: Path) -> None:
 
 def write_atomic(path: Path, data: bytes, fault_point: str = "") -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    # host and pid: processes of several nodes may share the run directory
+    tmp = path.with_name(f".{path.name}.{HOST}.{os.getpid()}{TMP_SUFFIX}")
     try:
         # O_NOFOLLOW: a planted symlink at the temp name cannot redirect the write
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
@@ -51,31 +54,41 @@ def write_atomic(path: Path, data: bytes, fault_point: str = "") -> None:
 
 
 class RunLock:
-    """One writer per run directory: an flock that dies with its process, so no stale locks."""
+    """An flock that dies with its process, so no stale locks. `.lock` itself is the run lock:
+    held exclusively by the one process (or the rank 0 of the one launch) that has the run
+    directory to itself, shared by the shards of a sharded run. A worker's part lock
+    (`.lock.<part>`) is exclusive: one writer per manifest part."""
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK
+    def __init__(self, run_dir: Path, name: str = LOCK):
+        self.path = run_dir / name
         self._fd: int | None = None
 
-    def acquire(self) -> None:
+    def acquire(self, shared: bool = False) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            holder = os.read(fd, 64).decode(errors="replace").strip()
             os.close(fd)
             raise LockedError(
                 f"{self.path.parent} is in use by another flux-batch process "
-                f"(lock file {self.path}, held by pid {holder}); wait for it or stop it"
+                f"(lock file {self.path}, held by {_holder(holder, self.path)}); wait for it or stop it"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if not shared:  # shared holders are the shards; each names itself in its part lock
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _holder(pid: str, path: Path) -> str:
+    if pid:
+        return f"pid {pid}"
+    return f"the shards of a sharded run (their pids are in {path.name}.shard-*)"
 
 
 def whole_lines_end(f) -> int:
@@ -140,12 +153,14 @@ class Manifest:
     """metadata.jsonl: one record per finished image, appended with fsync. What is done is
     kept as {(id, k): file_name}; the records themselves stay in the file."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, append_to: str = MANIFEST):
         self.run_dir = run_dir
         self.path = run_dir / MANIFEST
         self.index_path = run_dir / manifest_index.INDEX
         self.files: dict[tuple[str, int], str] = {}
-        self._log = AppendLog(self.path, fault_point="mid_append")
+        # a worker of a scaled-out run appends to its own part, merged into MANIFEST later
+        self._log = AppendLog(run_dir / append_to, fault_point="mid_append")
+        self._own_manifest = append_to == MANIFEST
         # the manifest's bytes as this process knows them: line entries, hash and length
         self._lines: list[manifest_index.Entry] = []
         self._hash = hashlib.sha256()
@@ -232,6 +247,8 @@ class Manifest:
         key = (record["id"], record["k"])
         self.files.pop(key, None)  # a key written again moves to the end, as in the file
         self.files[key] = record["file_name"]
+        if not self._own_manifest:  # a part's lines reach the manifest (and index) by merging
+            return
         self._lines.append((key, record["file_name"]))
         self._hash.update(line)
         self._length += len(line)
@@ -246,28 +263,59 @@ class Manifest:
             self._index_stale = False
 
 class RunStore:
-    """Owns one run directory for the length of a run."""
+    """Owns one run directory (or, in a scaled-out run, one worker's part of it) for a run."""
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, part: str | None = None):
+        from .parts import part_file, part_lock
+
         self.dir = Path(run_dir)
         self.images = self.dir / IMAGES
+        self.part = part
         self.lock = RunLock(self.dir)
-        self.manifest = Manifest(self.dir)
-        self.errors = AppendLog(self.dir / ERRORS)
+        self.part_lock = RunLock(self.dir, part_lock(part)) if part else None
+        self.manifest = Manifest(self.dir, append_to=part_file(MANIFEST, part))
+        self.errors = AppendLog(self.dir / part_file(ERRORS, part))
 
-    def open(self) -> None:
+    def open(self, shared: bool = False) -> None:
+        """Lock the run (exclusive, or shared by the shards of a sharded run) and this worker's
+        part, merge the manifest parts no live worker writes, load the manifest."""
+        from .parts import merge_lock, merge_parts
+
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.lock.acquire()
-            self.manifest.load(present=self._remove_temp_files())
-            self.prune_errors()
+            self.lock.acquire(shared)
+            if self.part_lock:
+                self.part_lock.acquire()
+            # temp files of live shards must stay; one listing of images/ serves both
+            present = None if shared else self._remove_temp_files()
+            with merge_lock(self.dir):
+                if merge_parts(self.dir, own=self.part):
+                    present = None  # merged lines may name images listed after
+                self.manifest.load(present=present)
+                self.prune_errors()
         except OSError as e:
-            self.lock.release()
+            self.close()
+            raise RunDirError(f"cannot use the run directory {self.dir}: {e.strerror or e}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def open_part(self) -> None:
+        """A rank other than 0: its leader holds the run lock and read the manifest for it."""
+        try:
+            self.part_lock.acquire()
+        except OSError as e:
             raise RunDirError(f"cannot use the run directory {self.dir}: {e.strerror or e}") from None
 
-    def close(self) -> None:
+    def close_part(self) -> None:
+        """Stop appending and free this worker's part for merging; keep the run lock."""
         self.manifest.close()
         self.errors.close()
+        if self.part_lock:
+            self.part_lock.release()
+
+    def close(self) -> None:
+        self.close_part()
         self.lock.release()
 
     def _remove_temp_files(self) -> set[str]:
@@ -312,7 +360,7 @@ class RunStore:
 
     def prune_errors(self) -> None:
         """Keep errors.jsonl to the items that failed and are still not done."""
-        path = self.errors.path
+        path = self.dir / ERRORS
         if not path.exists():
             return
         self.errors.close()
@@ -327,7 +375,3 @@ class RunStore:
             return (record["id"], record["k"]) not in self.manifest
         except (ValueError, KeyError, TypeError):
             return False  # a torn or damaged line of a log: dropped
-
-
-def pending(items: Iterable, done: set[tuple[str, int]]) -> list:
-    return [item for item in items if item.key not in done]

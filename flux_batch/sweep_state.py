@@ -75,7 +75,34 @@ class SweepState:
                     return
             jobs.append({"name": name, **fields, "updated": now()})
 
+    def update_shard(self, name: str, shard: int, num_shards: int, **fields: Any) -> None:
+        """Set fields of one shard of job `name` (its shards share the job's run directory);
+        the job's own state and counts are those of its shards together."""
+        with self.editing() as state:
+            jobs = state.setdefault("jobs", [])
+            job = next((j for j in jobs if j["name"] == name), None)
+            if job is None:
+                job = {"name": name}
+                jobs.append(job)
+            for key in ("overrides", "invocation"):  # the job's, not the shard's
+                if key in fields:
+                    job[key] = fields.pop(key)
+            shards = {k: v for k, v in job.get("shards", {}).items() if int(k) < num_shards}
+            shards.setdefault(str(shard), {}).update(fields, updated=now())
+            job.update(shards=shards, num_shards=num_shards, updated=now(),
+                       state=_shards_state([shards.get(str(i), {}).get("state") for i in range(num_shards)]))
+            for key in ("total", "rendered", "skipped", "failed", "model_loads"):
+                job[key] = sum(s.get(key, 0) for s in shards.values())
+
     def finish(self) -> dict[str, Any]:
         with self.editing() as state:
             state["finished"] = now()
             return state
+
+
+def _shards_state(states: list[str | None]) -> str:
+    """A sharded job's state: running while a shard runs, done when every shard is."""
+    for state in ("running", "failed", "interrupted", None, "pending", "partial"):
+        if state in states:
+            return state or "pending"
+    return DONE

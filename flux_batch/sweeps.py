@@ -24,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from .sweep_state import DONE, SweepState, now
 
 SINGLE_JOB = "single"  # the folder of a multirun that sweeps nothing
+# The shards of a run share its run directory: they never name a job folder.
+SHARD_KEYS = {"runtime.shard", "runtime.num_shards"}
 MAX_NAME = 200
 
 
@@ -104,7 +106,7 @@ class SweepCallback(Callback):
         hydra = config.hydra
         parsed = _parse(_sweep_arguments(config))
         common = {o.key_or_group for o in parsed if not o.is_sweep_override()}
-        common |= set(hydra.job.config.override_dirname.exclude_keys)
+        common |= set(hydra.job.config.override_dirname.exclude_keys) | SHARD_KEYS
         sweep_dir = os.path.abspath(str(hydra.sweep.dir))
         with read_write(hydra), open_dict(hydra):
             hydra.sweep.dir = sweep_dir
@@ -115,8 +117,10 @@ class SweepCallback(Callback):
         self.invocation = f"{now()}-{os.getpid()}"
         axes = {o.get_key_element(): list(o.sweep_string_iterator())
                 for o in parsed if o.is_sweep_override() and o.is_discrete_sweep()}
-        jobs = [{"name": job_name(job, common), "overrides": swept_overrides(job, common)}
-                for job in _expand(parsed) or []]
+        jobs = {job_name(job, common): {"name": job_name(job, common),
+                                        "overrides": swept_overrides(job, common)}
+                for job in _expand(parsed) or []}  # the shards of a job are one entry
+        jobs = list(jobs.values())
         SweepState(sweep_dir).start(jobs, list(hydra.overrides.task), axes, self.invocation)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -150,11 +154,20 @@ class JobTracker:
         exclude = set(cfg.job.config.override_dirname.exclude_keys)
         self.overrides = swept_overrides(list(cfg.overrides.task), exclude)
         self.invocation = self.state.read().get("invocation")
+        given = {o.key_or_group: o.value() for o in _parse(list(cfg.overrides.task))}
+        self.shard = (int(given.get("runtime.shard", 0)), int(given.get("runtime.num_shards", 1)))
+
+    def _update(self, **fields: Any) -> None:
+        shard, num_shards = self.shard
+        if num_shards > 1:
+            self.state.update_shard(self.name, shard, num_shards, **fields)
+        else:
+            self.state.update_job(self.name, **fields)
 
     def __enter__(self) -> "JobTracker":
         if self.state:
-            self.state.update_job(self.name, overrides=self.overrides, state="running",
-                                  pid=os.getpid(), invocation=self.invocation)
+            self._update(overrides=self.overrides, state="running", pid=os.getpid(),
+                         invocation=self.invocation)
         return self
 
     def refuse_output_dir(self, cfg: DictConfig) -> None:
@@ -166,9 +179,9 @@ class JobTracker:
                               "directory itself; use hydra.sweep.dir=DIR to choose the sweep's folder")
 
     def finished(self, summary) -> None:
-        if self.state:
-            self.state.update_job(
-                self.name, state=DONE if not summary.failed else "partial", total=summary.total,
+        if self.state and summary.show:  # not the other ranks of a launch: rank 0 counts them
+            self._update(
+                state=DONE if not summary.failed else "partial", total=summary.total,
                 rendered=summary.rendered, skipped=summary.skipped, failed=summary.failed,
                 model_loads=summary.model_loads, seconds=round(summary.render_seconds, 3))
 
@@ -177,4 +190,4 @@ class JobTracker:
             from .driver import Interrupted
 
             state = "interrupted" if issubclass(exc_type, Interrupted) else "failed"
-            self.state.update_job(self.name, state=state, error=str(exc).splitlines()[0][:300] if str(exc) else exc_type.__name__)
+            self._update(state=state, error=str(exc).splitlines()[0][:300] if str(exc) else exc_type.__name__)

@@ -10,7 +10,8 @@ def written(cwd: Path) -> list[str]:
     """Files a run left that Hydra's own snapshot and log do not explain."""
     return sorted(
         str(p.relative_to(cwd)) for p in (cwd / "outputs").rglob("*")
-        if p.is_file() and ".hydra" not in p.parts and p.name not in ("flux-batch.log", ".lock")
+        if p.is_file() and ".hydra" not in p.parts and p.name != "flux-batch.log"
+        and p.name.split(".")[:2] != ["", "lock"]  # .lock, .lock.merge, .lock.<part>
     ) if (cwd / "outputs").exists() else []
 
 

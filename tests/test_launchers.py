@@ -13,7 +13,8 @@ from flux_batch.config import register_configs
 PRESETS = {
     "flux_joblib": {"n_jobs": 2},
     "flux_submitit_local": {"timeout_min": 720, "gpus_per_node": 0},
-    "flux_submitit_slurm": {"timeout_min": 720, "gpus_per_node": 1, "tasks_per_node": 1},
+    "flux_submitit_slurm": {"timeout_min": 720, "gpus_per_node": 1, "tasks_per_node": 1,
+                            "signal_delay_s": 120, "max_num_timeout": 10},
 }
 
 
