@@ -115,6 +115,10 @@ def main() -> None:
         f"fixed cost; {times['no index'][0] - times['1'][0]:.2f} s without the index). "
         "No model is loaded in any case.",
     ])
+    if options.baseline:
+        before = times["baseline large"][0]
+        body += (f"\n\nAgainst the version before, in this run: {large / before:.2f}× its time with "
+                 f"the index, {times['no index'][0] / before:.2f}× without.")
     write_section("resume_scan", "Resume scan of a finished run", body, ("hydra-core",), start_load)
 
 
