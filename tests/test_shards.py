@@ -68,6 +68,9 @@ def test_a_live_shard_keeps_its_part_and_keeps_out_an_unsharded_run(cli, cli_ser
         refused = cli_server(cli.cwd, *args)
         assert refused.returncode == 75
         assert "held by the shards of a sharded run (their pids are in .lock.shard-*)" in refused.stdout
+        twin = cli_server(cli.cwd, *args, "runtime.shard=1", "runtime.num_shards=2")
+        assert twin.returncode == 75  # a second job of the same shard
+        assert f"lock file {run_dir / '.lock.shard-1'}, held by pid 4242" in twin.stdout
         line = last_line(cli_server(cli.cwd, *args, "runtime.shard=0", "runtime.num_shards=2"))
         assert line.startswith(f"{run_dir}: rendered 1, skipped 0 already done")
         assert [r["id"] for r in manifest(run_dir)] == ["fox"]
@@ -137,4 +140,4 @@ def test_two_shards_through_submitit_local_and_one_requeued_by_sigusr2(cli):
     assert (job["rendered"], job["skipped"], job["total"]) == (3, 2, 5)
     assert job["shards"]["0"]["pid"] != pids["0"]  # shard 0 finished in its requeued process
     logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").rglob("*.err"))
-    assert "stopped by SIGUSR2" in logs and "Requeued job" in logs
+    assert "stopped by SIGUSR2" in logs and "Caught signal SIGUSR2" in logs  # submitit requeued it
