@@ -118,7 +118,26 @@ def bench_model(name: str, work: Path, n: int, batch_sizes: list[int], repeat: i
             f"| {name} | flux-batch, batch {b} ({schedule}) | {seconds:.1f} | {n / seconds:.2f} | "
             f"{p_seconds / seconds:.2f} | {loop:.1f} | {n / loop:.2f} | {p_loop / loop:.2f} | "
             f"{own:.2f} | {100 * own / seconds:.1f}% |")
-    return rows, same
+    return rows, same, verdicts(name, best, n)
+
+
+def verdicts(name: str, best: dict, n: int) -> list[str]:
+    """The targets: mid-size at least the plain loop with the driver's own work under 3% of the
+    wall time; tiny at least 1.5x the plain loop at batch 8, whole process against whole process."""
+    plain = best["plain"][0]
+    sizes = [b for b in best if b != "plain"]
+    if name == "mid":
+        fastest = min(sizes, key=lambda b: best[b][0])
+        ratio = plain / best[fastest][0]
+        share = max(100 * best[b][3] / best[b][0] for b in sizes)
+        met = "met" if ratio >= 1 and share < 3 else "NOT met"
+        return [f"- mid target (images/s at least the plain loop's, driver's own work under 3%): "
+                f"best {ratio:.2f}x at batch {fastest}, own work at most {share:.1f}%: **{met}**."]
+    if name == "tiny" and 8 in best:
+        ratio = plain / best[8][0]
+        return [f"- tiny target (at least 1.5x the plain loop at batch 8, whole process): {ratio:.2f}x: "
+                f"**{'met' if ratio >= 1.5 else 'NOT met'}**."]
+    return []
 
 
 def identical(plain_dir: Path, fb_dir: Path | None) -> str:
@@ -150,9 +169,9 @@ def main() -> None:
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows, notes = [], []
     for name in a.models.split(","):
-        model_rows, same = bench_model(name, work, a.prompts, batch_sizes, a.repeat)
+        model_rows, same, met = bench_model(name, work, a.prompts, batch_sizes, a.repeat)
         rows += model_rows
-        notes.append(f"- {name}: batch size 1 against the plain loop: {same}.")
+        notes += [f"- {name}: batch size 1 against the plain loop: {same}.", *met]
     end_load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     body = "\n".join([
         f"{a.prompts} prompts per model, each command a whole process (Python, imports, model load, "

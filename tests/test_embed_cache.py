@@ -23,6 +23,7 @@ def hydra_config():
     register_configs()
     with initialize_config_module(config_module="flux_batch.conf", version_base="1.3"):
         yield
+    pipeline_cache.release_pipeline()  # later tests count model loads from a fresh process state
 
 
 @pytest.fixture
