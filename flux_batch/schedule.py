@@ -7,7 +7,8 @@ VAE onto the accelerator and off again.
 phased: for a chunk of `runtime.chunk_size` items, every prompt is encoded first, the text
 encoders leave the accelerator, each batch is denoised with the transformer resident (the same
 pipeline call, stopped before the VAE: output_type="latent"), then each batch is decoded by the
-VAE with the pipeline's own decode steps. Same calls on the same batches: the same pixels, bit
+VAE with the pipeline's own decode steps: after the chunk under model offload, at once when every
+model is resident (nothing moves, and a kill loses one batch, not the chunk). Same calls on the same batches: the same pixels, bit
 for bit. Peak accelerator memory is the larger of the text encoders and the transformer with
 its activations, not their sum, and each model moves once per chunk instead of once per batch.
 `auto` is phased when the run has more than one batch.
@@ -123,26 +124,36 @@ class Schedule:
         def denoise(batch, _latents=None):
             return [Rendered(batch, self.render.denoise(batch, encode))]
 
+        # every model resident (no offload): decoding a batch at once moves nothing, and a
+        # kill then loses at most the batch in progress, not the chunk
+        resident = not _hooks(pipe)
         denoised = []
-        started = time.perf_counter()
         with models_kept(pipe):  # the transformer stays on the accelerator between batches
             for batch in encoded:
                 if self.render.should_stop():
                     break
-                for done in self._guarded(batch, denoise):
+                started = time.perf_counter()
+                results = self._guarded(batch, denoise)
+                self.seconds["denoise"] += time.perf_counter() - started
+                for done in results:
                     if done.error is not None:
                         yield done
                     elif done.images is not None:  # None: stopped mid-batch, dropped
-                        denoised.append(done)
-        self.seconds["denoise"] += time.perf_counter() - started
+                        if resident:
+                            yield from self._decoded(done)
+                        else:
+                            denoised.append(done)
         try:
             for done in denoised:
-                started = time.perf_counter()
-                results = self._guarded(done.batch, self._decode, done.images)
-                self.seconds["decode"] += time.perf_counter() - started
-                yield from results
+                yield from self._decoded(done)
         finally:
             free_models(pipe)
+
+    def _decoded(self, done: Rendered) -> list[Rendered]:
+        started = time.perf_counter()
+        results = self._guarded(done.batch, self._decode, done.images)
+        self.seconds["decode"] += time.perf_counter() - started
+        return results
 
     def _decode(self, batch: list[Item], latents) -> list[Rendered]:
         return [Rendered(batch, self.render.decode(latents, batch[0].settings))]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from conftest import PROMPTS, pixels, write_prompts
+from conftest import FAST, PROMPTS, manifest, pixels, write_prompts
 from flux_batch import pipeline_cache, torch_compile
 from flux_batch.config import register_configs
 from flux_batch.driver import run
@@ -114,3 +114,15 @@ def test_under_model_offload_phased_moves_the_transformer_once_per_chunk(tmp_pat
     assert phased_moves == 1  # once, after the chunk
     assert any(m is pipe.text_encoder_2 for m in released)  # T5 released before denoising
     assert "maybe_free_model_hooks" not in pipe.__dict__  # the pipeline's own behaviour is back
+
+
+def test_phased_with_every_model_resident_writes_each_batch_at_once(cli):
+    """Killed in the third batch's denoising, a phased run (one chunk of every item) has
+    already written the first two batches: a kill loses one batch, as with per_item."""
+    prompts = write_prompts(cli.cwd / "p.jsonl", [{"prompt": f"a cat {i}"} for i in range(4)])
+    args = (f"dataset.path={prompts}", *FAST, "runtime.schedule=phased", "output.dir=run")
+    # two steps per image: the fifth step is the third batch's first
+    killed = cli(*args, check=False, env={"FLUX_BATCH_CRASH": "mid_denoise:5"})
+    assert killed.returncode == -9, killed.stderr
+    assert len(manifest(cli.cwd / "run")) == 2
+    assert "rendered 2, skipped 2 already done" in cli(*args).stdout
