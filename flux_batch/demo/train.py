@@ -1,0 +1,297 @@
+"""Training the demo model: `python -m flux_batch.demo.train OUT`.
+
+Two stages on pictures drawn on the fly (flux_batch.demo.shapes), all seeded:
+1. the VAE, as an autoencoder with a small KL term; its latent mean and spread then set the
+   VAE's shift and scaling factors, as FLUX's VAE config carries them;
+2. the transformer, with FLUX's rectified-flow objective (predict noise - latent at a shifted
+   logit-normal time), 10% of captions dropped, and, in the second half, guidance distillation
+   as FLUX.1-dev was trained: on half of each batch a guidance value g is drawn and the target
+   is the classifier-free-guided velocity of the EMA teacher, v(empty) + g (v(caption) - v(empty)).
+The text encoders stay random and frozen. OUT becomes a diffusers pipeline folder (the
+transformer in float32 safetensors) plus `transformer-Q8_0.gguf` written by the project's
+quantizer, `train-log.jsonl` (the losses) and `training.json` (settings, times, results).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import VERSION
+from . import components as C
+from .shapes import all_captions, draw, random_caption
+
+
+@dataclass
+class Settings:
+    seed: int = 0
+    threads: int = 1  # on a shared machine one thread wastes no CPU spinning; results depend on it
+    vae_steps: int = 400
+    vae_batch: int = 8
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-4
+    steps: int = 1000
+    batch: int = 32
+    lr: float = 6e-4
+    warmup: int = 100
+    ema: float = 0.999
+    caption_dropout: float = 0.1
+    distill_from: float = 0.5  # fraction of the steps after which guidance is distilled
+    guidance_range: tuple = (1.0, 6.0)
+    log_every: int = 50
+
+
+class Log:
+    """Progress on stdout, every step's losses in train-log.jsonl."""
+
+    def __init__(self, path: Path, every: int):
+        self.file = open(path, "w")
+        self.every = every
+        self.start_wall, self.start_cpu = time.perf_counter(), cpu_seconds()
+
+    def step(self, stage: str, step: int, total: int, **losses: float) -> None:
+        self.file.write(json.dumps({"stage": stage, "step": step, **{k: round(v, 6) for k, v in losses.items()}}) + "\n")
+        if step % self.every == 0 or step == total:
+            shown = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+            print(f"{stage} {step}/{total} {shown} ({self.wall():.0f} s, {self.cpu():.0f} CPU-s)", flush=True)
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.start_wall
+
+    def cpu(self) -> float:
+        return cpu_seconds() - self.start_cpu
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def images_tensor(images):
+    import numpy as np
+    import torch
+
+    array = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+def train_vae(s: Settings, rng: random.Random, log: Log):
+    import torch
+
+    torch.manual_seed(s.seed)
+    vae = C.vae().train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=s.vae_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(s.seed)
+    for step in range(1, s.vae_steps + 1):
+        x = images_tensor([draw(random_caption(rng), rng) for _ in range(s.vae_batch)])
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(gen)).sample
+        mse = torch.nn.functional.mse_loss(recon, x)
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        for group in opt.param_groups:
+            group["lr"] = s.vae_lr * cosine(step, s.vae_steps, 20)
+        opt.zero_grad()
+        (mse + s.kl_weight * kl).backward()
+        opt.step()
+        log.step("vae", step, s.vae_steps, mse=mse.item(), kl=kl.item())
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():  # latent statistics -> FLUX-style shift and scaling factors
+        x = images_tensor([draw(random_caption(rng), rng) for _ in range(256)])
+        latents = vae.encode(x).latent_dist.mean
+    vae.register_to_config(shift_factor=round(latents.mean().item(), 4),
+                           scaling_factor=round(1.0 / latents.std().item(), 4))
+    return vae
+
+
+def cosine(step: int, total: int, warmup: int) -> float:
+    if step <= warmup:
+        return step / warmup
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def caption_embeddings(pipe):
+    """Every caption's T5 sequence and CLIP pooled embedding, exactly as the pipeline makes
+    them at render time, and the empty caption's (for dropout and guidance)."""
+    import torch
+
+    texts = [c.text() for c in all_captions()] + [""]
+    with torch.no_grad():
+        seq, pooled, _ = pipe.encode_prompt(texts, None, device="cpu", max_sequence_length=C.T5_TOKENS)
+    return {t: i for i, t in enumerate(texts)}, seq, pooled
+
+
+class Batch:
+    """A batch of latents at random times, with their captions' embeddings."""
+
+    def __init__(self, s: Settings, rng: random.Random, gen, vae, index, seq, pooled):
+        import torch
+        from diffusers import FluxPipeline
+
+        captions = [random_caption(rng) for _ in range(s.batch)]
+        x = images_tensor([draw(c, rng) for c in captions])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(gen)
+        z = (z - vae.config.shift_factor) * vae.config.scaling_factor
+        b, ch, h, w = z.shape
+        self.latents = FluxPipeline._pack_latents(z, b, ch, h, w)
+        self.noise = torch.randn(self.latents.shape, generator=gen)
+        shift = math.exp(C.SCHEDULER["base_shift"])  # the schedule's shift at 64x64
+        t = torch.sigmoid(torch.randn(b, generator=gen))
+        self.t = shift * t / (1 + (shift - 1) * t)
+        tt = self.t[:, None, None]
+        self.noisy = (1 - tt) * self.latents + tt * self.noise
+        self.target = self.noise - self.latents
+        keep = torch.rand(b, generator=gen) >= s.caption_dropout
+        rows = [index[c.text()] if k else index[""] for c, k in zip(captions, keep.tolist())]
+        self.keep = keep
+        self.seq, self.pooled = seq[rows], pooled[rows]
+        self.empty_seq, self.empty_pooled = seq[[index[""]] * b], pooled[[index[""]] * b]
+        self.img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, "cpu", torch.float32)
+        self.txt_ids = torch.zeros(seq.shape[1], 3)
+
+
+def predict(model, batch: Batch, rows, seq, pooled, guidance):
+    return model(hidden_states=batch.noisy[rows], encoder_hidden_states=seq, pooled_projections=pooled,
+                 timestep=batch.t[rows], guidance=guidance, img_ids=batch.img_ids,
+                 txt_ids=batch.txt_ids, return_dict=False)[0]
+
+
+def distill(s: Settings, batch: Batch, teacher, gen):
+    """Half the captioned examples get a guidance value and the teacher's guided velocity."""
+    import torch
+
+    b = batch.t.shape[0]
+    guidance = torch.ones(b)
+    target = batch.target.clone()
+    rows = torch.nonzero(batch.keep & (torch.rand(b, generator=gen) < 0.5)).flatten()
+    if len(rows):
+        low, high = s.guidance_range
+        g = low + (high - low) * torch.rand(len(rows), generator=gen)
+        ones = torch.ones(len(rows))
+        with torch.no_grad():
+            cond = predict(teacher, batch, rows, batch.seq[rows], batch.pooled[rows], ones)
+            uncond = predict(teacher, batch, rows, batch.empty_seq[rows], batch.empty_pooled[rows], ones)
+        target[rows] = uncond + g[:, None, None] * (cond - uncond)
+        guidance[rows] = g
+    return guidance, target
+
+
+def train_transformer(s: Settings, rng: random.Random, log: Log, vae, pipe):
+    import torch
+
+    index, seq, pooled = caption_embeddings(pipe)
+    torch.manual_seed(s.seed)
+    model = C.transformer().train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(s.seed + 1)
+    all_rows = torch.arange(s.batch)
+    for step in range(1, s.steps + 1):
+        batch = Batch(s, rng, gen, vae, index, seq, pooled)
+        if step > s.distill_from * s.steps:
+            guidance, target = distill(s, batch, ema, gen)
+        else:
+            guidance, target = torch.ones(s.batch), batch.target
+        out = predict(model, batch, all_rows, batch.seq, batch.pooled, guidance)
+        loss = torch.nn.functional.mse_loss(out, target)
+        for group in opt.param_groups:
+            group["lr"] = s.lr * cosine(step, s.steps, s.warmup)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(s.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), model.parameters()):
+                e.lerp_(p, 1 - decay)
+        log.step("transformer", step, s.steps, loss=loss.item())
+    return ema
+
+
+def text_pipeline(folder: Path):
+    """Tokenizers and frozen encoders, saved into `folder`, in a pipeline that encodes prompts."""
+    from diffusers import FluxPipeline
+
+    clip_tok = C.clip_tokenizer(folder / "tokenizer")
+    t5_tok = C.t5_tokenizer(folder / "tokenizer_2")
+    clip, t5 = C.text_encoders(clip_tok, t5_tok)
+    clip.save_pretrained(folder / "text_encoder")
+    t5.save_pretrained(folder / "text_encoder_2")
+    return FluxPipeline(scheduler=C.scheduler(), vae=None, text_encoder=clip, tokenizer=clip_tok,
+                        text_encoder_2=t5, tokenizer_2=t5_tok, transformer=None)
+
+
+def train(out: Path, s: Settings) -> dict:
+    """Train into `out` (replaced atomically when done); the same settings give the same weights."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(s.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(out, s)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(out: Path, s: Settings) -> dict:
+    import torch
+
+    from ..gguf_quantize import quantize_checkpoint
+
+    rng = random.Random(s.seed)
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    log = Log(tmp / "train-log.jsonl", s.log_every)
+    pipe = text_pipeline(tmp)
+    vae = train_vae(s, rng, log)
+    vae_seconds = (log.wall(), log.cpu())
+    vae.save_pretrained(tmp / "vae")
+    print(f"vae: {vae_seconds[0]:.0f} s wall, {vae_seconds[1]:.0f} CPU-s", flush=True)
+    transformer = train_transformer(s, rng, log, vae, pipe)
+    transformer.save_pretrained(tmp / "transformer")
+    C.scheduler().save_pretrained(tmp / "scheduler")
+    (tmp / "model_index.json").write_text(json.dumps(C.MODEL_INDEX, indent=2) + "\n")
+    quantize_checkpoint(tmp / "transformer", tmp / "transformer-Q8_0.gguf", "Q8_0",
+                        layout="diffusers", name=f"flux-batch {VERSION}")
+    log.file.close()
+    summary = {"version": VERSION, "settings": asdict(s),
+               "vae": {"wall_s": round(vae_seconds[0], 1), "cpu_s": round(vae_seconds[1], 1)},
+               "total": {"wall_s": round(log.wall(), 1), "cpu_s": round(log.cpu(), 1)},
+               "torch": torch.__version__}
+    (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        prog="python -m flux_batch.demo.train",
+        description="Train the demo model (a tiny FLUX drawing coloured shapes) into OUT. "
+                    "The defaults reproduce the shipped weights.")
+    parser.add_argument("out", type=Path, help="folder to write (replaced when it exists)")
+    for name in ("seed", "threads", "vae_steps", "vae_batch", "steps", "batch", "log_every"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    args = parser.parse_args(argv)
+    s = Settings(**{k: v for k, v in vars(args).items() if k != "out"})
+    summary = train(args.out, s)
+    t = summary["total"]
+    print(f"{args.out}: trained {VERSION} in {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} CPU-s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
