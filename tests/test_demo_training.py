@@ -13,6 +13,7 @@ from flux_batch.demo import model_dir
 from flux_batch.demo.train import main
 
 SHORT = ["--vae-steps", "3", "--steps", "2", "--batch", "4", "--log-every", "1"]
+FINETUNE = ["--finetune-steps", "2"]
 
 
 def losses(folder, stage):
@@ -22,17 +23,20 @@ def losses(folder, stage):
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """The same short training twice: once by the command, once in this process."""
+    """The same short training twice: all three stages by the command; then, in this process,
+    stages 1-2 into one folder and stage 3 from it into another."""
     root = tmp_path_factory.mktemp("train")
-    command = subprocess.run([sys.executable, "-m", "flux_batch.demo.train", str(root / "a"), *SHORT],
-                             capture_output=True, text=True, timeout=600)
+    command = subprocess.run([sys.executable, "-m", "flux_batch.demo.train", str(root / "a"),
+                              *SHORT, *FINETUNE], capture_output=True, text=True, timeout=600)
     assert command.returncode == 0, command.stderr
-    main([str(root / "b"), *SHORT])
+    main([str(root / "stage-2"), *SHORT, "--finetune-steps", "0"])
+    main([str(root / "b"), *SHORT, *FINETUNE, "--from-stage-2", str(root / "stage-2")])
     return root / "a", root / "b", command.stdout
 
 
-def test_the_same_seed_gives_the_same_weights(two_runs):
+def test_the_same_seed_gives_the_same_weights_whole_or_resumed_at_stage_3(two_runs):
     a, b, _ = two_runs
+    assert losses(a, "finetune") == losses(b, "finetune")
     for part in ("vae/diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.safetensors",
                  "text_encoder/model.safetensors", "text_encoder_2/model.safetensors"):
         first, second = load_file(a / part), load_file(b / part)
@@ -49,14 +53,24 @@ def test_progress_and_loss_log(two_runs):
     lines = stdout.splitlines()
     assert lines[0].startswith("vae 1/3 mse ") and "CPU-s)" in lines[0]
     assert any(line.startswith("transformer 2/2 loss ") for line in lines)
+    assert any(line.startswith("finetune 2/2 loss ") for line in lines)
     assert lines[-1].startswith(f"{a}: trained demo-v1 in ")
     assert [r["step"] for r in losses(a, "vae")] == [1, 2, 3]
     assert [r["step"] for r in losses(a, "transformer")] == [1, 2]
+    assert [r["step"] for r in losses(a, "finetune")] == [1, 2]
     summary = json.loads((a / "training.json").read_text())
-    assert summary["settings"]["vae_steps"] == 3 and summary["total"]["cpu_s"] > 0
+    assert summary["settings"]["vae_steps"] == 3 and set(summary["stages"]) == {"vae", "transformer", "finetune"}
+    assert summary["total"]["cpu_s"] == pytest.approx(sum(s["cpu_s"] for s in summary["stages"].values()), abs=0.2)
     for folder in ("scheduler", "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "transformer"):
         assert (a / folder).is_dir(), folder
     assert not list(a.parent.glob(".*partial"))
+
+
+def test_stage_3_refuses_a_folder_of_other_settings(two_runs, tmp_path):
+    a, _, _ = two_runs
+    with pytest.raises(SystemExit, match="not stage 2 of these settings"):
+        main([str(tmp_path / "c"), *SHORT, *FINETUNE, "--from-stage-2", str(a)])  # a has a stage 3
+    assert not (tmp_path / "c").exists()
 
 
 def test_a_short_run_starts_exactly_as_the_shipped_weights_did(two_runs):

@@ -46,16 +46,27 @@ class Settings:
     caption_dropout: float = 0.1
     distill_from: float = 0.5  # fraction of the steps after which guidance is distilled
     guidance_range: tuple = (1.0, 6.0)
+    finetune_steps: int = 600
+    finetune_lr: float = 4e-4
+    finetune_warmup: int = 50
     log_every: int = 50
 
 
 class Log:
     """Progress on stdout, every step's losses in train-log.jsonl."""
 
-    def __init__(self, path: Path, every: int):
-        self.file = open(path, "w")
+    def __init__(self, path: Path, every: int, append: bool = False):
+        self.file = open(path, "a" if append else "w")
         self.every = every
         self.start_wall, self.start_cpu = time.perf_counter(), cpu_seconds()
+        self.lap_wall, self.lap_cpu = 0.0, 0.0
+
+    def lap(self) -> dict:
+        """Seconds since the previous lap, wall and CPU; printed."""
+        wall, cpu = self.wall() - self.lap_wall, self.cpu() - self.lap_cpu
+        self.lap_wall, self.lap_cpu = self.wall(), self.cpu()
+        print(f"stage done in {wall:.0f} s wall, {cpu:.0f} CPU-s", flush=True)
+        return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
 
     def step(self, stage: str, step: int, total: int, **losses: float) -> None:
         self.file.write(json.dumps({"stage": stage, "step": step, **{k: round(v, 6) for k, v in losses.items()}}) + "\n")
@@ -187,23 +198,50 @@ def distill(s: Settings, batch: Batch, teacher, gen):
 def train_transformer(s: Settings, rng: random.Random, log: Log, vae, pipe):
     import torch
 
-    index, seq, pooled = caption_embeddings(pipe)
     torch.manual_seed(s.seed)
-    model = C.transformer().train()
+    stage = Stage("transformer", s.steps, s.lr, s.warmup, s.distill_from, rng, s.seed + 1)
+    return flow_stage(s, stage, C.transformer(), log, vae, caption_embeddings(pipe))
+
+
+def finetune_transformer(s: Settings, log: Log, vae, pipe, model):
+    """Stage 3: from stage 2's EMA weights, a fresh optimizer and its own data stream, every
+    step distilled. It depends on stage 2 only through the saved weights, so it can be run
+    again from a folder that holds them (--from-stage-2)."""
+    stage = Stage("finetune", s.finetune_steps, s.finetune_lr, s.finetune_warmup, 0.0,
+                  random.Random(s.seed + 2), s.seed + 3)
+    return flow_stage(s, stage, model, log, vae, caption_embeddings(pipe))
+
+
+@dataclass
+class Stage:
+    name: str
+    steps: int
+    lr: float
+    warmup: int
+    distill_from: float  # fraction of the steps after which guidance is distilled
+    rng: random.Random  # pictures and captions
+    noise_seed: int  # latents' noise, times, dropout, guidance values
+
+
+def flow_stage(s: Settings, stage: Stage, model, log: Log, vae, embeddings):
+    import torch
+
+    index, seq, pooled = embeddings
+    model = model.train().requires_grad_(True)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(s.seed + 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(stage.noise_seed)
     all_rows = torch.arange(s.batch)
-    for step in range(1, s.steps + 1):
-        batch = Batch(s, rng, gen, vae, index, seq, pooled)
-        if step > s.distill_from * s.steps:
+    for step in range(1, stage.steps + 1):
+        batch = Batch(s, stage.rng, gen, vae, index, seq, pooled)
+        if step > stage.distill_from * stage.steps:
             guidance, target = distill(s, batch, ema, gen)
         else:
             guidance, target = torch.ones(s.batch), batch.target
         out = predict(model, batch, all_rows, batch.seq, batch.pooled, guidance)
         loss = torch.nn.functional.mse_loss(out, target)
         for group in opt.param_groups:
-            group["lr"] = s.lr * cosine(step, s.steps, s.warmup)
+            group["lr"] = stage.lr * cosine(step, stage.steps, stage.warmup)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -212,7 +250,7 @@ def train_transformer(s: Settings, rng: random.Random, log: Log, vae, pipe):
         with torch.no_grad():
             for e, p in zip(ema.parameters(), model.parameters()):
                 e.lerp_(p, 1 - decay)
-        log.step("transformer", step, s.steps, loss=loss.item())
+        log.step(stage.name, step, stage.steps, loss=loss.item())
     return ema
 
 
@@ -229,51 +267,85 @@ def text_pipeline(folder: Path):
                         text_encoder_2=t5, tokenizer_2=t5_tok, transformer=None)
 
 
-def train(out: Path, s: Settings) -> dict:
-    """Train into `out` (replaced atomically when done); the same settings give the same weights."""
+def train(out: Path, s: Settings, from_stage_2: Path | None = None) -> dict:
+    """Train into `out` (replaced atomically when done); the same settings give the same weights.
+    `from_stage_2`: a folder written with finetune_steps=0, whose VAE and transformer stage 3
+    starts from (the same numbers as running stages 1 and 2 again)."""
     import torch
 
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(s.threads)
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(out, s)
+        return _train(out, s, from_stage_2)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _train(out: Path, s: Settings) -> dict:
-    import torch
-
-    from ..gguf_quantize import quantize_checkpoint
-
-    rng = random.Random(s.seed)
+def _train(out: Path, s: Settings, from_stage_2: Path | None) -> dict:
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    log = Log(tmp / "train-log.jsonl", s.log_every)
+    try:
+        return _train_into(tmp, out, s, from_stage_2)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when training finished
+
+
+def _train_into(tmp: Path, out: Path, s: Settings, from_stage_2: Path | None) -> dict:
+    import torch
+
+    if from_stage_2:
+        shutil.copy(from_stage_2 / "train-log.jsonl", tmp / "train-log.jsonl")
+    log = Log(tmp / "train-log.jsonl", s.log_every, append=bool(from_stage_2))
     pipe = text_pipeline(tmp)
-    vae = train_vae(s, rng, log)
-    vae_seconds = (log.wall(), log.cpu())
-    vae.save_pretrained(tmp / "vae")
-    print(f"vae: {vae_seconds[0]:.0f} s wall, {vae_seconds[1]:.0f} CPU-s", flush=True)
-    transformer = train_transformer(s, rng, log, vae, pipe)
-    transformer.save_pretrained(tmp / "transformer")
-    C.scheduler().save_pretrained(tmp / "scheduler")
-    (tmp / "model_index.json").write_text(json.dumps(C.MODEL_INDEX, indent=2) + "\n")
-    quantize_checkpoint(tmp / "transformer", tmp / "transformer-Q8_0.gguf", "Q8_0",
-                        layout="diffusers", name=f"flux-batch {VERSION}")
+    if from_stage_2:
+        vae, transformer, stages = _stage_2_output(from_stage_2, s)
+    else:
+        rng = random.Random(s.seed)
+        vae = train_vae(s, rng, log)
+        stages = {"vae": log.lap()}
+        transformer = train_transformer(s, rng, log, vae, pipe)
+        stages["transformer"] = log.lap()
+    if s.finetune_steps:
+        transformer = finetune_transformer(s, log, vae, pipe, transformer)
+        stages["finetune"] = log.lap()
     log.file.close()
-    summary = {"version": VERSION, "settings": asdict(s),
-               "vae": {"wall_s": round(vae_seconds[0], 1), "cpu_s": round(vae_seconds[1], 1)},
-               "total": {"wall_s": round(log.wall(), 1), "cpu_s": round(log.cpu(), 1)},
+    _save(tmp, vae, transformer)
+    total = {k: round(sum(stage[k] for stage in stages.values()), 1) for k in ("wall_s", "cpu_s")}
+    summary = {"version": VERSION, "settings": asdict(s), "stages": stages, "total": total,
                "torch": torch.__version__}
     (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return summary
+
+
+def _stage_2_output(folder: Path, s: Settings):
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    before = json.loads((folder / "training.json").read_text())
+    kept = ("seed", "vae_steps", "vae_batch", "steps", "batch", "lr", "caption_dropout", "distill_from")
+    if before["settings"].get("finetune_steps", 0) or any(before["settings"][k] != getattr(s, k) for k in kept):
+        raise SystemExit(f"{folder}: not stage 2 of these settings (train it with --finetune-steps 0)")
+    stages = before.get("stages") or {  # an older summary: the VAE's time and the total
+        "vae": before["vae"], "transformer": {k: round(before["total"][k] - before["vae"][k], 1)
+                                              for k in ("wall_s", "cpu_s")}}
+    return (AutoencoderKL.from_pretrained(folder / "vae").eval().requires_grad_(False),
+            FluxTransformer2DModel.from_pretrained(folder / "transformer"), stages)
+
+
+def _save(folder: Path, vae, transformer) -> None:
+    from ..gguf_quantize import quantize_checkpoint
+
+    vae.save_pretrained(folder / "vae")
+    transformer.save_pretrained(folder / "transformer")
+    C.scheduler().save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps(C.MODEL_INDEX, indent=2) + "\n")
+    quantize_checkpoint(folder / "transformer", folder / "transformer-Q8_0.gguf", "Q8_0",
+                        layout="diffusers", name=f"flux-batch {VERSION}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,11 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         description="Train the demo model (a tiny FLUX drawing coloured shapes) into OUT. "
                     "The defaults reproduce the shipped weights.")
     parser.add_argument("out", type=Path, help="folder to write (replaced when it exists)")
-    for name in ("seed", "threads", "vae_steps", "vae_batch", "steps", "batch", "log_every"):
+    for name in ("seed", "threads", "vae_steps", "vae_batch", "steps", "batch", "finetune_steps",
+                 "log_every"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    parser.add_argument("--from-stage-2", type=Path, metavar="DIR",
+                        help="run stage 3 only, from a folder trained with --finetune-steps 0")
     args = parser.parse_args(argv)
-    s = Settings(**{k: v for k, v in vars(args).items() if k != "out"})
-    summary = train(args.out, s)
+    s = Settings(**{k: v for k, v in vars(args).items() if k not in ("out", "from_stage_2")})
+    summary = train(args.out, s, args.from_stage_2)
     t = summary["total"]
     print(f"{args.out}: trained {VERSION} in {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} CPU-s")
     return 0
