@@ -1,5 +1,5 @@
 """`python -m flux_batch.demo.train OUT`: seeded, so the same settings give the same weights,
-with progress on stdout and every step's losses in a log."""
+whole or resumed, with progress on stdout and every step's losses in a log."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,8 @@ from flux_batch.demo import model_dir
 from flux_batch.demo.train import main
 
 SHORT = ["--vae-steps", "3", "--steps", "2", "--batch", "4", "--log-every", "1"]
-FINETUNE = ["--finetune-steps", "2"]
+LATER = ["--finetune-steps", "2", "--decoder-steps", "2"]  # stages 3 and 4
+OFF = ["--finetune-steps", "0", "--decoder-steps", "0"]
 
 
 def losses(folder, stage):
@@ -23,20 +24,21 @@ def losses(folder, stage):
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """The same short training twice: all three stages by the command; then, in this process,
-    stages 1-2 into one folder and stage 3 from it into another."""
+    """The same short training twice: all four stages by the command; then, in this process,
+    stages 1-2 into one folder and stages 3-4 resumed from it into another."""
     root = tmp_path_factory.mktemp("train")
     command = subprocess.run([sys.executable, "-m", "flux_batch.demo.train", str(root / "a"),
-                              *SHORT, *FINETUNE], capture_output=True, text=True, timeout=600)
+                              *SHORT, *LATER], capture_output=True, text=True, timeout=600)
     assert command.returncode == 0, command.stderr
-    main([str(root / "stage-2"), *SHORT, "--finetune-steps", "0"])
-    main([str(root / "b"), *SHORT, *FINETUNE, "--from-stage-2", str(root / "stage-2")])
+    main([str(root / "stage-2"), *SHORT, *OFF])
+    main([str(root / "b"), *SHORT, *LATER, "--resume", str(root / "stage-2")])
     return root / "a", root / "b", command.stdout
 
 
-def test_the_same_seed_gives_the_same_weights_whole_or_resumed_at_stage_3(two_runs):
+def test_the_same_seed_gives_the_same_weights_whole_or_resumed(two_runs):
     a, b, _ = two_runs
-    assert losses(a, "finetune") == losses(b, "finetune")
+    for stage in ("vae", "transformer", "finetune", "decoder"):
+        assert losses(a, stage) == losses(b, stage), stage
     for part in ("vae/diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.safetensors",
                  "text_encoder/model.safetensors", "text_encoder_2/model.safetensors"):
         first, second = load_file(a / part), load_file(b / part)
@@ -52,25 +54,25 @@ def test_progress_and_loss_log(two_runs):
     a, _, stdout = two_runs
     lines = stdout.splitlines()
     assert lines[0].startswith("vae 1/3 mse ") and "CPU-s)" in lines[0]
-    assert any(line.startswith("transformer 2/2 loss ") for line in lines)
-    assert any(line.startswith("finetune 2/2 loss ") for line in lines)
+    for stage, measure in (("transformer", "loss"), ("finetune", "loss"), ("decoder", "mse")):
+        assert any(line.startswith(f"{stage} 2/2 {measure} ") for line in lines), stage
+        assert [r["step"] for r in losses(a, stage)] == [1, 2]
     assert lines[-1].startswith(f"{a}: trained demo-v1 in ")
     assert [r["step"] for r in losses(a, "vae")] == [1, 2, 3]
-    assert [r["step"] for r in losses(a, "transformer")] == [1, 2]
-    assert [r["step"] for r in losses(a, "finetune")] == [1, 2]
     summary = json.loads((a / "training.json").read_text())
-    assert summary["settings"]["vae_steps"] == 3 and set(summary["stages"]) == {"vae", "transformer", "finetune"}
+    assert summary["settings"]["vae_steps"] == 3
+    assert set(summary["stages"]) == {"vae", "transformer", "finetune", "decoder"}
     assert summary["total"]["cpu_s"] == pytest.approx(sum(s["cpu_s"] for s in summary["stages"].values()), abs=0.2)
     for folder in ("scheduler", "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "transformer"):
         assert (a / folder).is_dir(), folder
     assert not list(a.parent.glob(".*partial"))
 
 
-def test_stage_3_refuses_a_folder_of_other_settings(two_runs, tmp_path):
+def test_resume_refuses_a_folder_trained_with_other_settings(two_runs, tmp_path):
     a, _, _ = two_runs
-    with pytest.raises(SystemExit, match="not stage 2 of these settings"):
-        main([str(tmp_path / "c"), *SHORT, *FINETUNE, "--from-stage-2", str(a)])  # a has a stage 3
-    assert not (tmp_path / "c").exists()
+    with pytest.raises(SystemExit, match="its decoder stage was trained with decoder_steps=2, not 300"):
+        main([str(tmp_path / "c"), *SHORT, "--finetune-steps", "2", "--resume", str(a)])
+    assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".*partial"))
 
 
 def test_a_short_run_starts_exactly_as_the_shipped_weights_did(two_runs):

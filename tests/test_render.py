@@ -39,13 +39,14 @@ def test_quickstart_renders_the_shipped_example_on_the_demo_model(cli):
         assert (record["model"], record["quant"]) == ("demo", "q8_0")
     assert records[3]["category"] == "position"  # extra columns are carried
     assert records[5]["seed"] == 1234  # a row's own seed
-    # the demo model draws what the prompts say: read the colours back
+    # the prompts reach the pictures: read colours and positions back (chance: 1 in 6, 1 in 5)
     from flux_batch.demo.scoring import read
     from flux_batch.demo.shapes import parse
 
-    drawn = [read(image).colour for image in pixels(run_dir).values()]
-    asked = [parse(r["prompt"]).colour for r in records]
-    assert sum(d == a for d, a in zip(drawn, asked)) >= 5, (drawn, asked)
+    drawn = [read(image) for image in pixels(run_dir).values()]
+    asked = [parse(r["prompt"]) for r in records]
+    assert sum(d.colour == a.colour for d, a in zip(drawn, asked)) >= 4, (drawn, asked)
+    assert all(d.position == a.position for d, a in zip(drawn, asked) if a.position), (drawn, asked)
 
     info = json.loads((run_dir / "run.json").read_text())
     assert set(info) >= {"fingerprint", "settings", "config", "versions"}

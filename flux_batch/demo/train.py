@@ -1,15 +1,20 @@
 """Training the demo model: `python -m flux_batch.demo.train OUT`.
 
-Two stages on pictures drawn on the fly (flux_batch.demo.shapes), all seeded:
+Four stages on pictures drawn on the fly (flux_batch.demo.shapes), all seeded:
 1. the VAE, as an autoencoder with a small KL term; its latent mean and spread then set the
    VAE's shift and scaling factors, as FLUX's VAE config carries them;
 2. the transformer, with FLUX's rectified-flow objective (predict noise - latent at a shifted
-   logit-normal time), 10% of captions dropped, and, in the second half, guidance distillation
+   logit-normal time), 10% of captions dropped, and, in its second half, guidance distillation
    as FLUX.1-dev was trained: on half of each batch a guidance value g is drawn and the target
-   is the classifier-free-guided velocity of the EMA teacher, v(empty) + g (v(caption) - v(empty)).
-The text encoders stay random and frozen. OUT becomes a diffusers pipeline folder (the
-transformer in float32 safetensors) plus `transformer-Q8_0.gguf` written by the project's
-quantizer, `train-log.jsonl` (the losses) and `training.json` (settings, times, results).
+   is the classifier-free-guided velocity of the EMA teacher, v(empty) + g (v(caption) - v(empty));
+3. the transformer again from stage 2's EMA weights, every step distilled, with a fresh
+   optimizer and its own data stream;
+4. the VAE decoder alone (the latents stay as the transformer learnt them), its own data stream.
+The text encoders stay random and frozen. Stages 3 and 4 depend on earlier stages only through
+their saved weights, so `--resume DIR` continues a folder trained with them off and gives the
+same numbers. OUT becomes a diffusers pipeline folder (the transformer in float32 safetensors)
+plus `transformer-Q8_0.gguf` written by the project's quantizer, `train-log.jsonl` (every
+step's losses) and `training.json` (settings, wall and CPU seconds per stage).
 """
 from __future__ import annotations
 
@@ -49,6 +54,8 @@ class Settings:
     finetune_steps: int = 600
     finetune_lr: float = 4e-4
     finetune_warmup: int = 50
+    decoder_steps: int = 300
+    decoder_lr: float = 5e-4
     log_every: int = 50
 
 
@@ -120,6 +127,28 @@ def train_vae(s: Settings, rng: random.Random, log: Log):
     vae.register_to_config(shift_factor=round(latents.mean().item(), 4),
                            scaling_factor=round(1.0 / latents.std().item(), 4))
     return vae
+
+
+def finetune_decoder(s: Settings, log: Log, vae):
+    """Stage 4: the VAE decoder alone, on its own data stream, as Stable Diffusion's ft-MSE
+    decoder was: the encoder and so the latents the transformer learnt stay as they are."""
+    import torch
+
+    rng, gen = random.Random(s.seed + 4), torch.Generator().manual_seed(s.seed + 5)
+    vae.requires_grad_(False).decoder.requires_grad_(True).train()
+    opt = torch.optim.AdamW(vae.decoder.parameters(), lr=s.decoder_lr, weight_decay=0.0)
+    for step in range(1, s.decoder_steps + 1):
+        x = images_tensor([draw(random_caption(rng), rng) for _ in range(s.vae_batch)])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(gen)
+        mse = torch.nn.functional.mse_loss(vae.decode(z).sample, x)
+        for group in opt.param_groups:
+            group["lr"] = s.decoder_lr * cosine(step, s.decoder_steps, 20)
+        opt.zero_grad()
+        mse.backward()
+        opt.step()
+        log.step("decoder", step, s.decoder_steps, mse=mse.item())
+    return vae.eval().requires_grad_(False)
 
 
 def cosine(step: int, total: int, warmup: int) -> float:
@@ -206,7 +235,7 @@ def train_transformer(s: Settings, rng: random.Random, log: Log, vae, pipe):
 def finetune_transformer(s: Settings, log: Log, vae, pipe, model):
     """Stage 3: from stage 2's EMA weights, a fresh optimizer and its own data stream, every
     step distilled. It depends on stage 2 only through the saved weights, so it can be run
-    again from a folder that holds them (--from-stage-2)."""
+    again from a folder that holds them (--resume)."""
     stage = Stage("finetune", s.finetune_steps, s.finetune_lr, s.finetune_warmup, 0.0,
                   random.Random(s.seed + 2), s.seed + 3)
     return flow_stage(s, stage, model, log, vae, caption_embeddings(pipe))
@@ -267,50 +296,62 @@ def text_pipeline(folder: Path):
                         text_encoder_2=t5, tokenizer_2=t5_tok, transformer=None)
 
 
-def train(out: Path, s: Settings, from_stage_2: Path | None = None) -> dict:
+STAGES = {  # stage -> the settings its result depends on (besides the earlier stages')
+    "vae": ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight"),
+    "transformer": ("steps", "batch", "lr", "warmup", "ema", "caption_dropout", "distill_from"),
+    "finetune": ("finetune_steps", "finetune_lr", "finetune_warmup", "guidance_range"),
+    "decoder": ("decoder_steps", "decoder_lr"),
+}
+
+
+def train(out: Path, s: Settings, resume: Path | None = None) -> dict:
     """Train into `out` (replaced atomically when done); the same settings give the same weights.
-    `from_stage_2`: a folder written with finetune_steps=0, whose VAE and transformer stage 3
-    starts from (the same numbers as running stages 1 and 2 again)."""
+    `resume`: a folder trained with these settings but later stages off (their steps 0); its
+    stages are loaded, not rerun, which gives the same numbers as running them again."""
     import torch
 
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(s.threads)
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(out, s, from_stage_2)
+        return _train(out, s, resume)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _train(out: Path, s: Settings, from_stage_2: Path | None) -> dict:
+def _train(out: Path, s: Settings, resume: Path | None) -> dict:
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        return _train_into(tmp, out, s, from_stage_2)
+        return _train_into(tmp, out, s, resume)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when training finished
 
 
-def _train_into(tmp: Path, out: Path, s: Settings, from_stage_2: Path | None) -> dict:
+def _train_into(tmp: Path, out: Path, s: Settings, resume: Path | None) -> dict:
     import torch
 
-    if from_stage_2:
-        shutil.copy(from_stage_2 / "train-log.jsonl", tmp / "train-log.jsonl")
-    log = Log(tmp / "train-log.jsonl", s.log_every, append=bool(from_stage_2))
+    vae = transformer = None
+    stages: dict = {}
+    if resume:
+        vae, transformer, stages = _resumed(resume, s)
+        shutil.copy(resume / "train-log.jsonl", tmp / "train-log.jsonl")
+    log = Log(tmp / "train-log.jsonl", s.log_every, append=bool(resume))
     pipe = text_pipeline(tmp)
-    if from_stage_2:
-        vae, transformer, stages = _stage_2_output(from_stage_2, s)
-    else:
-        rng = random.Random(s.seed)
+    if "vae" not in stages:
+        rng = random.Random(s.seed)  # stages 1 and 2 share one data stream
         vae = train_vae(s, rng, log)
-        stages = {"vae": log.lap()}
+        stages["vae"] = log.lap()
         transformer = train_transformer(s, rng, log, vae, pipe)
         stages["transformer"] = log.lap()
-    if s.finetune_steps:
+    if s.finetune_steps and "finetune" not in stages:
         transformer = finetune_transformer(s, log, vae, pipe, transformer)
         stages["finetune"] = log.lap()
+    if s.decoder_steps and "decoder" not in stages:
+        vae = finetune_decoder(s, log, vae)
+        stages["decoder"] = log.lap()
     log.file.close()
     _save(tmp, vae, transformer)
     total = {k: round(sum(stage[k] for stage in stages.values()), 1) for k in ("wall_s", "cpu_s")}
@@ -323,18 +364,30 @@ def _train_into(tmp: Path, out: Path, s: Settings, from_stage_2: Path | None) ->
     return summary
 
 
-def _stage_2_output(folder: Path, s: Settings):
+def _resumed(folder: Path, s: Settings):
+    """The VAE, transformer and stage times of a folder whose stages these settings continue."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
     before = json.loads((folder / "training.json").read_text())
-    kept = ("seed", "vae_steps", "vae_batch", "steps", "batch", "lr", "caption_dropout", "distill_from")
-    if before["settings"].get("finetune_steps", 0) or any(before["settings"][k] != getattr(s, k) for k in kept):
-        raise SystemExit(f"{folder}: not stage 2 of these settings (train it with --finetune-steps 0)")
-    stages = before.get("stages") or {  # an older summary: the VAE's time and the total
+    stages = before.get("stages") or {  # a summary from before stage times: stages 1 and 2
         "vae": before["vae"], "transformer": {k: round(before["total"][k] - before["vae"][k], 1)
                                               for k in ("wall_s", "cpu_s")}}
+    settings = {**{"finetune_steps": 0, "decoder_steps": 0}, **before["settings"]}
+    for stage in stages:
+        for key in STAGES[stage]:
+            if key in settings and list(np_tuple(settings[key])) != list(np_tuple(getattr(s, key))):
+                raise SystemExit(f"{folder}: its {stage} stage was trained with {key}={settings[key]}, "
+                                 f"not {getattr(s, key)}")
+    later = [stage for stage in STAGES if stage not in stages and settings[STAGES[stage][0]]]
+    if later:
+        raise SystemExit(f"{folder}: it was trained with {', '.join(later)} steps but holds no "
+                         "such stage; resume only from a finished folder with later stages off")
     return (AutoencoderKL.from_pretrained(folder / "vae").eval().requires_grad_(False),
-            FluxTransformer2DModel.from_pretrained(folder / "transformer"), stages)
+            FluxTransformer2DModel.from_pretrained(folder / "transformer"), dict(stages))
+
+
+def np_tuple(value):
+    return value if isinstance(value, (list, tuple)) else [value]
 
 
 def _save(folder: Path, vae, transformer) -> None:
@@ -356,13 +409,14 @@ def main(argv: list[str] | None = None) -> int:
                     "The defaults reproduce the shipped weights.")
     parser.add_argument("out", type=Path, help="folder to write (replaced when it exists)")
     for name in ("seed", "threads", "vae_steps", "vae_batch", "steps", "batch", "finetune_steps",
-                 "log_every"):
+                 "decoder_steps", "log_every"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    parser.add_argument("--from-stage-2", type=Path, metavar="DIR",
-                        help="run stage 3 only, from a folder trained with --finetune-steps 0")
+    parser.add_argument("--resume", type=Path, metavar="DIR",
+                        help="continue a folder trained with the same settings but later stages "
+                             "off (e.g. --finetune-steps 0): its stages are loaded, the rest run")
     args = parser.parse_args(argv)
-    s = Settings(**{k: v for k, v in vars(args).items() if k not in ("out", "from_stage_2")})
-    summary = train(args.out, s, args.from_stage_2)
+    s = Settings(**{k: v for k, v in vars(args).items() if k not in ("out", "resume")})
+    summary = train(args.out, s, args.resume)
     t = summary["total"]
     print(f"{args.out}: trained {VERSION} in {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} CPU-s")
     return 0
