@@ -42,7 +42,8 @@ TEST_MODEL = "tiny"
 def with_model(args: tuple[str, ...], model: str | None) -> list[str]:
     if model is None or any(a.startswith("model=") for a in args):
         return list(args)
-    return [f"model={model}", *args]
+    flags = 1 if args and args[0] in ("-m", "--multirun") else 0  # Hydra's flags come first
+    return [*args[:flags], f"model={model}", *args[flags:]]
 
 
 class Cli:

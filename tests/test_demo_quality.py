@@ -27,8 +27,8 @@ def scores(tmp_path_factory, model_cache):
     cli = Cli(cwd, model_cache)
     common = ("dataset.path=prompts/demo-eval.jsonl", "num_images=2", "batch_size=8", "runtime.progress=false")
     cli("-m", "quant=q8_0,f32", *common, "hydra.sweep.dir=sweep", model="demo", timeout=900)
-    cli("quant=q4_0", "limit=8", *common, "output.dir=sweep/quant=q4_0", model="demo", timeout=900)
-    runs = {quant: cwd / "sweep" / f"quant={quant}" for quant in QUANTS}
+    cli("quant=q4_0", "limit=8", *common, "output.dir=q4_0", model="demo", timeout=900)
+    runs = {"q8_0": cwd / "sweep" / "quant=q8_0", "f32": cwd / "sweep" / "quant=f32", "q4_0": cwd / "q4_0"}
     found = {quant: evaluate(runs[quant], None if quant == "f32" else runs["f32"]) for quant in QUANTS}
     for quant, (result, _) in found.items():  # shown with -s, and in the log of a failure
         print(quant, {a: row["accuracy"] for a, row in result["accuracy"].items()}, result.get("psnr"))
