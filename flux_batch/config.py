@@ -51,7 +51,8 @@ class ModelConfig:
     base: str = MISSING
     # GGUF transformer: local path, URL, or `hub_id/filename.gguf`
     transformer: str = MISSING
-    # `tiny`: the embedded model, built on first use into the cache; null for real weights
+    # `tiny`: the random embedded model, built on first use into the cache; `demo`: the trained
+    # one shipped in the package; null for real weights
     builder: Optional[str] = None
     variant: str = "dev"  # dev (guidance embedding) or schnell
     steps: int = MISSING
@@ -140,7 +141,7 @@ def register_configs() -> None:
     """Schemas into Hydra's ConfigStore, and the resolvers the YAML files use."""
     from omegaconf import OmegaConf
 
-    from . import tiny
+    from . import demo, tiny
     from .runinfo import run_dir_resolver
     from .sweeps import job_dir_resolver, sweep_dir_resolver
 
@@ -149,6 +150,9 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("fb_job_dir", job_dir_resolver, replace=True)
     OmegaConf.register_new_resolver(
         "fb_tiny_dir", lambda variant="dev": str(tiny.base_dir(variant)), replace=True)
+    OmegaConf.register_new_resolver("fb_demo_dir", lambda: str(demo.model_dir()), replace=True)
+    OmegaConf.register_new_resolver(
+        "fb_demo_transformer", lambda gguf_type: str(demo.transformer_path(gguf_type)), replace=True)
     cs = ConfigStore.instance()
     cs.store(name="flux_batch_schema", node=FluxBatchConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)

@@ -40,6 +40,11 @@ def model_identity(cfg: DictConfig) -> dict:
 
         if Path(transformer).parent == tiny.base_dir(m.variant):
             return {"builder": tiny.VERSION, "transformer": os.path.basename(transformer)}
+    if m.builder == "demo":
+        from . import demo
+
+        if demo.is_demo_file(transformer) and Path(str(m.base)) == demo.model_dir():
+            return {"builder": demo.VERSION, "transformer": os.path.basename(transformer)}
     identity: dict = {"name": os.path.basename(transformer)}
     if os.path.isfile(transformer):
         identity["size"] = os.path.getsize(transformer)
@@ -77,9 +82,26 @@ def resolve_files(cfg: DictConfig) -> ModelFiles:
                 f"which cannot write {cfg.quant.gguf_type}; use quant=q8_0, q4_0 or bf16"
             )
         tiny.ensure_built(cfg.quant.gguf_type, m.variant)  # an overridden path is used as given
+    elif m.builder == "demo":
+        _ensure_demo(cfg)
     from . import lora
 
     return ModelFiles(_resolve_base(m), _resolve_transformer(m), lora.resolve(cfg))
+
+
+def _ensure_demo(cfg: DictConfig) -> None:
+    """The shipped Q8_0 file, or another type quantized into the cache from the shipped weights."""
+    from . import demo
+    from .gguf_io import WRITABLE_TYPES
+
+    if not demo.is_demo_file(os.path.expanduser(str(cfg.model.transformer))):
+        return  # an overridden path is used as given
+    if cfg.quant.gguf_type not in WRITABLE_TYPES:
+        raise ConfigError(
+            f"quant={cfg.quant.name}: the demo model is quantized here with the gguf package, "
+            f"which cannot write {cfg.quant.gguf_type}; use quant=q8_0, q4_0, bf16 or f32"
+        )
+    demo.ensure_built(cfg.quant.gguf_type)
 
 
 def _missing(what: str, path: str, how: str) -> ModelFileError:
@@ -161,7 +183,7 @@ def _check_gguf_variant(m: DictConfig, path: str) -> None:
         found = "FLUX.1-dev-style (it has a guidance embedding)" if has_guidance else \
             "FLUX.1-schnell-style (it has no guidance embedding)"
         wanted = "a dev" if m.variant == "dev" else "a schnell"
-        other = ("tiny" if has_guidance else "tiny-schnell") if m.builder == "tiny" else \
+        other = ("tiny" if has_guidance else "tiny-schnell") if m.builder in ("tiny", "demo") else \
             ("flux-dev" if has_guidance else "flux-schnell")
         raise ModelFileError(
             f"model.transformer={path}: this GGUF is {found}, but model={m.name} needs {wanted} "

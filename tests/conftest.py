@@ -34,12 +34,26 @@ def model_cache(tmp_path_factory) -> Path:
     return cache
 
 
+# The suite renders the random tiny model (fast: it proves the plumbing) unless a test names
+# another model or passes model=None for the bare default (the trained demo model).
+TEST_MODEL = "tiny"
+
+
+def with_model(args: tuple[str, ...], model: str | None) -> list[str]:
+    if model is None or any(a.startswith("model=") for a in args):
+        return list(args)
+    flags = 1 if args and args[0] in ("-m", "--multirun") else 0  # Hydra's flags come first
+    return [*args[:flags], f"model={model}", *args[flags:]]
+
+
 class Cli:
     def __init__(self, cwd: Path, cache: Path):
         self.cwd = cwd
         self.env = {**os.environ, "FLUX_BATCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
 
-    def __call__(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 300):
+    def __call__(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 300,
+                 model: str | None = TEST_MODEL):
+        args = tuple(with_model(args, model))
         result = subprocess.run(
             [script("flux-batch"), *args], cwd=self.cwd, capture_output=True, text=True,
             env={**self.env, **(env or {})}, timeout=timeout,
@@ -49,9 +63,9 @@ class Cli:
                                  f"{result.stdout}\n{result.stderr}")
         return result
 
-    def popen(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+    def popen(self, *args: str, env: dict | None = None, model: str | None = TEST_MODEL) -> subprocess.Popen:
         return subprocess.Popen(
-            [script("flux-batch"), *args], cwd=self.cwd, stdout=subprocess.PIPE,
+            [script("flux-batch"), *with_model(args, model)], cwd=self.cwd, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, env={**self.env, **(env or {})},
         )
 
@@ -89,7 +103,8 @@ class CliServer:
         )
 
     def __call__(self, cwd: Path, *args: str, env: dict | None = None,
-                 kill_after: float | None = None) -> subprocess.CompletedProcess:
+                 kill_after: float | None = None, model: str | None = TEST_MODEL) -> subprocess.CompletedProcess:
+        args = tuple(with_model(args, model))
         self.count += 1
         log = self.logs / f"run-{self.count}.log"
         request = {"args": list(args), "cwd": str(cwd), "log": str(log), "env": env or {},

@@ -10,8 +10,8 @@ from flux_batch.config import register_configs, validate
 from flux_batch.errors import ConfigError
 from flux_batch.runinfo import default_run_dir, pixel_settings
 
-MODELS = ["tiny", "flux-dev", "flux-schnell"]
-QUANTS = ["q8_0", "q6_k", "q5_k_s", "q4_k_s", "q4_0", "bf16"]
+MODELS = ["demo", "tiny", "flux-dev", "flux-schnell"]
+QUANTS = ["q8_0", "q6_k", "q5_k_s", "q4_k_s", "q4_0", "bf16", "f32"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,9 +33,11 @@ def test_every_model_and_quant_composes_and_validates(model, quant):
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
 
 
-def test_defaults_are_the_embedded_model_and_q8_0():
+def test_defaults_are_the_shipped_demo_model_and_q8_0():
     cfg = compose_cfg()
-    assert (cfg.model.name, cfg.quant.name, cfg.model.builder) == ("tiny", "q8_0", "tiny")
+    assert (cfg.model.name, cfg.quant.name, cfg.model.builder) == ("demo", "q8_0", "demo")
+    assert cfg.model.transformer.endswith("flux_batch/demo/model/transformer-Q8_0.gguf")
+    assert (cfg.sampler.width, cfg.sampler.height, cfg.sampler.max_sequence_length) == (64, 64, 12)
     assert cfg.dataset.path == "prompts/example.jsonl"
     assert (cfg.seed, cfg.num_images, cfg.batch_size, cfg.limit) == (0, 1, 1, None)
 
@@ -108,7 +110,7 @@ def test_fingerprint_follows_settings_that_change_pixels():
 
 def test_default_run_dir_names_dataset_model_and_quant():
     cfg = compose_cfg("dataset.path=data/My Prompts.tsv", "quant=q4_0")
-    assert default_run_dir(cfg).startswith("outputs/My-Prompts-tiny-q4_0-")
+    assert default_run_dir(cfg).startswith("outputs/My-Prompts-demo-q4_0-")
 
 
 def test_pixel_settings_identify_local_files_by_name_and_size(tmp_path):

@@ -45,7 +45,7 @@ def test_wheel_installs_into_a_fresh_venv_and_renders(tmp_path, model_cache):
            "HOME": str(tmp_path)}
     result = run(venv / "bin" / "flux-batch", "limit=2", cwd=cwd, env=env)
     assert "rendered 2, skipped 0 already done, failed 0" in result.stdout
-    assert len(list((cwd / "outputs").glob("example-tiny-q8_0-*/images/*.png"))) == 2
+    assert len(list((cwd / "outputs").glob("example-demo-q8_0-*/images/*.png"))) == 2
     cfg = run(venv / "bin" / "flux-batch", "--cfg", "job", "model=flux-dev", cwd=cwd, env=env)
     assert "max_sequence_length: 512" in cfg.stdout
     for tool, says in (("flux-batch-gguf", "quantize"), ("flux-batch-grid", "sweep_dir")):

@@ -30,7 +30,8 @@ def test_runs_sharing_a_model_load_it_once_and_match_the_uncached_path(tmp_path,
 
     def cfg(*overrides):
         return compose(config_name="config", overrides=[
-            f"dataset.path={prompts}", "runtime.progress=false", "sampler.steps=2", *overrides])
+            "model=tiny", f"dataset.path={prompts}", "runtime.progress=false", "sampler.steps=2",
+            *overrides])
 
     loads = pipeline_cache.load_count()
     first = run(cfg("sampler.guidance=2.5"), tmp_path / "a")
@@ -58,7 +59,7 @@ def test_runs_sharing_a_model_load_it_once_and_match_the_uncached_path(tmp_path,
 def test_prompt_embeddings_are_encoded_once_per_prompt_and_settings(model_cache):
     from flux_batch import models
 
-    cfg = compose(config_name="config", overrides=["runtime.progress=false"])
+    cfg = compose(config_name="config", overrides=["model=tiny", "runtime.progress=false"])
     files = models.resolve_files(cfg)
     pipe, _ = pipeline_cache.get_pipeline(cfg, "cpu", files)
     identity = pipeline_cache.encoder_identity(files, "cpu", "auto")

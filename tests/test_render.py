@@ -1,4 +1,5 @@
-"""End to end through the installed CLI on the tiny model: outputs, metadata, determinism."""
+"""End to end through the installed CLI (on the tiny model, but for the quickstart on the
+default demo model): outputs, metadata, determinism."""
 from __future__ import annotations
 
 import hashlib
@@ -20,27 +21,37 @@ def run_dir_of(result) -> Path:
     return Path(result.stdout.strip().splitlines()[-1].split(":")[0])
 
 
-def test_quickstart_renders_the_shipped_example(cli):
-    result = cli()  # a bare `flux-batch`, from a folder with no prompt file of its own
+def test_quickstart_renders_the_shipped_example_on_the_demo_model(cli):
+    # a bare `flux-batch`, from a folder with no prompt file of its own, offline
+    result = cli(model=None)
     run_dir = run_dir_of(result)
-    assert re.fullmatch(r"example-tiny-q8_0-[0-9a-f]{8}", run_dir.name)
+    assert re.fullmatch(r"example-demo-q8_0-[0-9a-f]{8}", run_dir.name)
     assert run_dir.parent == cli.cwd / "outputs"
     assert "rendered 6, skipped 0 already done, failed 0" in result.stdout
     records = manifest(run_dir)
-    assert [r["id"] for r in records] == ["red-fox", "lighthouse", "tea-house", "robot-cafe",
-                                          "neon-sign", "still-life"]
+    assert [r["id"] for r in records] == ["red-circle", "blue-triangle", "green-square",
+                                          "yellow-circle", "purple-triangle", "orange-square"]
     for record in records:
         assert MANIFEST_KEYS <= set(record)
         data = (run_dir / record["file_name"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == record["sha256"]
-        assert (record["width"], record["height"], record["steps"]) == (64, 64, 4)
-        assert (record["model"], record["quant"]) == ("tiny", "q8_0")
-    assert records[3]["category"] == "scenes"  # extra columns are carried
+        assert (record["width"], record["height"], record["steps"]) == (64, 64, 12)
+        assert (record["model"], record["quant"]) == ("demo", "q8_0")
+    assert records[3]["category"] == "position"  # extra columns are carried
     assert records[5]["seed"] == 1234  # a row's own seed
+    # the prompts reach the pictures: read colours and positions back (chance: 1 in 6, 1 in 5)
+    from flux_batch.demo.scoring import read
+    from flux_batch.demo.shapes import parse
+
+    drawn = [read(image) for image in pixels(run_dir).values()]
+    asked = [parse(r["prompt"]) for r in records]
+    assert sum(d.colour == a.colour for d, a in zip(drawn, asked)) >= 4, (drawn, asked)
+    assert all(d.position == a.position for d, a in zip(drawn, asked) if a.position), (drawn, asked)
 
     info = json.loads((run_dir / "run.json").read_text())
     assert set(info) >= {"fingerprint", "settings", "config", "versions"}
-    assert info["settings"]["sampler"]["steps"] == 4
+    assert info["settings"]["sampler"]["steps"] == 12
+    assert info["settings"]["model"]["builder"] == "demo-v1"
     assert (run_dir / ".hydra" / "config.yaml").exists()
 
 
@@ -87,8 +98,8 @@ def test_run_dir_loads_as_an_imagefolder_dataset(cli, tmp_path):
     assert len(ds) == 6
     assert {"image", "id", "prompt", "seed", "sha256", "category"} <= set(ds.column_names)
     by_id = {row["id"]: row for row in ds}
-    assert by_id["robot-cafe"]["category"] == "scenes"
-    assert by_id["red-fox"]["image"].size == (64, 64)
+    assert by_id["yellow-circle"]["category"] == "position"
+    assert by_id["red-circle"]["image"].size == (64, 64)
 
 
 # --- determinism: same item, same pixels, however it is batched, ordered, limited, resumed ---
