@@ -108,11 +108,13 @@ def main() -> None:
              f"{times['no index'][0]:.2f} |",
              f"| {n} items | {times['large'][0]:.2f} |"]
     large = times["large"][0]
-    target = "met" if large < 2 and times["no index"][0] < 2 else "NOT met"
+    no_index = times["no index"][0]
+    verdict = lambda seconds: "met" if seconds < 2 else "NOT met"  # noqa: E731
     body = "\n".join([
         *rows, "",
-        f"Target under 2 s for {n} items: **{target}** ({large - times['1'][0]:.2f} s above the "
-        f"fixed cost; {times['no index'][0] - times['1'][0]:.2f} s without the index). "
+        f"Target under 2 s for a finished run of {n} items: **{verdict(large)}** ({large:.2f} s, "
+        f"{large - times['1'][0]:.2f} s above the fixed cost). The first start after a kill or "
+        f"a hand edit, which parses the whole manifest: {verdict(no_index)} ({no_index:.2f} s). "
         "No model is loaded in any case.",
     ])
     if options.baseline:
