@@ -89,7 +89,7 @@ def main() -> None:
     prompts = cwd / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"item-{i:03d}", "prompt": f"a photo of object {i}"}) + "\n"
                                for i in range(options.items)))
-    args = [f"dataset.path={prompts}", f"sampler.width={options.size}", f"sampler.height={options.size}",
+    args = [f"dataset.path={prompts}", "model=tiny", f"sampler.width={options.size}", f"sampler.height={options.size}",
             f"sampler.steps={options.steps}", "runtime.progress=false"]
     try:
         subprocess.run([str(BIN / "flux-batch"), *args, "limit=1", "output.dir=warm"], cwd=cwd,

@@ -41,7 +41,7 @@ def main() -> None:
         prompts = work / "p.jsonl"
         prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"prompt number {i}"}) + "\n"
                                    for i in range(args.prompts)))
-        common = (f"dataset.path={prompts}",)
+        common = (f"dataset.path={prompts}", "model=tiny")
         flux_batch(work, *common, "limit=1", "output.dir=warmup")  # builds the tiny model
         separate = sum(flux_batch(work, *common, *job, f"output.dir=separate/{i}")
                        for i, job in enumerate(JOBS))

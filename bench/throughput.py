@@ -2,7 +2,7 @@
 whole process, on the same model files and prompts.
 
     python bench/throughput.py [--models tiny,mid] [--prompts 32] [--batch-sizes 1,2,4,8]
-                               [--repeat 1]          # the "Throughput" section
+                               [--repeat 1] [--section NAME]   # default: the "Throughput" section
 
 For each model the commands run one after another, interleaved per repeat (plain loop, then
 flux-batch at each batch size), and the best of --repeat counts; images/s are ratios within
@@ -98,7 +98,7 @@ def bench_model(name: str, work: Path, n: int, batch_sizes: list[int], repeat: i
         for b in batch_sizes:
             out = work / f"{name}-fb{b}-{r}"
             seconds, log = timed([str(BIN / "flux-batch"), f"dataset.path={prompts}", f"output.dir={out}",
-                                  f"model.base={base}", f"model.transformer={gguf}",
+                                  "model=tiny", f"model.base={base}", f"model.transformer={gguf}",
                                   f"sampler.width={side}", f"sampler.height={side}",
                                   f"sampler.steps={steps}", f"batch_size={b}", "runtime.progress=false",
                                   "runtime.device=cpu"], work)
@@ -158,6 +158,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS for every command (default: torch's own choice)")
+    parser.add_argument("--section", default="throughput",
+                        help="the bench/RESULTS.md section to write (another name keeps the default one)")
     a = parser.parse_args()
     if a.threads:
         os.environ["OMP_NUM_THREADS"] = str(a.threads)
@@ -179,7 +181,10 @@ def main() -> None:
         f"{a.threads or 'torch default (one per core)'}. `loop` is the rendering loop alone (the plain "
         "loop's own timer; flux-batch's s/image times images). Load average at the end: "
         f"{end_load}.", "", *header, *rows, "", *notes])
-    write_section("throughput", "Throughput: flux-batch vs the plain loop", body,
+    title = "Throughput: flux-batch vs the plain loop"
+    if a.section != "throughput":
+        title += f" ({a.models}, {a.prompts} prompts)"
+    write_section(a.section, title, body,
                   ("torch", "diffusers"), start_load)
 
 

@@ -17,6 +17,19 @@ from pathlib import Path
 VERSION = "tiny-v1"  # bump when the architecture or build changes: it names the cache folder
 TOKEN_BUDGET = 77  # CLIP's context, as in FLUX
 
+# model_index.json of a FluxPipeline folder (the tiny and demo pipelines)
+MODEL_INDEX = {
+    "_class_name": "FluxPipeline",
+    "_diffusers_version": "0.42.1",
+    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "T5EncoderModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "T5TokenizerFast"],
+    "transformer": ["diffusers", "FluxTransformer2DModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("FLUX_BATCH_CACHE") or Path.home() / ".cache" / "flux-batch")
@@ -101,17 +114,7 @@ def _save_components(folder: Path, variant: str = "dev") -> None:
         max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
     ).save_pretrained(folder / "scheduler")
 
-    (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "FluxPipeline",
-        "_diffusers_version": "0.42.1",
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "text_encoder_2": ["transformers", "T5EncoderModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "tokenizer_2": ["transformers", "T5TokenizerFast"],
-        "transformer": ["diffusers", "FluxTransformer2DModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }, indent=2))
+    (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
 
 
 def _clip_tokenizer(folder: Path):

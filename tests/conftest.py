@@ -174,3 +174,25 @@ PROMPTS = [
     {"prompt": "a castle on a hill"},
     {"id": "owl", "prompt": "an owl at night", "steps": 3},
 ]
+
+
+@pytest.fixture(scope="module")
+def hydra_config():
+    """Hydra's config module, for tests that compose configs and call the driver in-process;
+    the pipeline they keep is released after the module, so later tests count loads afresh."""
+    from hydra import initialize_config_module
+
+    from flux_batch import pipeline_cache
+    from flux_batch.config import register_configs
+
+    register_configs()
+    with initialize_config_module(config_module="flux_batch.conf", version_base="1.3"):
+        yield
+    pipeline_cache.release_pipeline()
+
+
+def compose_config(*overrides: str):
+    """The composed config, on the tiny model unless an override names another."""
+    from hydra import compose
+
+    return compose(config_name="config", overrides=["model=tiny", *overrides])

@@ -5,35 +5,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
-from conftest import pixels, write_prompts
+from conftest import compose_config, pixels, write_prompts
 from flux_batch import batch_size, models, pipeline_cache
-from flux_batch.config import register_configs, validate
+from flux_batch.config import validate
 from flux_batch.driver import run
 from flux_batch.errors import ConfigError
 
 ROWS = [{"id": f"item{i}", "prompt": f"prompt number {i}"} for i in range(6)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def hydra_config():
-    register_configs()
-    with initialize_config_module(config_module="flux_batch.conf", version_base="1.3"):
-        yield
-    pipeline_cache.release_pipeline()  # later tests count model loads from a fresh process state
+pytestmark = pytest.mark.usefixtures("hydra_config")
 
 
 def config(prompts, *overrides):
-    return compose(config_name="config", overrides=[
+    return compose_config(
         f"dataset.path={prompts}", "runtime.progress=false", "sampler.steps=1",
-        "sampler.width=32", "sampler.height=32", "runtime.device=cpu", *overrides])
+        "sampler.width=32", "sampler.height=32", "runtime.device=cpu", *overrides)
 
 
 @pytest.fixture
 def oom_above(monkeypatch, model_cache):
     """The transformer raises torch.OutOfMemoryError for batches larger than `limit[0]`."""
-    cfg = compose(config_name="config")
+    cfg = compose_config()
     pipe, _ = pipeline_cache.get_pipeline(cfg, "cpu", models.resolve_files(cfg))
     forward, limit, seen = pipe.transformer.forward, [8], []
 
@@ -76,7 +70,7 @@ def test_a_fixed_batch_size_fails_its_items_on_out_of_memory(tmp_path, oom_above
 def test_auto_on_a_cpu_is_bounded_by_ram(model_cache, monkeypatch):
     from flux_batch.items import Settings
 
-    cfg = compose(config_name="config")
+    cfg = compose_config()
     pipe, _ = pipeline_cache.get_pipeline(cfg, "cpu", models.resolve_files(cfg))
     small = [Settings(64, 64, 4, 3.5, 1.0, "euler")]
     assert batch_size.for_run("auto", pipe, small, 32, "cpu").size == batch_size.MAX_CPU
@@ -92,4 +86,4 @@ def test_auto_on_a_cpu_is_bounded_by_ram(model_cache, monkeypatch):
 @pytest.mark.parametrize("value", ["0", "many", "-2"])
 def test_a_bad_batch_size_is_refused_naming_the_key(value):
     with pytest.raises(ConfigError, match=f"batch_size={value}: must be an integer >= 1, or auto"):
-        validate(compose(config_name="config", overrides=[f"batch_size={value}"]))
+        validate(compose_config(f"batch_size={value}"))

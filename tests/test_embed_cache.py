@@ -4,11 +4,9 @@ encoded again. Counted at the T5 encoder's forward."""
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_module
 
-from conftest import manifest, pixels, write_prompts
+from conftest import compose_config, manifest, pixels, write_prompts
 from flux_batch import pipeline_cache
-from flux_batch.config import register_configs
 from flux_batch.driver import run
 from flux_batch.errors import ConfigError
 
@@ -18,12 +16,7 @@ ROWS = [{"id": "fox", "prompt": "a fox in a cache test"},
         {"id": "cat", "prompt": "a cat in a cache test"}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def hydra_config():
-    register_configs()
-    with initialize_config_module(config_module="flux_batch.conf", version_base="1.3"):
-        yield
-    pipeline_cache.release_pipeline()  # later tests count model loads from a fresh process state
+pytestmark = pytest.mark.usefixtures("hydra_config")
 
 
 @pytest.fixture
@@ -32,7 +25,7 @@ def t5_calls(monkeypatch, model_cache):
     as a new process would."""
     monkeypatch.setattr(pipeline_cache.PromptEncoder, "_store", {})
     monkeypatch.setattr(pipeline_cache.PromptEncoder, "_bytes", 0)
-    cfg = compose(config_name="config")
+    cfg = compose_config()
     from flux_batch import models
 
     pipe, _ = pipeline_cache.get_pipeline(cfg, "cpu", models.resolve_files(cfg))
@@ -43,9 +36,9 @@ def t5_calls(monkeypatch, model_cache):
 
 
 def config(prompts, *overrides):
-    return compose(config_name="config", overrides=[
+    return compose_config(
         f"dataset.path={prompts}", "runtime.progress=false", "sampler.steps=1",
-        "sampler.width=32", "sampler.height=32", "runtime.device=cpu", *overrides])
+        "sampler.width=32", "sampler.height=32", "runtime.device=cpu", *overrides)
 
 
 def forget_in_process_embeddings(monkeypatch):
@@ -117,7 +110,7 @@ def test_a_file_as_the_cache_folder_is_refused(tmp_path):
 
     (tmp_path / "f").write_text("")
     with pytest.raises(ConfigError, match="runtime.embed_cache=.*: not a folder"):
-        validate(compose(config_name="config", overrides=[f"runtime.embed_cache={tmp_path / 'f'}"]))
+        validate(compose_config(f"runtime.embed_cache={tmp_path / 'f'}"))
 
 
 def test_an_unwritable_cache_folder_does_not_stop_the_run(tmp_path, t5_calls, caplog):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 import subprocess
 
-from conftest import FAST, PROMPTS, check_consistent, manifest, pixels, script, write_prompts
+from conftest import (FAST, PROMPTS, TEST_MODEL, check_consistent, manifest, pixels, script,
+                      with_model, write_prompts)
 
 # five items of assorted sizes and step counts: 3 + 2 on two ranks, 2 + 2 + 1 on three
 FIVE = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[4], PROMPTS[6]]
@@ -22,7 +23,8 @@ def launch(cli, processes: int, *args: str, env: dict | None = None) -> subproce
     (on a CPU machine `--cpu` would start one process)."""
     command = [script("accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), script("flux-batch"), *args]
+               "--main_process_port", str(free_port()), script("flux-batch"),
+               *with_model(args, TEST_MODEL)]
     return subprocess.run(command, cwd=cli.cwd, capture_output=True, text=True, timeout=300,
                           env={**cli.env, **(env or {})})
 

@@ -5,28 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
-from conftest import FAST, PROMPTS, manifest, pixels, write_prompts
+from conftest import FAST, PROMPTS, compose_config, manifest, pixels, write_prompts
 from flux_batch import pipeline_cache, torch_compile
-from flux_batch.config import register_configs
 from flux_batch.driver import run
 
 ROWS = PROMPTS + [{"id": "neg", "prompt": "a lamp", "negative_prompt": "blurry", "true_cfg": 2}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def hydra_config():
-    register_configs()
-    with initialize_config_module(config_module="flux_batch.conf", version_base="1.3"):
-        yield
-    pipeline_cache.release_pipeline()  # later tests count model loads from a fresh process state
+pytestmark = pytest.mark.usefixtures("hydra_config")
 
 
 def config(prompts, *overrides):
-    return compose(config_name="config", overrides=[
+    return compose_config(
         f"dataset.path={prompts}", "runtime.progress=false", "sampler.steps=2",
-        "sampler.width=32", "sampler.height=32", *overrides])
+        "sampler.width=32", "sampler.height=32", *overrides)
 
 
 def test_phased_and_per_item_render_identical_pixels(tmp_path, model_cache, caplog):

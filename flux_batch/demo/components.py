@@ -11,6 +11,7 @@ import json
 import string
 from pathlib import Path
 
+from ..tiny import MODEL_INDEX  # noqa: F401 (the demo folder's model_index.json)
 from .shapes import vocabulary
 
 CLIP_TOKENS = 77  # CLIP's context, as in FLUX
@@ -26,17 +27,6 @@ TRANSFORMER = dict(  # hidden size 2 x 64 = 128
 # FLUX.1-dev's schedule, its resolution shift anchored at the 64 tokens of a 64x64 image
 SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
                  max_shift=1.15, base_image_seq_len=64, max_image_seq_len=4096)
-MODEL_INDEX = {
-    "_class_name": "FluxPipeline",
-    "_diffusers_version": "0.42.1",
-    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-    "text_encoder": ["transformers", "CLIPTextModel"],
-    "text_encoder_2": ["transformers", "T5EncoderModel"],
-    "tokenizer": ["transformers", "CLIPTokenizer"],
-    "tokenizer_2": ["transformers", "T5TokenizerFast"],
-    "transformer": ["diffusers", "FluxTransformer2DModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
 
 
 def clip_tokenizer(folder: Path):
