@@ -9,10 +9,10 @@ import sys
 import pytest
 from safetensors.numpy import load_file
 
-from flux_batch.demo import model_dir
+from flux_batch.demo import VERSION, model_dir
 from flux_batch.demo.train import main
 
-SHORT = ["--vae-steps", "3", "--steps", "2", "--batch", "4", "--log-every", "1"]
+SHORT = ["--vae-steps", "3", "--steps", "2", "--batch", "4", "--pool", "40", "--log-every", "1"]
 LATER = ["--finetune-steps", "2", "--decoder-steps", "2"]  # stages 3 and 4
 OFF = ["--finetune-steps", "0", "--decoder-steps", "0"]
 
@@ -57,7 +57,7 @@ def test_progress_and_loss_log(two_runs):
     for stage, measure in (("transformer", "loss"), ("finetune", "loss"), ("decoder", "mse")):
         assert any(line.startswith(f"{stage} 2/2 {measure} ") for line in lines), stage
         assert [r["step"] for r in losses(a, stage)] == [1, 2]
-    assert lines[-1].startswith(f"{a}: trained demo-v1 in ")
+    assert lines[-1].startswith(f"{a}: trained {VERSION} in ")
     assert [r["step"] for r in losses(a, "vae")] == [1, 2, 3]
     summary = json.loads((a / "training.json").read_text())
     assert summary["settings"]["vae_steps"] == 3
@@ -82,3 +82,19 @@ def test_a_short_run_starts_exactly_as_the_shipped_weights_did(two_runs):
     ours = losses(a, "vae")
     assert [r["mse"] for r in ours] == pytest.approx([r["mse"] for r in shipped], rel=1e-4)
     assert [r["kl"] for r in ours] == pytest.approx([r["kl"] for r in shipped], rel=1e-4)
+
+
+def test_the_vae_loss_weighs_a_shape_pixel_above_a_background_pixel():
+    """An error on the shape costs 1 + shape_weight times the same error on the background."""
+    import torch
+
+    from flux_batch.demo.shapes import BACKGROUND
+    from flux_batch.demo.train import weighted_mse
+
+    x = (torch.tensor(BACKGROUND, dtype=torch.float32) / 127.5 - 1.0).view(1, 3, 1, 1).repeat(1, 1, 4, 4)
+    x[0, :, 0, 0] = torch.tensor([0.7, -0.7, -0.7])  # one red pixel
+    on_shape, on_background = x.clone(), x.clone()
+    on_shape[0, 0, 0, 0] += 0.1
+    on_background[0, 0, 3, 3] += 0.1
+    assert weighted_mse(on_shape, x, 4.0) == pytest.approx(5 * weighted_mse(on_background, x, 4.0))
+    assert weighted_mse(on_background, x, 4.0) == pytest.approx(0.01 / 48)

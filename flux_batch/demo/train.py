@@ -1,15 +1,17 @@
 """Training the demo model: `python -m flux_batch.demo.train OUT`.
 
-Four stages on pictures drawn on the fly (flux_batch.demo.shapes), all seeded:
-1. the VAE, as an autoencoder with a small KL term; its latent mean and spread then set the
-   VAE's shift and scaling factors, as FLUX's VAE config carries them;
-2. the transformer, with FLUX's rectified-flow objective (predict noise - latent at a shifted
-   logit-normal time), 10% of captions dropped, and, in its second half, guidance distillation
-   as FLUX.1-dev was trained: on half of each batch a guidance value g is drawn and the target
-   is the classifier-free-guided velocity of the EMA teacher, v(empty) + g (v(caption) - v(empty));
-3. the transformer again from stage 2's EMA weights, every step distilled, with a fresh
-   optimizer and its own data stream;
-4. the VAE decoder alone (the latents stay as the transformer learnt them), its own data stream.
+Four stages on pictures drawn from seeded streams (flux_batch.demo.shapes):
+1. the VAE, as an autoencoder with a small KL term, the shape's pixels weighing more than the
+   background's; its latent mean and spread then set the VAE's shift and scaling factors, as
+   FLUX's VAE config carries them;
+2. the transformer, on a pool of pictures encoded once, with FLUX's rectified-flow objective
+   (predict noise - latent at a shifted logit-normal time), 10% of captions dropped, and, in
+   its second half, guidance distillation as FLUX.1-dev was trained: on half of each batch a
+   guidance value g is drawn and the target is the classifier-free-guided velocity of the EMA
+   teacher, v(empty) + g (v(caption) - v(empty));
+3. optionally (off by default), the transformer again from stage 2's EMA weights, every step
+   distilled, with a fresh optimizer and its own noise stream;
+4. the VAE decoder alone (the latents stay as the transformer learnt them), its own stream.
 The text encoders stay random and frozen. Stages 3 and 4 depend on earlier stages only through
 their saved weights, so `--resume DIR` continues a folder trained with them off and gives the
 same numbers. OUT becomes a diffusers pipeline folder (the transformer in float32 safetensors)
@@ -38,20 +40,22 @@ from .shapes import all_captions, draw, random_caption
 @dataclass
 class Settings:
     seed: int = 0
-    threads: int = 1  # on a shared machine one thread wastes no CPU spinning; results depend on it
-    vae_steps: int = 400
+    threads: int = 2  # the results depend on it (the order of float sums)
+    vae_steps: int = 600
     vae_batch: int = 8
     vae_lr: float = 1e-3
     kl_weight: float = 1e-4
-    steps: int = 1000
+    shape_weight: float = 4.0  # extra weight, in the VAE's loss, of the pixels a shape covers
+    pool: int = 16384  # pictures encoded once, the transformer's training set
+    steps: int = 6000
     batch: int = 32
-    lr: float = 6e-4
+    lr: float = 1e-3
     warmup: int = 100
     ema: float = 0.999
     caption_dropout: float = 0.1
     distill_from: float = 0.5  # fraction of the steps after which guidance is distilled
     guidance_range: tuple = (1.0, 6.0)
-    finetune_steps: int = 600
+    finetune_steps: int = 0  # stage 3 off: the shipped transformer is stage 2's EMA
     finetune_lr: float = 4e-4
     finetune_warmup: int = 50
     decoder_steps: int = 300
@@ -112,7 +116,7 @@ def train_vae(s: Settings, rng: random.Random, log: Log):
         x = images_tensor([draw(random_caption(rng), rng) for _ in range(s.vae_batch)])
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(gen)).sample
-        mse = torch.nn.functional.mse_loss(recon, x)
+        mse = weighted_mse(recon, x, s.shape_weight)
         kl = posterior.kl().mean() / posterior.mean[0].numel()
         for group in opt.param_groups:
             group["lr"] = s.vae_lr * cosine(step, s.vae_steps, 20)
@@ -141,7 +145,7 @@ def finetune_decoder(s: Settings, log: Log, vae):
         x = images_tensor([draw(random_caption(rng), rng) for _ in range(s.vae_batch)])
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(gen)
-        mse = torch.nn.functional.mse_loss(vae.decode(z).sample, x)
+        mse = weighted_mse(vae.decode(z).sample, x, s.shape_weight)
         for group in opt.param_groups:
             group["lr"] = s.decoder_lr * cosine(step, s.decoder_steps, 20)
         opt.zero_grad()
@@ -149,6 +153,17 @@ def finetune_decoder(s: Settings, log: Log, vae):
         opt.step()
         log.step("decoder", step, s.decoder_steps, mse=mse.item())
     return vae.eval().requires_grad_(False)
+
+
+def weighted_mse(recon, x, shape_weight: float):
+    """Squared error with the shape's pixels weighing 1 + shape_weight: the background fills
+    most of a picture, and a plain mean lets the shape's hue and edges drift."""
+    from .shapes import BACKGROUND
+    import torch
+
+    background = torch.tensor(BACKGROUND, dtype=x.dtype).view(1, 3, 1, 1) / 127.5 - 1.0
+    shape = ((x - background).abs().amax(1, keepdim=True) > 0.05).to(x.dtype)
+    return ((1 + shape_weight * shape) * (recon - x) ** 2).mean()
 
 
 def cosine(step: int, total: int, warmup: int) -> float:
@@ -168,18 +183,43 @@ def caption_embeddings(pipe):
     return {t: i for i, t in enumerate(texts)}, seq, pooled
 
 
+class LatentPool:
+    """The transformer's training set: `s.pool` pictures drawn from their own seeded stream and
+    encoded once (posterior mean and spread); each use draws a fresh latent from the posterior.
+    Encoding every batch anew cost as much as the transformer's own step."""
+
+    def __init__(self, s: Settings, vae, index):
+        import torch
+
+        rng = random.Random(s.seed + 6)
+        captions = [random_caption(rng) for _ in range(s.pool)]
+        means, stds = [], []
+        with torch.no_grad():
+            for start in range(0, s.pool, 256):
+                x = images_tensor([draw(c, rng) for c in captions[start:start + 256]])
+                posterior = vae.encode(x).latent_dist
+                means.append(posterior.mean)
+                stds.append(posterior.std)
+        self.mean, self.std = torch.cat(means), torch.cat(stds)
+        self.rows = torch.tensor([index[c.text()] for c in captions])
+        self.shift, self.scale = vae.config.shift_factor, vae.config.scaling_factor
+
+    def sample(self, size: int, gen):
+        import torch
+
+        picked = torch.randint(len(self.rows), (size,), generator=gen)
+        z = self.mean[picked] + self.std[picked] * torch.randn(self.mean[picked].shape, generator=gen)
+        return (z - self.shift) * self.scale, self.rows[picked]
+
+
 class Batch:
     """A batch of latents at random times, with their captions' embeddings."""
 
-    def __init__(self, s: Settings, rng: random.Random, gen, vae, index, seq, pooled):
+    def __init__(self, s: Settings, gen, pool: LatentPool, seq, pooled, empty: int):
         import torch
         from diffusers import FluxPipeline
 
-        captions = [random_caption(rng) for _ in range(s.batch)]
-        x = images_tensor([draw(c, rng) for c in captions])
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.sample(gen)
-        z = (z - vae.config.shift_factor) * vae.config.scaling_factor
+        z, rows = pool.sample(s.batch, gen)
         b, ch, h, w = z.shape
         self.latents = FluxPipeline._pack_latents(z, b, ch, h, w)
         self.noise = torch.randn(self.latents.shape, generator=gen)
@@ -189,11 +229,10 @@ class Batch:
         tt = self.t[:, None, None]
         self.noisy = (1 - tt) * self.latents + tt * self.noise
         self.target = self.noise - self.latents
-        keep = torch.rand(b, generator=gen) >= s.caption_dropout
-        rows = [index[c.text()] if k else index[""] for c, k in zip(captions, keep.tolist())]
-        self.keep = keep
+        self.keep = torch.rand(b, generator=gen) >= s.caption_dropout
+        rows = torch.where(self.keep, rows, empty)
         self.seq, self.pooled = seq[rows], pooled[rows]
-        self.empty_seq, self.empty_pooled = seq[[index[""]] * b], pooled[[index[""]] * b]
+        self.empty_seq, self.empty_pooled = seq[[empty] * b], pooled[[empty] * b]
         self.img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, "cpu", torch.float32)
         self.txt_ids = torch.zeros(seq.shape[1], 3)
 
@@ -224,21 +263,20 @@ def distill(s: Settings, batch: Batch, teacher, gen):
     return guidance, target
 
 
-def train_transformer(s: Settings, rng: random.Random, log: Log, vae, pipe):
+def train_transformer(s: Settings, log: Log, data):
     import torch
 
     torch.manual_seed(s.seed)
-    stage = Stage("transformer", s.steps, s.lr, s.warmup, s.distill_from, rng, s.seed + 1)
-    return flow_stage(s, stage, C.transformer(), log, vae, caption_embeddings(pipe))
+    stage = Stage("transformer", s.steps, s.lr, s.warmup, s.distill_from, s.seed + 1)
+    return flow_stage(s, stage, C.transformer(), log, data)
 
 
-def finetune_transformer(s: Settings, log: Log, vae, pipe, model):
-    """Stage 3: from stage 2's EMA weights, a fresh optimizer and its own data stream, every
+def finetune_transformer(s: Settings, log: Log, data, model):
+    """Stage 3: from stage 2's EMA weights, a fresh optimizer and its own noise stream, every
     step distilled. It depends on stage 2 only through the saved weights, so it can be run
     again from a folder that holds them (--resume)."""
-    stage = Stage("finetune", s.finetune_steps, s.finetune_lr, s.finetune_warmup, 0.0,
-                  random.Random(s.seed + 2), s.seed + 3)
-    return flow_stage(s, stage, model, log, vae, caption_embeddings(pipe))
+    stage = Stage("finetune", s.finetune_steps, s.finetune_lr, s.finetune_warmup, 0.0, s.seed + 3)
+    return flow_stage(s, stage, model, log, data)
 
 
 @dataclass
@@ -248,21 +286,31 @@ class Stage:
     lr: float
     warmup: int
     distill_from: float  # fraction of the steps after which guidance is distilled
-    rng: random.Random  # pictures and captions
-    noise_seed: int  # latents' noise, times, dropout, guidance values
+    noise_seed: int  # pictures picked, latents' noise, times, dropout, guidance values
 
 
-def flow_stage(s: Settings, stage: Stage, model, log: Log, vae, embeddings):
+class FlowData:
+    """What the transformer's stages learn from: the latent pool and the captions' embeddings."""
+
+    def __init__(self, s: Settings, vae, pipe):
+        index, self.seq, self.pooled = caption_embeddings(pipe)
+        self.empty = index[""]
+        self.pool = LatentPool(s, vae, index)
+
+    def batch(self, s: Settings, gen) -> "Batch":
+        return Batch(s, gen, self.pool, self.seq, self.pooled, self.empty)
+
+
+def flow_stage(s: Settings, stage: Stage, model, log: Log, data: FlowData):
     import torch
 
-    index, seq, pooled = embeddings
     model = model.train().requires_grad_(True)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(stage.noise_seed)
     all_rows = torch.arange(s.batch)
     for step in range(1, stage.steps + 1):
-        batch = Batch(s, stage.rng, gen, vae, index, seq, pooled)
+        batch = data.batch(s, gen)
         if step > stage.distill_from * stage.steps:
             guidance, target = distill(s, batch, ema, gen)
         else:
@@ -297,8 +345,8 @@ def text_pipeline(folder: Path):
 
 
 STAGES = {  # stage -> the settings its result depends on (besides the earlier stages')
-    "vae": ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight"),
-    "transformer": ("steps", "batch", "lr", "warmup", "ema", "caption_dropout", "distill_from"),
+    "vae": ("seed", "threads", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "shape_weight"),
+    "transformer": ("steps", "pool", "batch", "lr", "warmup", "ema", "caption_dropout", "distill_from"),
     "finetune": ("finetune_steps", "finetune_lr", "finetune_warmup", "guidance_range"),
     "decoder": ("decoder_steps", "decoder_lr"),
 }
@@ -340,14 +388,16 @@ def _train_into(tmp: Path, out: Path, s: Settings, resume: Path | None) -> dict:
         shutil.copy(resume / "train-log.jsonl", tmp / "train-log.jsonl")
     log = Log(tmp / "train-log.jsonl", s.log_every, append=bool(resume))
     pipe = text_pipeline(tmp)
+    data = None
     if "vae" not in stages:
-        rng = random.Random(s.seed)  # stages 1 and 2 share one data stream
-        vae = train_vae(s, rng, log)
+        vae = train_vae(s, random.Random(s.seed), log)
         stages["vae"] = log.lap()
-        transformer = train_transformer(s, rng, log, vae, pipe)
+        data = FlowData(s, vae, pipe)
+        transformer = train_transformer(s, log, data)
         stages["transformer"] = log.lap()
     if s.finetune_steps and "finetune" not in stages:
-        transformer = finetune_transformer(s, log, vae, pipe, transformer)
+        data = data or FlowData(s, vae, pipe)  # resumed: the same numbers, from the saved VAE
+        transformer = finetune_transformer(s, log, data, transformer)
         stages["finetune"] = log.lap()
     if s.decoder_steps and "decoder" not in stages:
         vae = finetune_decoder(s, log, vae)
@@ -408,9 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Train the demo model (a tiny FLUX drawing coloured shapes) into OUT. "
                     "The defaults reproduce the shipped weights.")
     parser.add_argument("out", type=Path, help="folder to write (replaced when it exists)")
-    for name in ("seed", "threads", "vae_steps", "vae_batch", "steps", "batch", "finetune_steps",
-                 "decoder_steps", "log_every"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    for name, value in asdict(defaults).items():
+        if isinstance(value, (int, float)):
+            parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     parser.add_argument("--resume", type=Path, metavar="DIR",
                         help="continue a folder trained with the same settings but later stages "
                              "off (e.g. --finetune-steps 0): its stages are loaded, the rest run")
