@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-VERSION = "demo-v1"  # bump when the shipped weights change: it enters the run fingerprint
+VERSION = "demo-v2"  # bump when the shipped weights change: it enters the run fingerprint
 SHIPPED_TYPE = "Q8_0"
 HOW_TO_GET = ("The demo model ships inside the flux-batch package; reinstall flux-batch, or "
               "retrain it with `python -m flux_batch.demo.train flux_batch/demo/model`")
