@@ -62,9 +62,9 @@ def main() -> None:
         f"Model `{VERSION}` (transformer-Q8_0.gguf sha256 {digest}…): {count} shipped files, "
         f"{size / 2**20:.2f} MiB. Trained by `python -m flux_batch.demo.train` in "
         f"{training['total']['wall_s'] / 60:.1f} min wall, {training['total']['cpu_s'] / 60:.1f} CPU-min "
-        f"({s['threads']} thread; VAE {s['vae_steps']} steps x {s['vae_batch']}, transformer "
-        f"{s['steps']} + {s['finetune_steps']} steps x {s['batch']}, decoder {s['decoder_steps']} "
-        f"steps x {s['vae_batch']}).",
+        f"({s['threads']} thread{'s' if s['threads'] > 1 else ''}; VAE {s['vae_steps']} steps x "
+        f"{s['vae_batch']}, transformer {s['steps']} + {s['finetune_steps']} steps x {s['batch']} "
+        f"from a pool of {s.get('pool', 0)} pictures, decoder {s['decoder_steps']} steps x {s['vae_batch']}).",
         "",
         f"36 prompts x 2 seeds per quant; the three renders took {seconds:.0f} s in all.",
         "",
