@@ -74,13 +74,8 @@ def resolve_files(cfg: DictConfig) -> ModelFiles:
     m = cfg.model
     if m.builder == "tiny":
         from . import tiny
-        from .gguf_io import WRITABLE_TYPES
 
-        if cfg.quant.gguf_type not in WRITABLE_TYPES:
-            raise ConfigError(
-                f"quant={cfg.quant.name}: the tiny model is quantized here with the gguf package, "
-                f"which cannot write {cfg.quant.gguf_type}; use quant=q8_0, q4_0 or bf16"
-            )
+        _check_writable(cfg, "tiny")
         tiny.ensure_built(cfg.quant.gguf_type, m.variant)  # an overridden path is used as given
     elif m.builder == "demo":
         _ensure_demo(cfg)
@@ -92,16 +87,22 @@ def resolve_files(cfg: DictConfig) -> ModelFiles:
 def _ensure_demo(cfg: DictConfig) -> None:
     """The shipped Q8_0 file, or another type quantized into the cache from the shipped weights."""
     from . import demo
-    from .gguf_io import WRITABLE_TYPES
 
     if not demo.is_demo_file(os.path.expanduser(str(cfg.model.transformer))):
         return  # an overridden path is used as given
+    _check_writable(cfg, "demo")
+    demo.ensure_built(cfg.quant.gguf_type)
+
+
+def _check_writable(cfg: DictConfig, model: str) -> None:
+    """The embedded models are quantized here, by the gguf package, which writes few types."""
+    from .gguf_io import WRITABLE_TYPES
+
     if cfg.quant.gguf_type not in WRITABLE_TYPES:
         raise ConfigError(
-            f"quant={cfg.quant.name}: the demo model is quantized here with the gguf package, "
+            f"quant={cfg.quant.name}: the {model} model is quantized here with the gguf package, "
             f"which cannot write {cfg.quant.gguf_type}; use quant=q8_0, q4_0, bf16 or f32"
         )
-    demo.ensure_built(cfg.quant.gguf_type)
 
 
 def _missing(what: str, path: str, how: str) -> ModelFileError:

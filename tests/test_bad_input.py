@@ -61,7 +61,7 @@ def test_missing_prompt_file(cli):
 @pytest.mark.parametrize("override, message", [
     ("sampler.width=100", "sampler.width=100: image sizes must be positive multiples of 16"),
     ("runtime.offload=sequential", "sequential CPU offload does not work with GGUF"),
-    ("quant=q6_k", "cannot write Q6_K; use quant=q8_0, q4_0 or bf16"),
+    ("quant=q6_k", "cannot write Q6_K; use quant=q8_0, q4_0, bf16 or f32"),
 ])
 def test_bad_settings_name_the_key(cli, override, message):
     result = cli(override, check=False)

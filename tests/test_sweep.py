@@ -121,7 +121,7 @@ def test_a_quant_the_tiny_model_cannot_write_is_refused_clearly(cli):
     result = cli("-m", "quant=q6_k", "hydra.sweep.dir=sw", f"dataset.path={prompts}", check=False)
     assert result.returncode == 2
     assert "quant=q6_k: the tiny model is quantized here with the gguf package, which cannot " \
-           "write Q6_K; use quant=q8_0, q4_0 or bf16" in result.stderr
+           "write Q6_K; use quant=q8_0, q4_0, bf16 or f32" in result.stderr
     assert sweep_state(cli.cwd / "sw")["jobs"][0]["state"] == "failed"
 
 
