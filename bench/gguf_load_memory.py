@@ -5,7 +5,7 @@
 Builds the full-width random FLUX transformer (tests/flux_wide.py: hidden 3072, one double and
 one single block), quantizes it with flux-batch's own quantizer (BFL layout, as published
 FLUX GGUF files are), then loads it in a fresh process per reader through
-`flux_batch.models.load_transformer` (the path every run takes): `copy` is diffusers' own
+`flux_batch.model.load.load_transformer` (the path every run takes): `copy` is diffusers' own
 reader (`from_single_file(path)`, every tensor copied out of the file), `mapped` is
 flux-batch's (`from_single_file(state dict of views of the mapping)`). Each process reports
 its peak resident memory (VmHWM) and its anonymous memory (RssAnon: its own allocations, not
@@ -47,7 +47,7 @@ def child(reader: str, gguf: str, base: str, out: str) -> None:
     import torch
 
     import flux_wide
-    from flux_batch.models import load_transformer
+    from flux_batch.model.load import load_transformer
 
     figures = {"imported": status()}
     started = time.perf_counter()
@@ -100,7 +100,7 @@ def f16_bytes(gguf: Path) -> int:
 
 def build(work: Path, kind: str) -> tuple[Path, Path]:
     import flux_wide
-    from flux_batch.gguf_quantize import quantize_checkpoint
+    from flux_batch.gguf.quantize import quantize_checkpoint
 
     source = flux_wide.build_transformer(work / "transformer")
     gguf = work / f"wide-{kind}.gguf"

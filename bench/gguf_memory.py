@@ -20,7 +20,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import flux_wide  # noqa: E402
 from bench.results import machine, write_section  # noqa: E402
-from flux_batch.flux_checkpoint import open_checkpoint, plan  # noqa: E402
+from flux_batch.gguf.checkpoint import open_checkpoint, plan  # noqa: E402
 
 TYPES = ["Q8_0", "Q4_0", "BF16"]
 

@@ -4,7 +4,7 @@
 
 The model is the tests' full-width FLUX.1-dev transformer (hidden size 3072, one double and
 one single block, 545.5 M parameters, bf16, seed 0). Each type is written by
-flux_batch.gguf_quantize in the BFL layout, then:
+flux_batch.gguf.quantize in the BFL layout, then:
 - bits/weight: 8 x tensor bytes / parameters, over the whole file (F32/F16 tensors included);
 - size vs BF16: file size over the BF16 file's;
 - weight relative RMSE: ||dequantized - source|| / ||source|| over every tensor, read back with
@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 
 import flux_wide  # noqa: E402
 from bench.results import machine, write_section  # noqa: E402
-from flux_batch.flux_checkpoint import open_checkpoint, plan  # noqa: E402
-from flux_batch.gguf_quantize import quantize_checkpoint  # noqa: E402
+from flux_batch.gguf.checkpoint import open_checkpoint, plan  # noqa: E402
+from flux_batch.gguf.quantize import quantize_checkpoint  # noqa: E402
 
 NOTE = ("Bits/weight counts the whole file: with one double and one single block, the F16 input and output layers hold 12% of the parameters (0.5% in FLUX.1-dev's 19 + 38 blocks), so a full model comes close to the type's own rate (Q8_0 8.5, Q5_1 6.0, Q5_0 5.5, Q4_1 5.0, Q4_0 4.5).")
 TYPES = ["BF16", "F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]  # F32 is the reference itself

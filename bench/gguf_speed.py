@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.results import machine, write_section  # noqa: E402
-from flux_batch.gguf_quants import quantize  # noqa: E402
+from flux_batch.gguf.quants import quantize  # noqa: E402
 
 SHAPES = [(3072, 3072), (9216, 3072), (12288, 3072), (3072, 12288)]
 TYPES = ["Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1", "BF16", "F16"]  # F32 is a no-op copy in both

@@ -103,7 +103,7 @@ def build_components(arch: dict, device: str, dtype, work: Path) -> dict:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from flux_batch import tiny
+    from flux_batch.demo import tiny
 
     tokenizers = work / "tokenizers"
     clip_tokenizer = tiny._clip_tokenizer(tokenizers / "tokenizer")
@@ -139,8 +139,8 @@ def quantized_copy(transformer, work: Path, dtype):
     """The transformer written as Q8_0 GGUF by flux-batch's writer, loaded back by diffusers."""
     from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
 
-    from flux_batch.flux_checkpoint import PlannedTensor
-    from flux_batch.gguf_io import write_gguf
+    from flux_batch.gguf.checkpoint import PlannedTensor
+    from flux_batch.gguf.file import write_gguf
 
     config_dir = work / "base"
     transformer.save_config(config_dir / "transformer")
@@ -162,7 +162,7 @@ def items_for(arch: dict, n: int, work: Path) -> list:
     """n items as flux-batch plans them (seeds, settings) from a prompt file."""
     from hydra import compose, initialize_config_module
 
-    from flux_batch.config import register_configs
+    from flux_batch.cli import register_configs
     from flux_batch.driver import plan_items
 
     prompts = work / "prompts.jsonl"
@@ -185,14 +185,15 @@ def place(pipe, offload: bool, device: str) -> None:
 
 
 def schedule_for(pipe, row: Row, arch: dict, device: str, compile_options: dict):
-    from flux_batch import pipeline_cache, torch_compile
-    from flux_batch.batch_size import BatchSizer
-    from flux_batch.render import Renderer
-    from flux_batch.schedule import Schedule
+    from flux_batch.render import compile as torch_compile
+    from flux_batch.render.encoder import PromptEncoder
+    from flux_batch.render.batch_size import BatchSizer
+    from flux_batch.render.renderer import Renderer
+    from flux_batch.render.schedule import Schedule
 
     torch_compile.OPTIONS = compile_options
     torch_compile.apply(pipe, row.compile)
-    encoder = pipeline_cache.PromptEncoder(pipe, ("bench", row.weights, device), arch["max_sequence_length"])
+    encoder = PromptEncoder(pipe, ("bench", row.weights, device), arch["max_sequence_length"])
     render = Renderer(pipe, arch["max_sequence_length"], lambda: False, encoder)
     return Schedule(render, BatchSizer(row.batch), row.schedule == "phased", chunk_size=64)
 
@@ -201,7 +202,7 @@ def run_row(pipe, row: Row, arch: dict, items: list, images: int, device: str,
             compile_options: dict) -> dict:
     import torch
 
-    from flux_batch import pipeline_cache
+    from flux_batch.render.encoder import PromptEncoder
 
     cuda = device.startswith("cuda")
     place(pipe, row.offload and cuda, device)
@@ -212,8 +213,8 @@ def run_row(pipe, row: Row, arch: dict, items: list, images: int, device: str,
     warm = [dataclasses.replace(i, settings=dataclasses.replace(i.settings, steps=2))
             for i in items[:row.batch]]
     list(schedule(warm))
-    pipeline_cache.PromptEncoder._store.clear()  # every timed prompt is encoded, as in a new run
-    pipeline_cache.PromptEncoder._bytes = 0
+    PromptEncoder._store.clear()  # every timed prompt is encoded, as in a new run
+    PromptEncoder._bytes = 0
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

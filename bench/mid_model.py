@@ -23,8 +23,8 @@ def build(folder: Path) -> Path:
     from diffusers import FluxTransformer2DModel
     from safetensors.numpy import load_file
 
-    from flux_batch import tiny
-    from flux_batch.gguf_io import write_gguf
+    from flux_batch.demo import tiny
+    from flux_batch.gguf.file import write_gguf
 
     tiny_base, _ = tiny.ensure_built("Q8_0")
     shutil.rmtree(folder, ignore_errors=True)

@@ -57,7 +57,7 @@ def timed(args: list[str], cwd: Path) -> tuple[float, str]:
 
 
 def model_files(name: str, work: Path) -> tuple[str, str]:
-    from flux_batch import tiny
+    from flux_batch.demo import tiny
 
     if name == "tiny":
         base, gguf = tiny.ensure_built("Q8_0")
@@ -70,7 +70,7 @@ def plan_seconds(prompts: Path) -> float:
     """Reading and planning the prompt file, as the driver does before rendering."""
     from hydra import compose, initialize_config_module
 
-    from flux_batch.config import register_configs
+    from flux_batch.cli import register_configs
     from flux_batch.driver import plan_items
 
     register_configs()

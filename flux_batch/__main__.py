@@ -1,3 +1,3 @@
-from .cli import main
+from flux_batch.cli import main
 
 main()

@@ -1,4 +1,7 @@
-"""`flux-batch`: the Hydra entry point. Thin: compose config, run, report, exit status."""
+"""`flux-batch`: the Hydra entry point. Thin: compose config, run, report, exit status.
+
+The one place that wires the package into Hydra: the schemas and the resolvers the YAML files
+use (`${fb_run_dir:}`, …) are registered here, before Hydra composes anything."""
 from __future__ import annotations
 
 import logging
@@ -13,10 +16,35 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from .config import register_configs  # noqa: E402
-from .errors import EXIT_BAD_INPUT, FluxBatchError  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from flux_batch import demo  # noqa: E402
+from flux_batch.config import register_schemas  # noqa: E402
+from flux_batch.demo import tiny  # noqa: E402
+from flux_batch.driver import run  # noqa: E402
+from flux_batch.errors import EXIT_BAD_INPUT, FluxBatchError  # noqa: E402
+from flux_batch.fingerprint import run_dir_resolver  # noqa: E402
+from flux_batch.signals import Interrupted, hand_on  # noqa: E402
+from flux_batch.sweep.callback import JobTracker  # noqa: E402
+from flux_batch.sweep.jobs import job_dir_resolver, sweep_dir_resolver  # noqa: E402
 
 log = logging.getLogger("flux_batch")
+
+
+def register_configs() -> None:
+    """Schemas into Hydra's ConfigStore, and the resolvers the YAML files use."""
+    resolvers = {
+        "fb_run_dir": run_dir_resolver,
+        "fb_sweep_dir": sweep_dir_resolver,
+        "fb_job_dir": job_dir_resolver,
+        "fb_tiny_dir": lambda variant="dev": str(tiny.base_dir(variant)),
+        "fb_demo_dir": lambda: str(demo.model_dir()),
+        "fb_demo_transformer": lambda gguf_type: str(demo.transformer_path(gguf_type)),
+    }
+    for name, resolver in resolvers.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
+    register_schemas()
+
 
 register_configs()
 _started = False  # whether Hydra got as far as calling the app
@@ -38,10 +66,6 @@ def main() -> None:
 def hydra_app(cfg: DictConfig) -> None:
     global _started
     _started = True
-    from .driver import Interrupted, run
-    from .requeue import hand_on
-    from .sweeps import JobTracker
-
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         with JobTracker() as job:  # a multirun job's state in sweep.json

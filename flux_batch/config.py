@@ -15,7 +15,9 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from .errors import ConfigError
+from flux_batch.errors import ConfigError
+from flux_batch.plan.sizes import parse_aspect
+from flux_batch.samplers import SCHEDULERS
 
 
 class ImageFormat(str, Enum):
@@ -137,22 +139,8 @@ class FluxBatchConfig:
     max_errors: int = 3
 
 
-def register_configs() -> None:
-    """Schemas into Hydra's ConfigStore, and the resolvers the YAML files use."""
-    from omegaconf import OmegaConf
-
-    from . import demo, tiny
-    from .runinfo import run_dir_resolver
-    from .sweeps import job_dir_resolver, sweep_dir_resolver
-
-    OmegaConf.register_new_resolver("fb_run_dir", run_dir_resolver, replace=True)
-    OmegaConf.register_new_resolver("fb_sweep_dir", sweep_dir_resolver, replace=True)
-    OmegaConf.register_new_resolver("fb_job_dir", job_dir_resolver, replace=True)
-    OmegaConf.register_new_resolver(
-        "fb_tiny_dir", lambda variant="dev": str(tiny.base_dir(variant)), replace=True)
-    OmegaConf.register_new_resolver("fb_demo_dir", lambda: str(demo.model_dir()), replace=True)
-    OmegaConf.register_new_resolver(
-        "fb_demo_transformer", lambda gguf_type: str(demo.transformer_path(gguf_type)), replace=True)
+def register_schemas() -> None:
+    """The schemas into Hydra's ConfigStore, where the YAML files' defaults find them."""
     cs = ConfigStore.instance()
     cs.store(name="flux_batch_schema", node=FluxBatchConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
@@ -189,9 +177,37 @@ def check_batch_size(value: Any) -> None:
         raise ConfigError(f"batch_size={value}: must be an integer >= 1, or auto")
 
 
+# The checks of settings a prompt row may override too (plan/prompts.py): each returns why a
+# value is refused, or None, and the config and the rows put the key in front their own way.
+
+def guidance_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return "must be a finite number >= 0"
+    return None
+
+
+def true_cfg_problem(value: Any) -> str | None:
+    """1 turns true CFG off; above 1 it needs a negative prompt."""
+    if guidance_problem(value) is None and value < 1:
+        return "must be >= 1 (1 turns true CFG off)"
+    return guidance_problem(value)
+
+
+def scheduler_problem(name: Any) -> str | None:
+    return None if name in SCHEDULERS else f"expected one of {', '.join(SCHEDULERS)}"
+
+
+def aspect_problem(text: Any) -> str | None:
+    try:
+        parse_aspect(str(text))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def check_guidance(key: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{key}={value}: must be a finite number >= 0")
+    if (problem := guidance_problem(value)) is not None:
+        raise ConfigError(f"{key}={value}: {problem}")
 
 
 def check_finite(key: str, value: Any) -> None:
@@ -199,21 +215,14 @@ def check_finite(key: str, value: Any) -> None:
         raise ConfigError(f"{key}={value}: must be a finite number")
 
 
-def check_true_cfg(key: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
-        raise ConfigError(f"{key}={value}: must be a finite number >= 1 (1 turns true CFG off)")
-
-
 def check_sampler_extras(s: DictConfig) -> None:
     """Scheduler, shift, true CFG and aspect settings."""
-    from .schedulers import SCHEDULERS
-    from .sizes import parse_aspect
-
-    if s.scheduler not in SCHEDULERS:
-        raise ConfigError(f"sampler.scheduler={s.scheduler}: expected one of {', '.join(SCHEDULERS)}")
+    if (problem := scheduler_problem(s.scheduler)) is not None:
+        raise ConfigError(f"sampler.scheduler={s.scheduler}: {problem}")
     if s.shift is not None and (not math.isfinite(s.shift) or s.shift <= 0):
         raise ConfigError(f"sampler.shift={s.shift}: must be a number > 0, or null for the model's")
-    check_true_cfg("sampler.true_cfg", s.true_cfg)
+    if (problem := true_cfg_problem(s.true_cfg)) is not None:
+        raise ConfigError(f"sampler.true_cfg={s.true_cfg}: {problem}")
     if s.negative_prompt.strip() and s.true_cfg <= 1:
         raise ConfigError(
             "sampler.negative_prompt has no effect with sampler.true_cfg=1: set sampler.true_cfg "
@@ -221,14 +230,11 @@ def check_sampler_extras(s: DictConfig) -> None:
         )
     if s.megapixels is not None and (not math.isfinite(s.megapixels) or s.megapixels <= 0):
         raise ConfigError(f"sampler.megapixels={s.megapixels}: must be a number > 0")
-    if s.aspect is not None:
-        try:
-            parse_aspect(str(s.aspect))
-        except ValueError as e:
-            hint = ""
-            if str(s.aspect).isdigit():  # YAML 1.1 reads an unquoted 16:9 as the number 969
-                hint = '; in a YAML file, quote it (aspect: "16:9")'
-            raise ConfigError(f"sampler.aspect={s.aspect}: {e}{hint}") from None
+    if s.aspect is not None and (problem := aspect_problem(s.aspect)) is not None:
+        hint = ""
+        if str(s.aspect).isdigit():  # YAML 1.1 reads an unquoted 16:9 as the number 969
+            hint = '; in a YAML file, quote it (aspect: "16:9")'
+        raise ConfigError(f"sampler.aspect={s.aspect}: {problem}{hint}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -242,9 +248,6 @@ def validate(cfg: DictConfig) -> None:
     check_sampler_extras(s)
     for i, entry in enumerate(cfg.lora):
         check_finite(f"lora.{i}.scale", entry.scale)
-    from . import lora
-
-    lora.check(cfg)
     check_positive_int("seed", cfg.seed, minimum=0)
     check_positive_int("num_images", cfg.num_images)
     check_batch_size(cfg.batch_size)

@@ -18,7 +18,9 @@ import sys
 import time
 import traceback
 
-from flux_batch import cli, driver, faults, models, render  # noqa: F401  (imported once, here)
+from flux_batch import cli, driver, faults  # noqa: F401  (imported once, here)
+from flux_batch.model import files as models  # noqa: F401  (imported once, here)
+from flux_batch.render import renderer  # noqa: F401  (imported once, here)
 from diffusers import FluxPipeline, FluxTransformer2DModel, GGUFQuantizationConfig  # noqa: F401,E402
 import transformers  # noqa: F401,E402
 import tqdm  # noqa: F401,E402

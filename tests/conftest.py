@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"  # real prompt sets, with their licences
 
 
 def script(name: str) -> str:
@@ -28,7 +28,7 @@ def script(name: str) -> str:
 def model_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("cache")
     os.environ["FLUX_BATCH_CACHE"] = str(cache)
-    from flux_batch import tiny
+    from flux_batch.demo import tiny
 
     tiny.ensure_built("Q8_0")
     return cache
@@ -182,8 +182,8 @@ def hydra_config():
     the pipeline they keep is released after the module, so later tests count loads afresh."""
     from hydra import initialize_config_module
 
-    from flux_batch import pipeline_cache
-    from flux_batch.config import register_configs
+    from flux_batch.model import cache as pipeline_cache
+    from flux_batch.cli import register_configs
 
     register_configs()
     with initialize_config_module(config_module="flux_batch.conf", version_base="1.3"):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import compose_config, pixels, write_prompts
-from flux_batch import batch_size, models, pipeline_cache
+from flux_batch.render import batch_size
 from flux_batch.config import validate
-from flux_batch.driver import run
+from flux_batch.driver import pipeline_for, run
 from flux_batch.errors import ConfigError
 
 ROWS = [{"id": f"item{i}", "prompt": f"prompt number {i}"} for i in range(6)]
@@ -28,7 +28,7 @@ def config(prompts, *overrides):
 def oom_above(monkeypatch, model_cache):
     """The transformer raises torch.OutOfMemoryError for batches larger than `limit[0]`."""
     cfg = compose_config()
-    pipe, _ = pipeline_cache.get_pipeline(cfg, "cpu", models.resolve_files(cfg))
+    pipe, _, _ = pipeline_for(cfg, "cpu")
     forward, limit, seen = pipe.transformer.forward, [8], []
 
     def limited(hidden_states, *args, **kwargs):
@@ -68,10 +68,10 @@ def test_a_fixed_batch_size_fails_its_items_on_out_of_memory(tmp_path, oom_above
 
 
 def test_auto_on_a_cpu_is_bounded_by_ram(model_cache, monkeypatch):
-    from flux_batch.items import Settings
+    from flux_batch.plan.items import Settings
 
     cfg = compose_config()
-    pipe, _ = pipeline_cache.get_pipeline(cfg, "cpu", models.resolve_files(cfg))
+    pipe, _, _ = pipeline_for(cfg, "cpu")
     small = [Settings(64, 64, 4, 3.5, 1.0, "euler")]
     assert batch_size.for_run("auto", pipe, small, 32, "cpu").size == batch_size.MAX_CPU
     large = [Settings(1024, 1024, 4, 3.5, 1.0, "euler")]

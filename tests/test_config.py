@@ -6,9 +6,10 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from flux_batch.config import register_configs, validate
+from flux_batch.cli import register_configs
+from flux_batch.config import validate
 from flux_batch.errors import ConfigError
-from flux_batch.runinfo import default_run_dir, pixel_settings
+from flux_batch.fingerprint import default_run_dir, pixel_settings
 
 MODELS = ["demo", "tiny", "flux-dev", "flux-schnell"]
 QUANTS = ["q8_0", "q6_k", "q5_k_s", "q4_k_s", "q4_0", "bf16", "f32"]

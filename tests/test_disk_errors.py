@@ -10,7 +10,7 @@ import pytest
 
 from conftest import FAST, check_consistent, manifest, write_prompts
 from flux_batch import faults
-from flux_batch.store import AppendLog
+from flux_batch.store.append_log import AppendLog
 
 ROWS = [{"id": f"p{i}", "prompt": f"prompt number {i}"} for i in range(4)]
 

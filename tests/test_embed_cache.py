@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import compose_config, manifest, pixels, write_prompts
-from flux_batch import pipeline_cache
-from flux_batch.driver import run
+from flux_batch.render.encoder import PromptEncoder
+from flux_batch.driver import pipeline_for, run
 from flux_batch.errors import ConfigError
 
 ROWS = [{"id": "fox", "prompt": "a fox in a cache test"},
@@ -23,12 +23,11 @@ pytestmark = pytest.mark.usefixtures("hydra_config")
 def t5_calls(monkeypatch, model_cache):
     """Counts T5 forward passes; each test starts with an empty in-process embedding cache,
     as a new process would."""
-    monkeypatch.setattr(pipeline_cache.PromptEncoder, "_store", {})
-    monkeypatch.setattr(pipeline_cache.PromptEncoder, "_bytes", 0)
+    monkeypatch.setattr(PromptEncoder, "_store", {})
+    monkeypatch.setattr(PromptEncoder, "_bytes", 0)
     cfg = compose_config()
-    from flux_batch import models
 
-    pipe, _ = pipeline_cache.get_pipeline(cfg, "cpu", models.resolve_files(cfg))
+    pipe, _, _ = pipeline_for(cfg, "cpu")
     calls = []
     forward = pipe.text_encoder_2.forward
     monkeypatch.setattr(pipe.text_encoder_2, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
@@ -42,8 +41,8 @@ def config(prompts, *overrides):
 
 
 def forget_in_process_embeddings(monkeypatch):
-    monkeypatch.setattr(pipeline_cache.PromptEncoder, "_store", {})
-    monkeypatch.setattr(pipeline_cache.PromptEncoder, "_bytes", 0)
+    monkeypatch.setattr(PromptEncoder, "_store", {})
+    monkeypatch.setattr(PromptEncoder, "_bytes", 0)
 
 
 def test_without_the_disk_cache_each_prompt_is_encoded_once_per_process(tmp_path, t5_calls):
@@ -86,7 +85,7 @@ def test_a_later_process_with_the_disk_cache_never_runs_t5(tmp_path, t5_calls, m
 
 
 def test_the_key_holds_the_sequence_length_and_the_encoders(tmp_path, t5_calls, monkeypatch):
-    from flux_batch.embed_cache import encoders_digest
+    from flux_batch.render.encoder import encoders_digest
 
     prompts = write_prompts(tmp_path / "p.jsonl", ROWS[:1])
     cache = tmp_path / "embeddings"
@@ -100,7 +99,7 @@ def test_the_key_holds_the_sequence_length_and_the_encoders(tmp_path, t5_calls, 
 
 
 def model_cache_base(tmp_path):
-    from flux_batch import tiny
+    from flux_batch.demo import tiny
 
     return tiny.base_dir()
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from conftest import FAST, check_consistent, write_prompts
-from flux_batch.images import defect
+from flux_batch.store.images import defect
 
 ROWS = [{"id": f"p{i}", "prompt": f"prompt number {i}"} for i in range(5)]
 

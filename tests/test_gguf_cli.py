@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import pixels, script
-from flux_batch import flux_keys
-from flux_batch.flux_checkpoint import open_checkpoint, plan
-from flux_batch.gguf_io import write_gguf
-from flux_batch.gguf_quantize import quantize_checkpoint
+from flux_batch.gguf import keys as flux_keys
+from flux_batch.gguf.checkpoint import open_checkpoint, plan
+from flux_batch.gguf.file import write_gguf
+from flux_batch.gguf.quantize import quantize_checkpoint
 
 KEEP = ("x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out")
 
@@ -157,7 +157,7 @@ def test_memory_reported_is_what_diffusers_allocates(model_cache, tmp_path):
 
 
 def test_writing_holds_one_tensor_at_a_time(tmp_path):
-    from flux_batch.flux_checkpoint import PlannedTensor
+    from flux_batch.gguf.checkpoint import PlannedTensor
 
     alive = weakref.WeakSet()
     most = []

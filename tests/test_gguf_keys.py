@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save_file
 
-from flux_batch.flux_checkpoint import open_checkpoint, plan
+from flux_batch.gguf.checkpoint import open_checkpoint, plan
 from flux_wide import WIDE_CONFIG
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flux_batch.gguf_quants import quantize
+from flux_batch.gguf.quants import quantize
 
 TYPES = ["Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1", "BF16", "F16", "F32"]
 
@@ -46,7 +46,7 @@ def test_bit_exact_with_reference_on_hard_values(ggml_type):
 
 @pytest.mark.parametrize("ggml_type", ["Q8_0", "Q4_1", "BF16"])
 def test_bit_exact_on_a_large_matrix_spanning_chunks(ggml_type, monkeypatch):
-    import flux_batch.gguf_quants as quants
+    import flux_batch.gguf.quants as quants
 
     monkeypatch.setattr(quants, "CHUNK_ELEMENTS", 4096)  # many chunks, one ragged
     data = np.random.default_rng(1).standard_normal((300, 96)).astype(np.float32) * 0.02

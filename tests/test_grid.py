@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import Cli, script, write_prompts
-from flux_batch.grid import BACKGROUND
+from flux_batch.sweep.grid import BACKGROUND
 
 PROMPTS = [{"id": "fox", "prompt": "a red fox in the snow, photographed at dawn with a long lens"},
            {"id": "tall", "prompt": "a tall tower", "width": 48, "height": 80},

@@ -6,15 +6,15 @@ import hashlib
 import pytest
 
 from flux_batch.errors import PromptFileError
-from flux_batch.items import Settings, expand
-from flux_batch.prompts import Row
-from flux_batch.render import batches
+from flux_batch.plan.items import Settings, expand
+from flux_batch.plan.prompts import Row
+from flux_batch.render.renderer import batches
 
 DEFAULTS = Settings(64, 64, 4, 3.5)
 
 
 def contract_seed(base: int, item_id: str, k: int) -> int:
-    # Written out from DESIGN.md, independently of flux_batch.items
+    # Written out from DESIGN.md, independently of flux_batch.plan.items
     return int.from_bytes(hashlib.sha256(f"{base}:{item_id}:{k}".encode()).digest()[:8], "big") >> 1
 
 

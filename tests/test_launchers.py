@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from conftest import manifest, write_prompts
-from flux_batch.config import register_configs
+from flux_batch.cli import register_configs
 
 PRESETS = {
     "flux_joblib": {"n_jobs": 2},

@@ -12,13 +12,13 @@ import torch
 
 @pytest.fixture(scope="module")
 def tiny_q8(model_cache):
-    from flux_batch import tiny
+    from flux_batch.demo import tiny
 
     return tiny.ensure_built("Q8_0")  # (base folder, GGUF file)
 
 
 def load(gguf, base, lean: bool):
-    from flux_batch.models import load_transformer
+    from flux_batch.model.load import load_transformer
 
     return load_transformer(str(gguf), str(base), torch.float32, lean=lean)
 
@@ -104,7 +104,7 @@ def test_a_bfl_layout_file_is_split_into_views_equal_to_the_diffusers_layout_fil
     fused tensors as views of the mapped file, not copies."""
     from diffusers.quantizers.gguf.utils import GGUFParameter
 
-    from flux_batch.gguf_quantize import quantize_checkpoint
+    from flux_batch.gguf.quantize import quantize_checkpoint
 
     base, gguf = tiny_q8
     bfl = tmp_path / "bfl.gguf"
@@ -121,7 +121,7 @@ def test_a_bfl_layout_file_is_split_into_views_equal_to_the_diffusers_layout_fil
 
 
 def test_a_bfl_dict_with_tensors_outside_the_flux_table_is_left_to_diffusers():
-    from flux_batch.gguf_mmap import diffusers_layout
+    from flux_batch.gguf.mmap import diffusers_layout
 
     tensors = {"img_in.weight": torch.zeros(4, 2), "double_blocks.0.unknown.weight": torch.zeros(1)}
     assert diffusers_layout(tensors) is tensors

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from flux_batch import manifest_index
+from flux_batch.store import manifest_index
 from flux_batch.errors import RunDirError
-from flux_batch.store import RunStore
+from flux_batch.store.run_dir import RunStore
 
 
 def record(item_id: str, k: int = 0) -> dict:

@@ -8,9 +8,9 @@ from PIL import Image
 
 from conftest import manifest, pixels, write_prompts
 from flux_batch.errors import PromptFileError
-from flux_batch.items import RowDefaults, Settings, expand
-from flux_batch.prompts import Row
-from flux_batch.render import batches
+from flux_batch.plan.items import RowDefaults, Settings, expand
+from flux_batch.plan.prompts import Row
+from flux_batch.render.renderer import batches
 
 ROWS = [
     {"id": "fox", "prompt": "a red fox in the snow"},

@@ -8,10 +8,11 @@ import torch
 from hydra import compose, initialize_config_module
 
 from conftest import manifest, pixels, write_prompts
-from flux_batch import pipeline_cache
-from flux_batch.config import register_configs
-from flux_batch.driver import run
-from flux_batch.images import to_uint8
+from flux_batch.model import cache as pipeline_cache
+from flux_batch.cli import register_configs
+from flux_batch.driver import pipeline_for, run
+from flux_batch.render.encoder import PromptEncoder, encoders_identity
+from flux_batch.store.images import to_uint8
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,11 +44,11 @@ def test_runs_sharing_a_model_load_it_once_and_match_the_uncached_path(tmp_path,
 
     # The second run took its embeddings from the cache; diffusers, given the prompt strings,
     # encodes them itself. The pixels must not differ by a single bit.
-    from flux_batch import models
+    from flux_batch.model.cache import release_pipeline
 
-    reference_cfg = cfg("sampler.guidance=4.0")
-    device = models.resolve_device("cpu")
-    pipe = models.load_pipeline(reference_cfg, device, models.resolve_files(reference_cfg))
+    release_pipeline()  # a pipeline of its own, loaded afresh
+    pipe, _, loaded = pipeline_for(cfg("sampler.guidance=4.0"), "cpu")
+    assert loaded
     cached = pixels(tmp_path / "b")
     for record in manifest(tmp_path / "b"):
         image = pipe(prompt=[record["prompt"]], width=64, height=64, num_inference_steps=2,
@@ -57,21 +58,18 @@ def test_runs_sharing_a_model_load_it_once_and_match_the_uncached_path(tmp_path,
 
 
 def test_prompt_embeddings_are_encoded_once_per_prompt_and_settings(model_cache):
-    from flux_batch import models
-
     cfg = compose(config_name="config", overrides=["model=tiny", "runtime.progress=false"])
-    files = models.resolve_files(cfg)
-    pipe, _ = pipeline_cache.get_pipeline(cfg, "cpu", files)
-    identity = pipeline_cache.encoder_identity(files, "cpu", "auto")
-    first = pipeline_cache.PromptEncoder(pipe, identity, 32)
+    pipe, files, _ = pipeline_for(cfg, "cpu")
+    identity = encoders_identity(files, pipe, "cpu", "torch.float32")
+    first = PromptEncoder(pipe, identity, 32)
     embeds, pooled = first(["a unique prompt for this test", "another unique prompt"])
     assert (first.misses, first.hits) == (2, 0)
     assert embeds.shape[:2] == (2, 32) and pooled.shape[0] == 2
 
-    again = pipeline_cache.PromptEncoder(pipe, identity, 32)
+    again = PromptEncoder(pipe, identity, 32)
     embeds_again, pooled_again = again(["another unique prompt", "a unique prompt for this test"])
     assert (again.misses, again.hits) == (0, 2)
     assert torch.equal(embeds_again[0], embeds[1]) and torch.equal(pooled_again[1], pooled[0])
 
-    longer = pipeline_cache.PromptEncoder(pipe, identity, 16)  # max_sequence_length is in the key
+    longer = PromptEncoder(pipe, identity, 16)  # max_sequence_length is in the key
     assert longer(["another unique prompt"])[0].shape[1] == 16 and longer.misses == 1

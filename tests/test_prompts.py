@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import TEST_DATA
 from flux_batch.errors import PromptFileError
-from flux_batch.prompts import Fields, read_rows
+from flux_batch.plan.prompts import Fields, read_rows
 
 
 def write(tmp_path, name: str, data: bytes | str):
@@ -59,7 +59,7 @@ def test_format_override_beats_the_extension(tmp_path):
 
 
 def test_partiprompts_tsv_reads_every_prompt_intact():
-    rows = read_rows(SHARED_DATA / "PartiPrompts.tsv")
+    rows = read_rows(TEST_DATA / "PartiPrompts.tsv")
     assert len(rows) == 1632
     giggle = [r for r in rows if r.prompt.startswith('"G I G G L E"')]
     assert len(giggle) == 1 and giggle[0].line == 1562
@@ -67,7 +67,7 @@ def test_partiprompts_tsv_reads_every_prompt_intact():
 
 
 def test_geneval_jsonl_reads_every_prompt_with_its_metadata():
-    rows = read_rows(SHARED_DATA / "geneval_evaluation_metadata.jsonl")
+    rows = read_rows(TEST_DATA / "geneval_evaluation_metadata.jsonl")
     assert len(rows) == 553
     assert rows[0].extra["tag"] == "single_object"
     assert rows[0].extra["include"] == [{"class": "bench", "count": 1}]

@@ -74,7 +74,7 @@ def test_png_carries_infotext_and_record(cli, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["webp", "jpg"])
 def test_lossy_formats_carry_infotext(cli, tmp_path, fmt):
-    from flux_batch.images import read_parameters
+    from flux_batch.store.images import read_parameters
 
     prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "cat", "prompt": "a cat"}])
     run_dir = run_dir_of(cli(f"dataset.path={prompts}", f"output.format={fmt}"))

@@ -108,7 +108,7 @@ def test_two_real_processes_on_one_run_and_a_killed_holder(cli):
 
 
 def test_manifest_repair_on_open_keeps_one_line_per_finished_image(tmp_path):
-    from flux_batch.store import RunStore
+    from flux_batch.store.run_dir import RunStore
 
     run = tmp_path / "run"
     (run / "images").mkdir(parents=True)

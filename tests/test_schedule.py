@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import FAST, PROMPTS, compose_config, manifest, pixels, write_prompts
-from flux_batch import pipeline_cache, torch_compile
+from flux_batch.model import cache as pipeline_cache
+from flux_batch.render import compile as torch_compile
 from flux_batch.driver import run
 
 ROWS = PROMPTS + [{"id": "neg", "prompt": "a lamp", "negative_prompt": "blurry", "true_cfg": 2}]
@@ -69,15 +69,17 @@ def test_compile_wraps_the_transformer_and_renders_the_same_pixels(tmp_path, mod
 def test_under_model_offload_phased_moves_the_transformer_once_per_chunk(tmp_path, model_cache):
     # diffusers' model CPU offload hooks work with a CPU as the execution device (moves are
     # no-ops there), so the schedules' placement calls can be counted on a CPU
-    from flux_batch import models
-    from flux_batch.batch_size import BatchSizer
-    from flux_batch.driver import plan_items
-    from flux_batch.render import Renderer
-    from flux_batch.schedule import Schedule
+    from flux_batch.driver import load_options, plan_items
+    from flux_batch.model.files import resolve_files
+    from flux_batch.model.load import load_pipeline
+    from flux_batch.render.batch_size import BatchSizer
+    from flux_batch.render.encoder import PromptEncoder
+    from flux_batch.render.renderer import Renderer
+    from flux_batch.render.schedule import Schedule
 
     prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS[:4])
     cfg = config(prompts, "sampler.steps=1")
-    pipe = models.load_pipeline(cfg, "cpu", models.resolve_files(cfg))
+    pipe = load_pipeline(resolve_files(cfg.model, cfg.quant, cfg.lora), load_options(cfg), "cpu")
     pipe.enable_model_cpu_offload(device="cpu")
     moves, released = [], []  # every model sent off the accelerator; models released early
     offload_all = pipe.enable_model_cpu_offload  # what the pipeline calls after each call
@@ -90,7 +92,7 @@ def test_under_model_offload_phased_moves_the_transformer_once_per_chunk(tmp_pat
 
     def render(phased):
         moves.clear()
-        encoder = pipeline_cache.PromptEncoder(pipe, ("offload test", phased), 32)
+        encoder = PromptEncoder(pipe, ("offload test", phased), 32)
         schedule = Schedule(Renderer(pipe, 32, lambda: False, encoder), BatchSizer(1), phased, 32)
         done = list(schedule(items))
         return {(d.batch[0].id, d.batch[0].k): d.images for d in done}, len(moves)

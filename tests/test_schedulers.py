@@ -8,9 +8,9 @@ from hydra import compose, initialize_config_module
 from PIL import Image
 
 from conftest import manifest, pixels, write_prompts
-from flux_batch.config import register_configs
-from flux_batch.runinfo import default_run_dir
-from flux_batch.schedulers import SCHEDULERS
+from flux_batch.cli import register_configs
+from flux_batch.fingerprint import default_run_dir
+from flux_batch.samplers import SCHEDULERS
 
 LABELS = {
     "euler": "Sampler: Euler, CFG",
@@ -71,7 +71,7 @@ def test_new_sampler_settings_enter_the_fingerprint(compose_cfg):
 def test_flux_heun_follows_the_dynamic_shift_flux_asks_for():
     import math
 
-    from flux_batch.schedulers import make_scheduler
+    from flux_batch.samplers import make_scheduler
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     config = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_module
 from PIL import Image
 
 from conftest import manifest, write_prompts
-from flux_batch.config import register_configs
+from flux_batch.cli import register_configs
 
 
 def test_flux_schnell_defaults():
@@ -41,7 +41,7 @@ def test_tiny_schnell_renders_end_to_end(cli, tmp_path):
 @pytest.fixture
 def schnell_gguf(cli) -> Path:
     """The tiny schnell GGUF, built into the session cache."""
-    from flux_batch import tiny
+    from flux_batch.demo import tiny
 
     return tiny.ensure_built("Q8_0", "schnell")[1]
 
@@ -72,8 +72,8 @@ def test_bfl_named_ggufs_are_told_apart_by_their_guidance_embedding(tmp_path, na
     from omegaconf import OmegaConf
 
     from flux_batch.errors import ModelFileError
-    from flux_batch.gguf_io import write_gguf
-    from flux_batch.models import _check_gguf_variant
+    from flux_batch.gguf.file import write_gguf
+    from flux_batch.model.files import _check_gguf_variant
 
     path = tmp_path / "flux1-Q8_0.gguf"
     write_gguf(path, {name: np.ones((32, 32), np.float32) for name in names}, "Q8_0")

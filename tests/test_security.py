@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, FAST, write_prompts
 from flux_batch.errors import RunDirError
-from flux_batch.store import RunStore
+from flux_batch.store.run_dir import RunStore
 
 
 @pytest.mark.parametrize("file_name", [

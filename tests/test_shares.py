@@ -7,11 +7,10 @@ import json
 import random
 
 import pytest
-from omegaconf import OmegaConf
 
 from flux_batch.errors import ConfigError
-from flux_batch.parts import find_parts, merge_lock, merge_parts
-from flux_batch.ranks import Worker
+from flux_batch.store.parts import find_parts, merge_lock, merge_parts
+from flux_batch.scale.ranks import Worker
 
 
 def owners(n_items: int, num_shards: int, world: int, done: set[int]) -> dict[int, list[tuple]]:
@@ -49,27 +48,23 @@ def test_shards_own_plan_positions_whatever_is_done():
         ["a", "d", "g"], ["b", "e"], ["c", "f"]]
 
 
-def cfg(shard=0, num_shards=1):
-    return OmegaConf.create({"runtime": {"shard": shard, "num_shards": num_shards}})
-
-
 def test_worker_from_the_launchers_environment_and_the_config():
     env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}
-    worker = Worker.current(cfg(2, 4), env)
+    worker = Worker.current(2, 4, env)
     assert (worker.rank, worker.world, worker.local_rank, worker.shard, worker.num_shards) == (3, 8, 1, 2, 4)
     assert worker.part == "shard-2-rank-3" and worker.label == "shard 2/4 rank 3/8"
     assert worker.device("auto", cuda_available=True) == "cuda:1"
     assert worker.device("cpu", cuda_available=True) == "cpu"
-    alone = Worker.current(cfg(), {})
+    alone = Worker.current(0, 1, {})
     assert alone.alone and alone.part is None and alone.device("auto", True) == "auto"
-    assert Worker.current(cfg(), {"WORLD_SIZE": "1", "RANK": "0"}).alone
+    assert Worker.current(0, 1, {"WORLD_SIZE": "1", "RANK": "0"}).alone
 
 
 @pytest.mark.parametrize("shard,num_shards,key", [(2, 2, "runtime.shard=2"), (-1, 2, "runtime.shard=-1"),
                                                    (0, 0, "runtime.num_shards=0")])
 def test_bad_shard_settings_are_refused_naming_the_key(shard, num_shards, key):
     with pytest.raises(ConfigError, match=key):
-        Worker.current(cfg(shard, num_shards), {})
+        Worker.current(shard, num_shards, {})
 
 
 def record(item_id: str) -> bytes:
@@ -94,12 +89,7 @@ def test_parts_without_a_live_writer_merge_whole_lines_and_go(tmp_path):
     assert find_parts(tmp_path) == set()
 
 
-def test_each_rank_draws_its_progress_bar_on_its_own_line_labelled(monkeypatch):
-    from flux_batch.ranks import progress_options
-
-    monkeypatch.setenv("WORLD_SIZE", "8")
-    monkeypatch.setenv("RANK", "5")
-    monkeypatch.setenv("LOCAL_RANK", "3")
-    assert progress_options(cfg(1, 2)) == {"desc": "shard 1/2 rank 5/8", "position": 3}
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    assert progress_options(cfg()) == {"desc": None, "position": 0}
+def test_each_rank_draws_its_progress_bar_on_its_own_line_labelled():
+    ranked = Worker.current(1, 2, {"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "3"})
+    assert ranked.progress_options() == {"desc": "shard 1/2 rank 5/8", "position": 3}
+    assert Worker.current(0, 1, {"WORLD_SIZE": "1"}).progress_options() == {"desc": None, "position": 0}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import manifest, pixels, write_prompts
-from flux_batch.sizes import size_for
+from flux_batch.plan.sizes import size_for
 
 
 @pytest.mark.parametrize("aspect, size", [

@@ -23,7 +23,7 @@ def model_dir() -> Path:
 def transformer_path(gguf_type: str) -> Path:
     if gguf_type == SHIPPED_TYPE:
         return model_dir() / f"transformer-{gguf_type}.gguf"
-    from ..tiny import cache_root
+    from flux_batch.demo.tiny import cache_root
 
     return cache_root() / VERSION / f"transformer-{gguf_type}.gguf"
 
@@ -33,8 +33,8 @@ def ensure_built(gguf_type: str) -> Path:
     out = transformer_path(gguf_type)
     if out.exists():
         return out
-    from ..errors import ModelFileError
-    from ..gguf_quantize import quantize_checkpoint
+    from flux_batch.errors import ModelFileError
+    from flux_batch.gguf.quantize import quantize_checkpoint
 
     source = model_dir() / "transformer"
     if not (source / "diffusion_pytorch_model.safetensors").exists():

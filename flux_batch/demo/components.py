@@ -11,8 +11,8 @@ import json
 import string
 from pathlib import Path
 
-from ..tiny import MODEL_INDEX  # noqa: F401 (the demo folder's model_index.json)
-from .shapes import vocabulary
+from flux_batch.demo.tiny import MODEL_INDEX  # noqa: F401 (the demo folder's model_index.json)
+from flux_batch.demo.shapes import vocabulary
 
 CLIP_TOKENS = 77  # CLIP's context, as in FLUX
 T5_TOKENS = 12  # a caption is at most 8 tokens with its end token

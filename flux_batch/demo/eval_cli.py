@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import EXIT_BAD_INPUT, FluxBatchError
+from flux_batch.errors import EXIT_BAD_INPUT, FluxBatchError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,8 +20,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="another run of the same items: report PSNR against its images")
     parser.add_argument("-o", "--output", type=Path, help="JSON file (default: RUN_DIR/eval.json)")
     args = parser.parse_args(argv)
-    from .evaluation import evaluate, table
-    from ..store import write_atomic
+    from flux_batch.demo.evaluation import evaluate, table
+    from flux_batch.store.atomic import write_atomic
 
     try:
         result = evaluate(args.run_dir, args.reference)

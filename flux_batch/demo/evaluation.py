@@ -2,32 +2,25 @@
 run of the same items (e.g. Q8_0 against the unquantized transformer)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from PIL import Image
 
-from ..errors import FluxBatchError
-from .scoring import matches, psnr, read
-from .shapes import parse
+from flux_batch.errors import FluxBatchError
+from flux_batch.store.layout import MANIFEST
+from flux_batch.store.manifest import read_records
+from flux_batch.demo.scoring import matches, psnr, read
+from flux_batch.demo.shapes import parse
 
 ATTRIBUTES = ("colour", "shape", "size", "position")
 
 
 def load_records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metadata.jsonl"
-    if not path.is_file():
-        raise FluxBatchError(f"{run_dir}: not a flux-batch run directory (no metadata.jsonl)")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number < len(path.read_text().splitlines()):  # a torn last line is a run in progress
-                raise FluxBatchError(f"{path}:{number}: not a JSON object") from None
-    return records
+    if not (run_dir / MANIFEST).is_file():
+        raise FluxBatchError(f"{run_dir}: not a flux-batch run directory (no {MANIFEST})")
+    return read_records(run_dir)
 
 
 def pixels_of(run_dir: Path, record: dict) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from .shapes import COLOURS, POSITIONS, SIZE, SIZES, Caption
+from flux_batch.demo.shapes import COLOURS, SIZE, SIZES, Caption
 
 MIN_CONTRAST = 40.0  # RGB distance from the background below which nothing is drawn
 MIN_PIXELS = 12

@@ -32,9 +32,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import VERSION
-from . import components as C
-from .shapes import all_captions, draw, random_caption
+from flux_batch.demo import VERSION
+from flux_batch.demo import components as C
+from flux_batch.demo.shapes import all_captions, draw, random_caption
 
 
 @dataclass
@@ -158,7 +158,7 @@ def finetune_decoder(s: Settings, log: Log, vae):
 def weighted_mse(recon, x, shape_weight: float):
     """Squared error with the shape's pixels weighing 1 + shape_weight: the background fills
     most of a picture, and a plain mean lets the shape's hue and edges drift."""
-    from .shapes import BACKGROUND
+    from flux_batch.demo.shapes import BACKGROUND
     import torch
 
     background = torch.tensor(BACKGROUND, dtype=x.dtype).view(1, 3, 1, 1) / 127.5 - 1.0
@@ -441,7 +441,7 @@ def np_tuple(value):
 
 
 def _save(folder: Path, vae, transformer) -> None:
-    from ..gguf_quantize import quantize_checkpoint
+    from flux_batch.gguf.quantize import quantize_checkpoint
 
     vae.save_pretrained(folder / "vae")
     transformer.save_pretrained(folder / "transformer")

@@ -1,0 +1,1 @@
+"""GGUF files: FLUX key layouts, quantizing a checkpoint, reading and inspecting a file."""

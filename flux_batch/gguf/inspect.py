@@ -1,0 +1,119 @@
+"""What a FLUX GGUF file holds: layout, variant, size, tensor types, memory when loaded."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flux_batch.gguf import keys as flux_keys
+from flux_batch.gguf.file import open_reader
+
+UNQUANTIZED = ("F32", "F16")  # diffusers loads these as plain tensors in the compute dtype
+
+
+def summarize(path: str | os.PathLike) -> dict:
+    """A JSON-ready description of the GGUF file at `path` (ValueError if not GGUF)."""
+    path = Path(path)
+    reader = open_reader(path)
+    shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
+    layout = flux_keys.layout_of(shapes)
+    n_double, n_single = flux_keys.block_counts(shapes, layout) if layout else (0, 0)
+    hidden = shapes.get("img_in.weight" if layout == "bfl" else "x_embedder.weight", (None,))[0]
+    types: dict[str, dict[str, int]] = {}
+    for t in reader.tensors:
+        entry = types.setdefault(t.tensor_type.name, {"tensors": 0, "values": 0, "bytes": 0})
+        entry["tensors"] += 1
+        entry["values"] += int(t.n_elements)
+        entry["bytes"] += int(t.n_bytes)
+    packed = sum(e["bytes"] for name, e in types.items() if name not in UNQUANTIZED)
+    plain = sum(e["values"] for name, e in types.items() if name in UNQUANTIZED)
+    return {
+        "file": str(path),
+        "file_size": path.stat().st_size,
+        "architecture": _field(reader, "general.architecture"),
+        "name": _field(reader, "general.name"),
+        "file_type": _file_type(_field(reader, "general.file_type")),
+        "quantization_version": _field(reader, "general.quantization_version"),
+        "layout": layout,
+        "variant": ("dev" if flux_keys.has_guidance(shapes) else "schnell") if layout else None,
+        "double_blocks": n_double,
+        "single_blocks": n_single,
+        "hidden_size": hidden,
+        "parameters": sum(e["values"] for e in types.values()),
+        "tensors": len(reader.tensors),
+        "types": dict(sorted(types.items(), key=lambda kv: -kv[1]["bytes"])),
+        "loaded_bytes": {"bfloat16": packed + 2 * plain, "float32": packed + 4 * plain},
+    }
+
+
+DIFFUSERS_BFL_WIDTH = 3072  # diffusers' BFL-name conversion assumes FLUX's hidden size
+
+
+def loading_problem(path: str | os.PathLike) -> str | None:
+    """Why diffusers' from_single_file cannot load this GGUF as a FLUX transformer, if it can't."""
+    info = summarize(path)
+    if info["layout"] is None:
+        return "no FLUX transformer tensors in it (img_in/double_blocks or x_embedder/transformer_blocks)"
+    if info["layout"] == "bfl" and info["hidden_size"] != DIFFUSERS_BFL_WIDTH:
+        return (f"BFL key names with hidden size {info['hidden_size']}, which diffusers converts only "
+                f"at {DIFFUSERS_BFL_WIDTH}; write it with `flux-batch-gguf quantize --layout diffusers`")
+    return None
+
+
+def _field(reader, key: str):
+    field = reader.get_field(key)
+    if field is None:
+        return None
+    value = field.contents()
+    return value
+
+
+def _file_type(value) -> str | None:
+    import gguf
+
+    if value is None:
+        return None
+    try:
+        return gguf.LlamaFileType(int(value)).name
+    except ValueError:
+        return str(value)
+
+
+def size_text(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def count_text(n: int) -> str:
+    for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return str(n)
+
+
+def render(info: dict) -> str:
+    """The human-readable report of `summarize`."""
+    layout = {"bfl": "BFL (Black Forest Labs) key layout", "diffusers": "diffusers key layout"}
+    lines = [
+        f"file          {info['file']} ({size_text(info['file_size'])}, {info['file_size']:,} bytes)",
+        f"architecture  {info['architecture']}, {layout.get(info['layout'], 'not a FLUX transformer')}",
+    ]
+    if info["layout"]:
+        guidance = "guidance_in present" if info["variant"] == "dev" else "no guidance_in"
+        lines.append(f"model         FLUX.1 {info['variant']} ({guidance}), {info['double_blocks']} double + "
+                     f"{info['single_blocks']} single blocks, hidden size {info['hidden_size']}")
+    lines.append(f"parameters    {count_text(info['parameters'])} ({info['parameters']:,}) in "
+                 f"{info['tensors']} tensors")
+    lines.append(f"file type     {info['file_type']}, quantization version {info['quantization_version']}")
+    lines.append("")
+    lines.append(f"{'type':<6} {'tensors':>7} {'parameters':>15} {'bytes':>15} {'bits/weight':>11}")
+    for name, e in info["types"].items():
+        bits = 8 * e["bytes"] / e["values"] if e["values"] else 0
+        lines.append(f"{name:<6} {e['tensors']:>7} {e['values']:>15,} {e['bytes']:>15,} {bits:>11.2f}")
+    loaded = info["loaded_bytes"]
+    lines.append("")
+    lines.append(f"loaded        {size_text(loaded['bfloat16'])} with bfloat16 compute, "
+                 f"{size_text(loaded['float32'])} with float32 (quantized weights stay packed; "
+                 "F32/F16 tensors take the compute dtype)")
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""Model files: the pipeline folder, the GGUF transformer and the LoRAs of a run, found (built,
+for the embedded models; fetched, for hub specs) and checked before anything loads.
+
+Only GGUF and safetensors weights are read: nothing is unpickled and no remote code runs.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from flux_batch import demo
+from flux_batch.demo import tiny
+from flux_batch.errors import ConfigError, ModelFileError
+from flux_batch.gguf.file import WRITABLE_TYPES, check_gguf_file
+from flux_batch.gguf.inspect import loading_problem
+from flux_batch.model import lora
+from flux_batch.model.hub import HUB_ID, fetch_hub_file, fetch_pipeline_folder
+
+
+
+
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    base: str  # local folder or hub id
+    transformer: str  # local GGUF path or URL
+    loras: tuple = ()  # lora.LoraFile, in config order
+
+
+def model_identity(m: DictConfig) -> dict:
+    """What identifies the model's weights for the run fingerprint, without reading them.
+
+    The embedded model's own files by its builder version; other local files by name and
+    size; hub ids and URLs by name.
+    """
+    transformer = os.path.expanduser(str(m.transformer))
+    if m.builder == "tiny":
+        if Path(transformer).parent == tiny.base_dir(m.variant):
+            return {"builder": tiny.VERSION, "transformer": os.path.basename(transformer)}
+    if m.builder == "demo":
+        if demo.is_demo_file(transformer) and Path(str(m.base)) == demo.model_dir():
+            return {"builder": demo.VERSION, "transformer": os.path.basename(transformer)}
+    identity: dict = {"name": os.path.basename(transformer)}
+    if os.path.isfile(transformer):
+        identity["size"] = os.path.getsize(transformer)
+    return {"base": os.path.basename(str(m.base).rstrip("/")), "transformer": identity}
+
+
+def resolve_files(m: DictConfig, quant: DictConfig, loras) -> ModelFiles:
+    """Local paths of the pipeline folder, the GGUF file and the LoRAs (`model`, `quant` and
+    `lora` of the config), building or downloading as needed."""
+    if m.builder == "tiny":
+        _check_writable(quant, "tiny")
+        tiny.ensure_built(quant.gguf_type, m.variant)  # an overridden path is used as given
+    elif m.builder == "demo":
+        _ensure_demo(m, quant)
+    return ModelFiles(_resolve_base(m), _resolve_transformer(m), lora.resolve(loras))
+
+
+def _ensure_demo(m: DictConfig, quant: DictConfig) -> None:
+    """The shipped Q8_0 file, or another type quantized into the cache from the shipped weights."""
+    if not demo.is_demo_file(os.path.expanduser(str(m.transformer))):
+        return  # an overridden path is used as given
+    _check_writable(quant, "demo")
+    demo.ensure_built(quant.gguf_type)
+
+
+def _check_writable(quant: DictConfig, model: str) -> None:
+    """The embedded models are quantized here, by the gguf package, which writes few types."""
+    if quant.gguf_type not in WRITABLE_TYPES:
+        raise ConfigError(
+            f"quant={quant.name}: the {model} model is quantized here with the gguf package, "
+            f"which cannot write {quant.gguf_type}; use quant=q8_0, q4_0, bf16 or f32"
+        )
+
+
+def _missing(what: str, path: str, how: str) -> ModelFileError:
+    hint = f" {how}" if how else ""
+    return ModelFileError(f"{what} not found: {path}.{hint}")
+
+
+def _resolve_base(m: DictConfig) -> str:
+    base = os.path.expanduser(str(m.base))
+    if os.path.isdir(base):
+        if not os.path.isfile(os.path.join(base, "model_index.json")):
+            raise ModelFileError(
+                f"model.base={base}: not a diffusers pipeline folder (no model_index.json)"
+            )
+        return base
+    if not HUB_ID.match(base):
+        raise _missing("model.base folder", base, m.how_to_get)
+    return fetch_pipeline_folder("model.base", base, m.how_to_get)
+
+
+def _resolve_transformer(m: DictConfig) -> str:
+    spec = os.path.expanduser(str(m.transformer))
+    if spec.startswith(("http://", "https://")) or os.path.exists(spec):
+        local = spec
+    else:
+        local = fetch_hub_file("model.transformer", spec, ".gguf", m.how_to_get)
+        if local is None:
+            raise _missing("model.transformer file", spec, m.how_to_get)
+    if not spec.startswith(("http://", "https://")):
+        check_weights_file(local, "model.transformer")
+        _check_gguf_variant(m, local)
+    return local
+
+
+GUIDANCE_TENSORS = ("guidance_in.", "time_text_embed.guidance_embedder.")  # BFL, diffusers names
+
+
+def _check_gguf_variant(m: DictConfig, path: str) -> None:
+    """A dev GGUF has a guidance embedding, a schnell one has none: refuse the wrong one
+    before loading anything, so a dev file is never run with schnell's settings."""
+    from gguf import GGUFReader
+
+    names = (tensor.name for tensor in GGUFReader(path).tensors)
+    has_guidance = any(name.startswith(GUIDANCE_TENSORS) for name in names)
+    if has_guidance != (m.variant == "dev"):
+        found = "FLUX.1-dev-style (it has a guidance embedding)" if has_guidance else \
+            "FLUX.1-schnell-style (it has no guidance embedding)"
+        wanted = "a dev" if m.variant == "dev" else "a schnell"
+        other = ("tiny" if has_guidance else "tiny-schnell") if m.builder in ("tiny", "demo") else \
+            ("flux-dev" if has_guidance else "flux-schnell")
+        raise ModelFileError(
+            f"model.transformer={path}: this GGUF is {found}, but model={m.name} needs {wanted} "
+            f"file; use model={other} with it, or a matching GGUF"
+        )
+
+
+def check_weights_file(path: str, key: str) -> None:
+    if not path.endswith(".gguf"):
+        raise ModelFileError(
+            f"{key}={path}: only GGUF transformer files are read (pickled .ckpt/.pt/.bin files "
+            "are never loaded)"
+        )
+    try:
+        check_gguf_file(path)
+    except ValueError as e:
+        raise ModelFileError(f"{key}={e}") from None
+    except OSError as e:
+        raise ModelFileError(f"{key}={path}: cannot read it ({e.strerror or e})") from None
+    problem = loading_problem(path)
+    if problem:
+        raise ModelFileError(f"{key}={path}: {problem}")
+

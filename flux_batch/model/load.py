@@ -1,0 +1,112 @@
+"""Loading the pipeline: the GGUF transformer through `from_single_file`, the rest through
+`FluxPipeline.from_pretrained`, exactly as the reference script does; then LoRAs and placement.
+
+Only GGUF and safetensors weights are read: nothing is unpickled and no remote code runs.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flux_batch.errors import ConfigError, ModelFileError
+from flux_batch.gguf import mmap as gguf_mmap
+from flux_batch.model import lora
+from flux_batch.model.device import resolve_dtype
+from flux_batch.model.files import ModelFiles
+
+log = logging.getLogger("flux_batch.model")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a model's files: the settings that make two pipelines different objects."""
+
+    model: str  # the model's config name, for messages
+    variant: str  # dev (guidance embedding) or schnell
+    quant: str  # the quant's config name, for the log
+    dtype: str  # auto, float32, bfloat16 or float16
+    offload: str  # none, model or auto
+
+
+def load_pipeline(files: ModelFiles, options: LoadOptions, device: str):
+    """The FluxPipeline with its GGUF-quantized transformer (and LoRAs), placed on `device`."""
+    import diffusers
+    import transformers
+    from diffusers import FluxPipeline
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    dtype = resolve_dtype(options.dtype, device)
+    log.info("loading transformer %s (%s, compute %s)", files.transformer, options.quant, dtype)
+    transformer = load_transformer(files.transformer, files.base, dtype)
+    _check_variant(files, options, transformer)
+    try:  # use_safetensors: a folder holding only pickled .bin weights is refused, not unpickled
+        pipe = FluxPipeline.from_pretrained(files.base, transformer=transformer, dtype=dtype,
+                                            use_safetensors=True)
+    except (ValueError, OSError) as e:
+        raise ModelFileError(
+            f"model.base={files.base}: cannot be loaded as a FLUX pipeline with safetensors "
+            f"weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+    lora.apply(pipe, files.loras)  # adapters before placement, so offload hooks see them
+    _place(pipe, options.offload, device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_transformer(transformer: str, base: str, dtype, lean: bool = True):
+    """The GGUF transformer through diffusers' GGUF layers. `lean`: read a local file through
+    its memory mapping (gguf_mmap) instead of diffusers' reader, which copies every tensor;
+    the same tensors either way. A URL is left to diffusers, which downloads it."""
+    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+
+    try:
+        source = transformer
+        if lean and not transformer.startswith(("http://", "https://")):
+            source = gguf_mmap.state_dict(transformer)
+        return FluxTransformer2DModel.from_single_file(
+            source,
+            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+            config=base,
+            subfolder="transformer",
+            dtype=dtype,
+        )
+    except (ValueError, OSError, KeyError) as e:
+        raise ModelFileError(
+            f"model.transformer={transformer}: cannot be loaded as a FLUX transformer "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+
+
+def _check_variant(files: ModelFiles, options: LoadOptions, transformer) -> None:
+    has_guidance = bool(transformer.config.guidance_embeds)
+    if has_guidance != (options.variant == "dev"):
+        kind = "dev (guidance embedding)" if has_guidance else "schnell (no guidance embedding)"
+        raise ModelFileError(
+            f"model.transformer={files.transformer}: this is a {kind} transformer, but "
+            f"model={options.model} expects {options.variant}"
+        )
+
+
+def _place(pipe, offload: str, device: str) -> None:
+    if offload == "auto":
+        offload = "model" if device.startswith("cuda") and not _fits(pipe, device) else "none"
+    if offload == "model":
+        if not device.startswith("cuda"):
+            raise ConfigError("runtime.offload=model needs a CUDA device")
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+
+
+def _fits(pipe, device: str) -> bool:
+    """Whether every component fits on the GPU at once, with room for activations."""
+    import torch
+
+    needed = sum(
+        sum(p.numel() * p.element_size() for p in component.parameters())
+        for component in pipe.components.values() if isinstance(component, torch.nn.Module)
+    )
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return needed * 1.2 + 4 * 2**30 < free
+

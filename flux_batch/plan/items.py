@@ -1,0 +1,188 @@
+"""Items: one per (row, k). Ids and seeds exactly as DESIGN.md's contract says.
+
+An item's seed depends only on the base seed, its id and k, so its starting noise never
+depends on batching, order, limit, resume, sharding or device.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Container, Iterable
+
+from flux_batch.errors import PromptFileError
+from flux_batch.plan.prompts import Row
+from flux_batch.plan.sizes import size_for
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sampler settings of one item; items batch together only when these are equal.
+
+    `true_cfg` is 1 for an item without a negative prompt, so such items never batch with
+    (and never pay the second transformer pass of) items that have one.
+    """
+
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    true_cfg: float = 1.0
+    scheduler: str = "euler"
+
+
+@dataclass(frozen=True)
+class RowDefaults:
+    """What a row falls back to for the settings it does not set itself."""
+
+    settings: Settings
+    negative_prompt: str = ""
+    area: float = 1024 * 1024  # pixels a row's own `aspect` is fitted to
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    k: int
+    prompt: str
+    seed: int
+    settings: Settings
+    file_stem: str  # <id> or <id>_<k>, the image's name without extension
+    line: int = 0
+    negative_prompt: str | None = None  # None: rendered without true CFG
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.id, self.k)
+
+
+def prompt_id(prompt: str) -> str:
+    return hashlib.sha256(prompt.strip().encode("utf-8")).hexdigest()[:12]
+
+
+def item_seed(base_seed: int, item_id: str, k: int) -> int:
+    digest = hashlib.sha256(f"{base_seed}:{item_id}:{k}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def assign_ids(rows: Iterable[Row], path: str) -> list[str]:
+    """Explicit ids as given; others from the prompt's hash, `-2`, `-3`... for repeats."""
+    rows = list(rows)
+    ids: list[str] = []
+    seen_hash: dict[str, int] = {}
+    for row in rows:
+        if row.id is not None:
+            ids.append(row.id)
+            continue
+        base = prompt_id(row.prompt)
+        seen_hash[base] = seen_hash.get(base, 0) + 1
+        n = seen_hash[base]
+        ids.append(base if n == 1 else f"{base}-{n}")
+    first_line: dict[str, int] = {}
+    problems = []
+    for row, item_id in zip(rows, ids):
+        if item_id in first_line:
+            problems.append(f"{path}:{row.line}: duplicate id {item_id!r} (first on line {first_line[item_id]})")
+        else:
+            first_line[item_id] = row.line
+    if problems:
+        raise PromptFileError(problems)
+    return ids
+
+
+class Plan:
+    """The items of a prompt file, checked whole (ids, duplicates, row settings) but built
+    lazily: `items(skip=done)` makes Items, seeds included, only for the keys not skipped, so
+    finding that a long finished run has nothing to do costs little more than reading it."""
+
+    def __init__(self, rows: list[Row], path: str, defaults: Settings | RowDefaults,
+                 base_seed: int, num_images: int, limit: int | None = None):
+        if isinstance(defaults, Settings):
+            defaults = RowDefaults(defaults)
+        self.base_seed = base_seed
+        ids = assign_ids(rows, path)
+        settings = _all_row_settings(rows, path, defaults)
+        # (row, id, (settings, negative prompt), the row's num_images, how many of them are planned)
+        self._rows: list[tuple[Row, str, tuple[Settings, str | None], int, int]] = []
+        left = limit
+        for row, item_id, setting in zip(rows, ids, settings):
+            n = row.overrides.get("num_images", num_images) if row.overrides else num_images
+            if left is None:
+                self._rows.append((row, item_id, setting, n, n))
+                continue
+            if left <= 0:
+                break
+            self._rows.append((row, item_id, setting, n, min(n, left)))
+            left -= n
+        self.total = sum(planned for *_, planned in self._rows)
+
+    def keys(self) -> list[tuple[str, int]]:
+        """(id, k) of every planned item, in plan order."""
+        return [(item_id, k) for _, item_id, _, _, planned in self._rows for k in range(planned)]
+
+    def items(self, skip: Container[tuple[str, int]] = ()) -> list[Item]:
+        """The planned items in file order, less those whose (id, k) is in `skip`."""
+        items: list[Item] = []
+        for row, item_id, (settings, negative), n, planned in self._rows:
+            for k in range(planned):
+                if (item_id, k) in skip:
+                    continue
+                o = row.overrides
+                seed = o["seed"] + k if "seed" in o else item_seed(self.base_seed, item_id, k)
+                stem = item_id if n == 1 else f"{item_id}_{k}"
+                items.append(Item(item_id, k, row.prompt, seed, settings, stem, row.line, negative,
+                                  row.extra))
+        return items
+
+
+def expand(rows: list[Row], path: str, defaults: Settings | RowDefaults, base_seed: int,
+           num_images: int) -> list[Item]:
+    """All items of a prompt file, in file order."""
+    return Plan(rows, path, defaults, base_seed, num_images).items()
+
+
+def _all_row_settings(rows: list[Row], path: str,
+                      defaults: RowDefaults) -> list[tuple[Settings, str | None]]:
+    """Every row's settings, or PromptFileError naming each row whose settings contradict.
+    Rows with the same overrides share one result: most rows of a long file have none."""
+    found: dict[tuple, tuple[Settings, str | None] | str] = {}
+    settings: list = []
+    problems: list[str] = []
+    for row in rows:
+        key = tuple(sorted(row.overrides.items())) if row.overrides else ()
+        if key not in found:
+            try:
+                found[key] = row_settings(row, defaults)
+            except ValueError as e:
+                found[key] = str(e)
+        result = found[key]
+        if isinstance(result, str):
+            problems.append(f"{path}:{row.line}: {result}")
+        settings.append(result)
+    if problems:
+        raise PromptFileError(problems)
+    return settings
+
+
+def row_settings(row: Row, defaults: RowDefaults) -> tuple[Settings, str | None]:
+    """A row's settings and negative prompt, its own values over the run's."""
+    o, d = row.overrides, defaults.settings
+    width, height = o.get("width", d.width), o.get("height", d.height)
+    if "aspect" in o:
+        width, height = size_for(o["aspect"], defaults.area)
+    true_cfg = float(o.get("true_cfg", d.true_cfg))
+    negative = o.get("negative_prompt") or defaults.negative_prompt.strip() or None
+    if "negative_prompt" in o and true_cfg <= 1:
+        raise ValueError("negative_prompt has no effect with true_cfg=1: set sampler.true_cfg "
+                         "(or the row's true_cfg) above 1 to render with it")
+    if "true_cfg" in o and true_cfg > 1 and negative is None:
+        raise ValueError(f"true_cfg={true_cfg:g} has no effect without a negative_prompt")
+    if true_cfg <= 1:
+        negative = None
+    settings = Settings(
+        width=width, height=height, steps=o.get("steps", d.steps),
+        guidance=float(o.get("guidance", d.guidance)),
+        true_cfg=true_cfg if negative is not None else 1.0,
+        scheduler=o.get("scheduler", d.scheduler),
+    )
+    return settings, negative

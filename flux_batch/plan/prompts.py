@@ -1,0 +1,343 @@
+"""Prompt-file readers (JSONL, CSV, TSV, TXT) and row validation.
+
+`read_rows()` returns every row of a file, or raises PromptFileError listing every problem
+as `FILE:LINE: reason`, so a bad file is refused whole before any model loads.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from flux_batch import record as record_fields
+from flux_batch.config import aspect_problem, guidance_problem, scheduler_problem, true_cfg_problem
+from flux_batch.errors import PromptFileError
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+INT_TEXT = re.compile(r"[+-]?\d+")
+MAX_SEED = 2**63 - 1
+# Far beyond what the text encoders read (77 CLIP, 512 T5 tokens); a longer "prompt" is a
+# wrong column or a binary file, and would be copied into every image and manifest line.
+MAX_PROMPT_CHARS = 20_000
+
+# Per-row settings a prompt file may carry, and how each is checked.
+INT_OVERRIDES = {"num_images": 1, "seed": 0, "width": 16, "height": 16, "steps": 1}
+FLOAT_OVERRIDES = ("guidance",)
+TEXT_OVERRIDES = ("negative_prompt", "scheduler", "aspect")
+# Manifest keys a leftover column of the prompt file may not take over.
+
+EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".txt": "txt"}
+
+
+@dataclass
+class Row:
+    line: int  # 1-based line where the row starts
+    prompt: str
+    id: str | None  # explicit id, if the row has one
+    overrides: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # other columns, carried to the manifest
+
+
+@dataclass
+class Fields:
+    prompt: str = "prompt"
+    id: str = "id"
+
+
+def detect_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    found = EXTENSIONS.get(path.suffix.lower())
+    if found is None:
+        raise PromptFileError(
+            [f"{path}: unknown prompt file format {path.suffix or '(no extension)'!r}; "
+             f"use .jsonl, .csv, .tsv or .txt, or set dataset.format"]
+        )
+    return found
+
+
+def read_rows(path: str | os.PathLike, fmt: str = "auto", fields: Fields | None = None) -> list[Row]:
+    path = Path(path)
+    fields = fields or Fields()
+    text = _read_text(path)
+    fmt = detect_format(path, fmt)
+    if fmt == "txt":
+        raw_rows = _txt(text, fields.prompt)
+    else:
+        raw_rows = _jsonl(text) if fmt == "jsonl" else {"csv": _csv, "tsv": _tsv}[fmt](text, fields.prompt)
+    problems: list[str] = []
+    rows: list[Row] = []
+    for line, record, error in raw_rows:
+        if error is None:
+            row, errors = _to_row(line, record, fields)
+            error = "; ".join(errors) if errors else None
+        if error is not None:
+            problems.append(f"{path}:{line}: {error}")
+        else:
+            rows.append(row)
+    if not rows and not problems:
+        problems.append(f"{path}: no prompts found")
+    if problems:
+        raise PromptFileError(problems)
+    return rows
+
+
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        raise PromptFileError([f"{path}: prompt file not found (set dataset.path)"])
+    if path.is_dir():
+        raise PromptFileError([f"{path}: is a directory, not a prompt file"])
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise PromptFileError(
+            [f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})"]
+        ) from None
+
+
+RawRows = Iterator[tuple[int, dict[str, Any], "str | None"]]
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    # split on \n only: str.splitlines would also split on \x0c, \u2028 and friends
+    for number, line in enumerate(text.split("\n"), start=1):
+        yield number, line.removesuffix("\r")
+
+
+def _jsonl(text: str) -> RawRows:
+    for number, line in _lines(text):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield number, {}, f"invalid JSON: {e.msg} (column {e.colno})"
+            continue
+        if not isinstance(record, dict):
+            yield number, {}, f"expected a JSON object, got {type(record).__name__}"
+            continue
+        yield number, record, None
+
+
+def _txt(text: str, prompt_field: str) -> RawRows:
+    for number, line in _lines(text):
+        if line.strip():
+            yield number, {prompt_field: line}, None
+
+
+def _tsv(text: str, prompt_field: str) -> RawRows:
+    # Read literally: no quote processing (PartiPrompts has a prompt that begins with `"`).
+    lines = _lines(text)
+    header_line = next(((n, l) for n, l in lines if l.strip()), None)
+    if header_line is None:
+        return
+    number, header = header_line
+    columns = header.split("\t")
+    if (error := _header_problem(columns, prompt_field)) is not None:
+        yield number, {}, error
+        return
+    for number, line in lines:
+        if not line.strip():
+            continue
+        values = line.split("\t")
+        if len(values) != len(columns):
+            yield number, {}, f"{len(values)} tab-separated fields, the header has {len(columns)}"
+            continue
+        yield number, dict(zip(columns, values)), None
+
+
+def _csv(text: str, prompt_field: str) -> RawRows:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    columns: list[str] | None = None
+    start = 1
+    try:
+        for values in reader:
+            line, start = start, reader.line_num + 1
+            if not values:  # an empty line
+                continue
+            if columns is None:
+                columns = values
+                if (error := _header_problem(columns, prompt_field)) is not None:
+                    yield line, {}, error
+                    return
+                continue
+            if len(values) != len(columns):
+                yield line, {}, f"{len(values)} comma-separated fields, the header has {len(columns)}"
+                continue
+            yield line, dict(zip(columns, values)), None
+    except csv.Error as e:
+        yield start, {}, f"malformed CSV: {e}"
+
+
+def _header_problem(columns: list[str], prompt_field: str) -> str | None:
+    seen: set[str] = set()
+    for name in columns:
+        key = name.strip().lower()
+        if not key:
+            return "empty column name in the header"
+        if key in seen:
+            return f"duplicate column {name!r} in the header"
+        seen.add(key)
+    if prompt_field.lower() not in seen:  # most often a file without a header row
+        shown = ", ".join(repr(c[:40]) for c in columns[:5])
+        return (f"no {prompt_field!r} column in the header ({shown}); the first line must name "
+                "the columns (or set dataset.prompt_field)")
+    return None
+
+
+def _plain_row(line: int, record: dict[str, Any], fields: Fields) -> Row | None:
+    """The row of a record holding a valid prompt and maybe a valid id, under exactly the
+    configured names, and nothing else: the common case, checked quickly. None otherwise."""
+    prompt = record.get(fields.prompt)
+    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
+        return None
+    row_id = record.get(fields.id)
+    if len(record) != 1 + (row_id is not None) or (row_id is None and fields.id in record):
+        return None
+    if type(row_id) is int:
+        row_id = str(row_id)
+    if row_id is not None and (type(row_id) is not str or not ID_PATTERN.fullmatch(row_id)):
+        return None
+    prompt = prompt.strip()
+    return Row(line, prompt, row_id) if prompt else None
+
+
+def _to_row(line: int, record: dict[str, Any], fields: Fields) -> tuple[Row | None, list[str]]:
+    if (row := _plain_row(line, record, fields)) is not None:
+        return row, []
+    by_lower: dict[str, str] = {}
+    for key in record:
+        lower = key.lower()
+        if lower in by_lower:
+            return None, [f"fields {by_lower[lower]!r} and {key!r} differ only in case"]
+        by_lower[lower] = key
+
+    def take(name: str) -> Any:
+        key = by_lower.pop(name.lower(), None)
+        value = None if key is None else record[key]
+        return None if value == "" else value
+
+    errors: list[str] = []
+    prompt = take(fields.prompt)
+    if prompt is None:
+        errors.append(f"no {fields.prompt!r} field")
+    elif not isinstance(prompt, str):
+        errors.append(f"{fields.prompt!r} must be a string, got {type(prompt).__name__}")
+    elif not prompt.strip():
+        errors.append(f"empty {fields.prompt!r}")
+    elif len(prompt) > MAX_PROMPT_CHARS:
+        errors.append(f"{fields.prompt!r} is {len(prompt):,} characters long; the limit is "
+                      f"{MAX_PROMPT_CHARS:,}")
+
+    row_id = take(fields.id)
+    if row_id is not None:
+        if isinstance(row_id, int) and not isinstance(row_id, bool):
+            row_id = str(row_id)
+        if not isinstance(row_id, str) or not ID_PATTERN.fullmatch(row_id):
+            errors.append(
+                f"bad id {row_id!r}: ids are 1-128 characters of letters, digits, '.', '_', '-', "
+                "starting with a letter or digit"
+            )
+
+    if not by_lower:  # only a prompt and an id: the common row, with nothing more to check
+        return (None, errors) if errors else (Row(line, prompt.strip(), row_id), [])
+    overrides: dict[str, Any] = {}
+    for name, minimum in INT_OVERRIDES.items():
+        value = take(name)
+        if value is not None:
+            parsed, error = _parse_int(name, value, minimum)
+            errors.extend([error] if error else [])
+            overrides[name] = parsed
+    for name in FLOAT_OVERRIDES:
+        value = take(name)
+        if value is not None:
+            parsed, error = _parse_number(name, value, guidance_problem)
+            errors.extend([error] if error else [])
+            overrides[name] = parsed
+    for name in ("width", "height"):
+        if isinstance(overrides.get(name), int) and overrides[name] % 16:
+            errors.append(f"{name}={overrides[name]} is not a multiple of 16")
+    errors.extend(_sampler_overrides(take, overrides))
+
+    extra = {key: record[key] for key in by_lower.values()}
+    for key in extra:
+        if key.lower() in record_fields.FIELDS:
+            errors.append(f"column {key!r} would overwrite the manifest field of that name")
+    if errors:
+        return None, errors
+    return Row(line, prompt.strip(), row_id, overrides, extra), []
+
+
+def _sampler_overrides(take, overrides: dict[str, Any]) -> list[str]:
+    """A row's negative_prompt, true_cfg, scheduler and aspect, checked as the config's are."""
+    errors: list[str] = []
+    for name in TEXT_OVERRIDES:
+        value = take(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            errors.append(f"{name} must be a string, got {type(value).__name__}")
+        elif value.strip():
+            overrides[name] = value.strip()
+    value = take("true_cfg")
+    if value is not None:
+        parsed, error = _parse_number("true_cfg", value, true_cfg_problem)
+        errors.extend([error] if error else [])
+        overrides["true_cfg"] = parsed
+    scheduler = overrides.get("scheduler")
+    if scheduler is not None and (problem := scheduler_problem(scheduler)) is not None:
+        errors.append(f"scheduler={scheduler!r}: {problem}")
+    if "aspect" in overrides:
+        if (problem := aspect_problem(overrides["aspect"])) is not None:
+            errors.append(f"aspect: {problem}")
+        if "width" in overrides or "height" in overrides:
+            errors.append("aspect and width/height both set: give one or the other")
+    return errors
+
+
+def _parse_int(name: str, value: Any, minimum: int) -> tuple[int | None, str | None]:
+    if isinstance(value, bool):
+        parsed = None
+    elif isinstance(value, int):
+        parsed = value
+    elif isinstance(value, float) and value.is_integer():
+        parsed = int(value)
+    elif isinstance(value, str) and INT_TEXT.fullmatch(value.strip()):
+        parsed = int(value)
+    else:
+        parsed = None
+    if parsed is None:
+        return None, f"{name}={value!r} is not an integer"
+    if parsed < minimum or (name == "seed" and parsed > MAX_SEED):
+        bound = f"between 0 and {MAX_SEED}" if name == "seed" else f">= {minimum}"
+        return None, f"{name}={parsed} must be {bound}"
+    return parsed, None
+
+
+def _parse_number(name: str, value: Any, problem_of) -> tuple[float | None, str | None]:
+    """A row's number (JSON number or CSV text), checked by the config's own check."""
+    try:
+        parsed = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        parsed = None
+    problem = problem_of(parsed) if parsed is not None else problem_of(value)
+    if problem is not None:
+        return None, f"{name}={value!r} {problem}"
+    return parsed, None
+
+
+def find_prompt_file(path: str) -> Path:
+    """The prompt file: as given, or for a relative path missing here, the copy shipped in the
+    package (so the default prompts/example.jsonl works from any directory)."""
+    given = Path(path).expanduser()
+    shipped = Path(__file__).parents[1] / given
+    if not given.exists() and not given.is_absolute() and shipped.is_file():
+        return shipped
+    return given

@@ -1,0 +1,12 @@
+"""The manifest record: the fields flux-batch writes for every image, in their order.
+
+One home for them: the writer fills them (store/writer.py), a prompt file may not carry a column
+of the same name (plan/prompts.py), and the gallery shows them first (sweep/gallery.py).
+"""
+from __future__ import annotations
+
+# Every record has these, in this order; `lora` only when LoRAs are applied, `sha256` last.
+FIELDS = (
+    "file_name", "id", "k", "prompt", "seed", "width", "height", "steps", "guidance",
+    "negative_prompt", "true_cfg", "scheduler", "model", "quant", "lora", "sha256",
+)

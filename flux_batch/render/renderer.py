@@ -1,0 +1,118 @@
+"""Batching and the pipeline call.
+
+Items batch together only when their Settings agree (size, steps, guidance, true CFG,
+scheduler). Each item brings its own CPU generator, so its starting noise is the same whatever
+batch it lands in.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Iterator
+
+
+from flux_batch.faults import crash_point
+from flux_batch.plan.items import Item, Settings
+
+if TYPE_CHECKING:  # numpy is imported where images are made: a finished run needs none
+    import numpy as np
+
+
+def batches(items: list[Item], batch_size: int | Callable[[], int]) -> Iterator[list[Item]]:
+    """Batches of compatible items, in order of each group's first item. `batch_size` may be
+    a function, read at each item: a batch size lowered mid-run applies to the next batches."""
+    size = batch_size if callable(batch_size) else (lambda: batch_size)
+    open_batches: dict[Settings, list[Item]] = {}
+    for item in items:
+        batch = open_batches.setdefault(item.settings, [])
+        batch.append(item)
+        if len(batch) >= size():
+            yield open_batches.pop(item.settings)
+    yield from open_batches.values()
+
+
+class Renderer:
+    """Runs a FluxPipeline on batches of items and returns float images in [0, 1]."""
+
+    def __init__(self, pipe, max_sequence_length: int, should_stop: Callable[[], bool],
+                 encode: Callable[[list[str]], tuple], shift: float | None = None):
+        self.pipe = pipe
+        self.max_sequence_length = max_sequence_length
+        self.should_stop = should_stop
+        self.encode = encode  # prompts -> (prompt_embeds, pooled_prompt_embeds)
+        self.shift = shift
+        # the model's own scheduler config, kept on the pipeline: a pipeline reused by a later
+        # run holds the scheduler this run swapped in, not the model's
+        if not hasattr(pipe, "flux_batch_scheduler_config"):
+            pipe.flux_batch_scheduler_config = pipe.scheduler.config
+        self.base_scheduler_config = pipe.flux_batch_scheduler_config
+        self.schedulers: dict = {}
+
+    def _use_scheduler(self, name: str) -> None:
+        from flux_batch.samplers import make_scheduler
+
+        if name not in self.schedulers:
+            self.schedulers[name] = make_scheduler(self.base_scheduler_config, name, self.shift)
+        self.pipe.scheduler = self.schedulers[name]
+
+    def __call__(self, batch: list[Item]) -> np.ndarray | None:
+        """(B, H, W, 3) images, or None when a stop was requested mid-batch (results dropped):
+        one plain pipeline call, which encodes, denoises and decodes."""
+        return self.denoise(batch, self.encode, output_type="np")
+
+    def denoise(self, batch: list[Item], encode: Callable[[list[str]], tuple] | None = None,
+                output_type: str = "latent"):
+        """The pipeline call for a batch; with output_type="latent" it stops before the VAE
+        and returns the packed latents, which `decode` turns into the same images."""
+        import torch
+
+        encode = encode or self.encode
+        s = batch[0].settings
+        self._use_scheduler(s.scheduler)
+        generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
+        prompt_embeds, pooled_prompt_embeds = encode([item.prompt for item in batch])
+        # true CFG only where the batch has negative prompts (Settings keeps them apart)
+        cfg = {}
+        if s.true_cfg > 1:
+            negative, negative_pooled = encode([item.negative_prompt for item in batch])
+            cfg = {"negative_prompt_embeds": negative, "negative_pooled_prompt_embeds": negative_pooled,
+                   "true_cfg_scale": s.true_cfg}
+        output = self.pipe(
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            **cfg,
+            width=s.width,
+            height=s.height,
+            num_inference_steps=s.steps,
+            guidance_scale=s.guidance,
+            generator=generators,
+            max_sequence_length=self.max_sequence_length,
+            output_type=output_type,
+            callback_on_step_end=self._check_stop,
+        )
+        return None if self.should_stop() else output.images
+
+    def decode(self, latents, settings: Settings) -> np.ndarray:
+        """Packed latents of a batch as (B, H, W, 3) images: what FluxPipeline does after its
+        denoising loop, step for step, so a phased run renders the pipeline's own pixels."""
+        import torch
+
+        pipe = self.pipe
+        with torch.no_grad():
+            latents = pipe._unpack_latents(latents, settings.height, settings.width,
+                                           pipe.vae_scale_factor)
+            latents = (latents / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
+            latents = latents.to(_vae_device(pipe))
+            image = pipe.vae.decode(latents, return_dict=False)[0]
+            return pipe.image_processor.postprocess(image, output_type="np")
+
+    def _check_stop(self, pipe, step, timestep, callback_kwargs):
+        crash_point("mid_denoise")
+        if self.should_stop():
+            pipe._interrupt = True  # FluxPipeline skips the remaining steps
+        return callback_kwargs
+
+
+def _vae_device(pipe):
+    """Where the VAE runs: its parameters' device, or its offload hook's execution device."""
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    return get_module_execution_device(pipe.vae)

@@ -1,0 +1,1 @@
+"""Scaling out: which items each rank or shard renders, and how they start and finish."""

@@ -1,0 +1,126 @@
+"""One worker's share of a run: the start and the end of a run across ranks and shards.
+
+Start: rank 0 locks the run directory (exclusively; shared when sharded) and its own part,
+merges every manifest part no live worker writes, reads the manifest and finds this shard's
+pending items; it sends their positions to the other ranks, which lock their own parts. Each rank
+then renders every world-th pending item (see ranks.py). End: the ranks wait for each other,
+rank 0 merges their parts into metadata.jsonl and reports counts of all ranks. A process alone
+(no ranks, no shards) does the same with no peers and appends to metadata.jsonl itself.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Container
+
+from flux_batch.errors import FluxBatchError
+from flux_batch.plan.items import Item, Plan
+from flux_batch.store.parts import merge_lock, merge_parts
+from flux_batch.scale.ranks import Group, Worker
+from flux_batch.fingerprint import check_same_run
+from flux_batch.store.layout import ERRORS
+from flux_batch.store.run_dir import RunStore
+
+
+class PeerRefused(FluxBatchError):
+    """Rank 0 refused the run (its message says why); the other ranks stop quietly."""
+
+    quiet = True
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Share:
+    worker: Worker
+    group: Group
+    store: RunStore
+    todo: list[Item]  # what this worker renders
+    scope: int  # items of this shard (all items when not sharded)
+    pending: int  # of them not done yet, all ranks together
+    previous: dict[str, Any] | None = None  # run.json as found
+
+    def describe(self, device: str) -> str:
+        """One line for `runtime.dry_run`: who renders what, where."""
+        who = self.worker.label or "single process"
+        span = f" ({self.todo[0].id} ... {self.todo[-1].id})" if self.todo else ""
+        return (f"{self.store.dir}: {who} on {device}: {len(self.todo)} of {self.pending} pending "
+                f"items{span}; {self.scope - self.pending} of {self.scope} already done")
+
+
+def open_share(worker: Worker, run_dir: str | os.PathLike, plan: Plan, settings) -> Share:
+    group = Group(worker)
+    store = RunStore(run_dir, part=worker.part)
+    outcome: dict[str, Any] = {}
+    if worker.leader:
+        try:
+            store.open(shared=worker.sharded)
+            previous = store.read_run_info()
+            check_same_run(previous, settings, store.dir)
+            scope, pending = _pending(worker, plan, store.manifest)
+            outcome = {"previous": previous, "scope": scope, "pending": pending}
+        except FluxBatchError as e:
+            store.close()
+            group.broadcast({"error": str(e), "exit_code": e.exit_code})
+            raise
+        except BaseException:
+            store.close()
+            raise
+    # the other ranks get the pending keys and build the same Items themselves
+    sent = group.broadcast({**outcome, "pending": [item.key for item in outcome["pending"]]}
+                           if worker.distributed and worker.leader else outcome)
+    if "error" in sent:
+        raise PeerRefused(sent["error"], sent["exit_code"])
+    if worker.leader:
+        pending = outcome["pending"]
+    else:
+        store.open_part()
+        pending = plan.items(skip=_AllBut(set(sent["pending"])))
+    return Share(worker, group, store, worker.rank_items(pending), sent["scope"], len(pending),
+                 sent["previous"])
+
+
+def _pending(worker: Worker, plan: Plan, done: Container) -> tuple[int, list[Item]]:
+    """This shard's item count and its Items not done yet, in plan order; Items are built only
+    for those, so a finished run costs little more than reading its files."""
+    if not worker.sharded:
+        return plan.total, plan.items(skip=done)
+    scope = set(worker.shard_items(plan.keys()))
+    return len(scope), plan.items(skip=_AllBut(scope, done))
+
+
+class _AllBut:
+    """A `skip` for Plan.items: every key but `keep`, and those in `done` too."""
+
+    def __init__(self, keep: set, done: Container = ()):
+        self.keep, self.done = keep, done
+
+    def __contains__(self, key) -> bool:
+        return key not in self.keep or key in self.done
+
+
+def finish(share: Share, counts: dict[str, Any]) -> dict[str, Any] | None:
+    """After this worker's renders: wait for the other ranks, merge the parts, and return the
+    counts of all ranks (on rank 0; None on the others). `counts` holds rendered, failed,
+    render_seconds, model_loads and model_loaded."""
+    store = share.store
+    store.close_part()
+    share.group.wait_for_all()
+    everyone = share.group.gather(counts)
+    if not share.worker.leader:
+        return None
+    if share.worker.part:
+        with merge_lock(store.dir):
+            merge_parts(store.dir)
+            if (store.dir / ERRORS).exists():  # items retried with success leave the errors log
+                store.manifest.load()
+                store.prune_errors()
+    return {
+        "rendered": sum(c["rendered"] for c in everyone),
+        "failed": sum(c["failed"] for c in everyone),
+        "render_seconds": max(c["render_seconds"] for c in everyone),  # the ranks run at once
+        "model_loads": sum(c["model_loads"] for c in everyone),
+        "model_loaded": any(c["model_loaded"] for c in everyone),
+    }

@@ -1,0 +1,132 @@
+"""The run directory: one object that opens it (locks, merged parts, manifest) and writes to it.
+
+Crash safety rests on one order: an image is written to a temp file, fsynced and renamed into
+place; only then is its manifest line appended, flushed and fsynced. So at any kill point an
+item is either done (line + file) or not (no line; maybe an orphan file, replaced next run).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from flux_batch.errors import RunDirError
+from flux_batch.store.append_log import AppendLog
+from flux_batch.store.atomic import TMP_SUFFIX, write_atomic
+from flux_batch.store.layout import ERRORS, IMAGES, MANIFEST, RUN_INFO
+from flux_batch.store.lock import RunLock
+from flux_batch.store.manifest import Manifest
+from flux_batch.store.parts import merge_lock, merge_parts, part_file, part_lock
+
+
+class RunStore:
+    """Owns one run directory (or, in a scaled-out run, one worker's part of it) for a run."""
+
+    def __init__(self, run_dir: str | os.PathLike, part: str | None = None):
+        self.dir = Path(run_dir)
+        self.images = self.dir / IMAGES
+        self.part = part
+        self.lock = RunLock(self.dir)
+        self.part_lock = RunLock(self.dir, part_lock(part)) if part else None
+        self.manifest = Manifest(self.dir, append_to=part_file(MANIFEST, part))
+        self.errors = AppendLog(self.dir / part_file(ERRORS, part))
+
+    def open(self, shared: bool = False) -> None:
+        """Lock the run (exclusive, or shared by the shards of a sharded run) and this worker's
+        part, merge the manifest parts no live worker writes, load the manifest."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire(shared)
+            if self.part_lock:
+                self.part_lock.acquire()
+            # temp files of live shards must stay; one listing of images/ serves both
+            present = None if shared else self._remove_temp_files()
+            with merge_lock(self.dir):
+                if merge_parts(self.dir, own=self.part):
+                    present = None  # merged lines may name images listed after
+                self.manifest.load(present=present)
+                self.prune_errors()
+        except OSError as e:
+            self.close()
+            raise RunDirError(f"cannot use the run directory {self.dir}: {e.strerror or e}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def open_part(self) -> None:
+        """A rank other than 0: its leader holds the run lock and read the manifest for it."""
+        try:
+            self.part_lock.acquire()
+        except OSError as e:
+            raise RunDirError(f"cannot use the run directory {self.dir}: {e.strerror or e}") from None
+
+    def close_part(self) -> None:
+        """Stop appending and free this worker's part for merging; keep the run lock."""
+        self.manifest.close()
+        self.errors.close()
+        if self.part_lock:
+            self.part_lock.release()
+
+    def close(self) -> None:
+        self.close_part()
+        self.lock.release()
+
+    def _remove_temp_files(self) -> set[str]:
+        """Delete the temp files a crash left; the images present, as manifest file_names
+        (one listing of images/ serves both)."""
+        present: set[str] = set()
+        for folder in (self.dir, self.images):
+            if folder.is_dir():
+                for name in os.listdir(folder):
+                    if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                        os.unlink(folder / name)
+                    elif folder is self.images:
+                        present.add(f"{IMAGES}/{name}")
+        return present
+
+    def read_run_info(self) -> dict[str, Any] | None:
+        path = self.dir / RUN_INFO
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            raise RunDirError(f"{path}: not valid JSON; remove it to start this run afresh") from None
+
+    def write_run_info(self, info: dict[str, Any]) -> None:
+        write_atomic(self.dir / RUN_INFO, json.dumps(info, indent=2, sort_keys=True).encode() + b"\n")
+
+    def image_path(self, file_name: str) -> Path:
+        """Where an image goes: always directly inside images/, whatever the name says."""
+        path = (self.dir / file_name).resolve()
+        # ids are validated when the prompt file is read; this is the last guard
+        if path.parent != self.images.resolve() or self.images.is_symlink():
+            raise RunDirError(f"refusing to write outside {self.images}: {file_name!r}")
+        return path
+
+    def save_image(self, file_name: str, data: bytes) -> None:
+        self.images.mkdir(exist_ok=True)
+        write_atomic(self.image_path(file_name), data, fault_point="mid_image_write")
+
+    def record_error(self, record: dict[str, Any]) -> None:
+        self.errors.append(record)
+
+    def prune_errors(self) -> None:
+        """Keep errors.jsonl to the items that failed and are still not done."""
+        path = self.dir / ERRORS
+        if not path.exists():
+            return
+        self.errors.close()
+        lines = path.read_bytes().split(b"\n")
+        kept = [line for line in lines[:-1] if self._still_failed(line)]
+        if len(kept) != len(lines) - 1 or lines[-1]:
+            write_atomic(path, b"".join(line + b"\n" for line in kept))
+
+    def _still_failed(self, line: bytes) -> bool:
+        try:
+            record = json.loads(line)
+            return (record["id"], record["k"]) not in self.manifest
+        except (ValueError, KeyError, TypeError):
+            return False  # a torn or damaged line of a log: dropped
+

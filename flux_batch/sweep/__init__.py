@@ -1,0 +1,1 @@
+"""Sweeps: Hydra multirun jobs and their state, and comparing them (grid, gallery)."""
