@@ -103,7 +103,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
                 summary.show = False
                 return summary
             if todo:
-                _render_all(cfg, worker, share, summary, stop)
+                _render_all(cfg, settings, worker, share, summary, stop)
                 if worker.alone:
                     store.prune_errors()  # items retried with success leave the errors log
             _count_all_ranks(share, summary)
@@ -150,8 +150,8 @@ def _count_all_ranks(share: Share, summary: Summary) -> None:
             setattr(summary, key, value)
 
 
-def _render_all(cfg: DictConfig, worker: Worker, share: Share, summary: Summary,
-                stop: StopSignals) -> None:
+def _render_all(cfg: DictConfig, settings: dict[str, Any], worker: Worker, share: Share,
+                summary: Summary, stop: StopSignals) -> None:
     from tqdm import tqdm
 
     store, todo = share.store, share.todo
@@ -161,7 +161,7 @@ def _render_all(cfg: DictConfig, worker: Worker, share: Share, summary: Summary,
     summary.model_loaded = True
     crash_point("model_loaded")
     # written once the model is known to load, so a refused model leaves nothing behind
-    store.write_run_info(run_info(cfg, pixel_settings(cfg), share.previous))
+    store.write_run_info(run_info(cfg, settings, share.previous))
     schedule = make_schedule(pipe, files, device, todo, stop.requested, render_options(cfg))
     writer = ImageWriter(store, image_options(cfg, files))
     failures = Failures(store, summary, cfg.max_errors)

@@ -15,10 +15,8 @@ from typing import Any, Container
 
 from flux_batch.errors import FluxBatchError
 from flux_batch.plan.items import Item, Plan
-from flux_batch.store.parts import merge_lock, merge_parts
 from flux_batch.scale.ranks import Group, Worker
 from flux_batch.fingerprint import check_same_run
-from flux_batch.store.layout import ERRORS
 from flux_batch.store.run_dir import RunStore
 
 
@@ -112,11 +110,7 @@ def finish(share: Share, counts: dict[str, Any]) -> dict[str, Any] | None:
     if not share.worker.leader:
         return None
     if share.worker.part:
-        with merge_lock(store.dir):
-            merge_parts(store.dir)
-            if (store.dir / ERRORS).exists():  # items retried with success leave the errors log
-                store.manifest.load()
-                store.prune_errors()
+        store.merge_parts(reload=False)  # items retried with success leave the errors log
     return {
         "rendered": sum(c["rendered"] for c in everyone),
         "failed": sum(c["failed"] for c in everyone),

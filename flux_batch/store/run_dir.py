@@ -42,17 +42,25 @@ class RunStore:
                 self.part_lock.acquire()
             # temp files of live shards must stay; one listing of images/ serves both
             present = None if shared else self._remove_temp_files()
-            with merge_lock(self.dir):
-                if merge_parts(self.dir, own=self.part):
-                    present = None  # merged lines may name images listed after
-                self.manifest.load(present=present)
-                self.prune_errors()
+            self.merge_parts(present)
         except OSError as e:
             self.close()
             raise RunDirError(f"cannot use the run directory {self.dir}: {e.strerror or e}") from None
         except BaseException:
             self.close()
             raise
+
+    def merge_parts(self, present: set[str] | None = None, reload: bool = True) -> None:
+        """The one merge sequence, under the merge lock: merge every manifest part no live worker
+        writes (and this worker's own) into the run's files, then read the manifest and drop
+        retried items from the errors log. `reload=False`: only when there is an errors log to
+        prune (the end of a launch, whose leader needs no manifest afterwards)."""
+        with merge_lock(self.dir):
+            if merge_parts(self.dir, own=self.part):
+                present = None  # merged lines may name images listed after
+            if reload or (self.dir / ERRORS).exists():
+                self.manifest.load(present=present)
+                self.prune_errors()
 
     def open_part(self) -> None:
         """A rank other than 0: its leader holds the run lock and read the manifest for it."""
