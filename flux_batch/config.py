@@ -187,10 +187,10 @@ def guidance_problem(value: Any) -> str | None:
 
 
 def true_cfg_problem(value: Any) -> str | None:
-    """1 turns true CFG off; above 1 it needs a negative prompt."""
-    if guidance_problem(value) is None and value < 1:
+    problem = guidance_problem(value)
+    if problem is None and value < 1:
         return "must be >= 1 (1 turns true CFG off)"
-    return guidance_problem(value)
+    return problem
 
 
 def scheduler_problem(name: Any) -> str | None:

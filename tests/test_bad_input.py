@@ -170,6 +170,10 @@ MATRIX_OVERRIDES = [
     ("sampler.steps=-1", "sampler.steps=-1: must be an integer >= 1"),
     ("sampler.guidance=nan", "sampler.guidance=nan: must be a finite number >= 0"),
     ("sampler.guidance=-1", "sampler.guidance=-1.0: must be a finite number >= 0"),
+    # the same checks as a prompt row's (config.py), with the config's key in front
+    ("sampler.true_cfg=0.5", "sampler.true_cfg=0.5: must be >= 1 (1 turns true CFG off)"),
+    ("sampler.scheduler=dpm", "sampler.scheduler=dpm: expected one of euler"),
+    ("sampler.aspect=5:0", "sampler.aspect=5:0: expected an aspect ratio as W:H with positive numbers"),
     ("num_images=0", "num_images=0: must be an integer >= 1"),
     ("batch_size=0", "batch_size=0: must be an integer >= 1"),
     ("limit=-1", "limit=-1: must be an integer >= 0"),
