@@ -17,6 +17,8 @@ from omegaconf import MISSING, DictConfig
 
 from flux_batch.errors import ConfigError
 from flux_batch.plan.sizes import parse_aspect
+from flux_batch.render import step_cache
+from flux_batch.render.step_cache import CacheOptions
 from flux_batch.samplers import SCHEDULERS
 
 
@@ -37,6 +39,12 @@ class Schedule(str, Enum):
     auto = "auto"  # phased when the run has more than one batch
     phased = "phased"  # per chunk: encode every prompt, then denoise, then decode
     per_item = "per_item"  # one plain pipeline call per batch
+
+
+class CacheMethod(str, Enum):
+    none = "none"
+    fbcache = "fbcache"
+    taylorseer = "taylorseer"
 
 
 class DType(str, Enum):
@@ -88,6 +96,17 @@ class SamplerConfig:
 
 
 @dataclass
+class CacheConfig:
+    """Step caching (render/step_cache.py); each method reads its own knobs."""
+
+    method: CacheMethod = CacheMethod.none
+    threshold: float = 0.08  # fbcache: relative change of the first block's residual that recomputes
+    interval: int = 3  # taylorseer: a full step every `interval` steps after the warm-up
+    warmup: int = 3  # taylorseer: steps computed in full before the first prediction
+    order: int = 1  # taylorseer: order of the Taylor expansion
+
+
+@dataclass
 class LoraConfig:
     path: str = MISSING  # local .safetensors file or `hub_id/file.safetensors`
     scale: float = 1.0
@@ -128,6 +147,7 @@ class FluxBatchConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -146,7 +166,14 @@ def register_schemas() -> None:
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="quant", name="quant_schema", node=QuantConfig)
     cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
+    cs.store(group="cache", name="cache_schema", node=CacheConfig)
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+
+
+def cache_options(cache: DictConfig) -> CacheOptions:
+    """The `cache` config as the renderer takes it."""
+    return CacheOptions(method=value_of(cache.method), threshold=float(cache.threshold),
+                        interval=cache.interval, warmup=cache.warmup, order=cache.order)
 
 
 def value_of(setting: Any) -> str:
@@ -246,6 +273,9 @@ def validate(cfg: DictConfig) -> None:
     check_guidance("sampler.guidance", s.guidance)
     check_positive_int("sampler.max_sequence_length", s.max_sequence_length)
     check_sampler_extras(s)
+    if (found := step_cache.problem(cache_options(cfg.cache))) is not None:
+        key, why = found
+        raise ConfigError(f"{key}={cfg.cache[key.split('.')[1]]}: {why}")
     for i, entry in enumerate(cfg.lora):
         check_finite(f"lora.{i}.scale", entry.scale)
     check_positive_int("seed", cfg.seed, minimum=0)

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from flux_batch import faults
-from flux_batch.config import validate, value_of
+from flux_batch.config import cache_options, validate, value_of
 from flux_batch.errors import TooManyErrors
 from flux_batch.faults import crash_point
 from flux_batch.fingerprint import pixel_settings, run_info
@@ -129,14 +129,15 @@ def render_options(cfg: DictConfig) -> RenderOptions:
     return RenderOptions(
         batch_size=cfg.batch_size, schedule=value_of(r.schedule), chunk_size=r.chunk_size,
         dtype=value_of(r.dtype), max_sequence_length=cfg.sampler.max_sequence_length,
-        shift=cfg.sampler.shift, embed_cache=r.embed_cache, compile=r.compile)
+        shift=cfg.sampler.shift, embed_cache=r.embed_cache, compile=r.compile,
+        cache=cache_options(cfg.cache))
 
 
 def image_options(cfg: DictConfig, files: ModelFiles) -> ImageOptions:
     return ImageOptions(
         format=value_of(cfg.output.format), quality=cfg.output.quality, model=cfg.model.name,
         quant=cfg.quant.name, model_label=Path(files.transformer).name.removesuffix(".gguf"),
-        loras=files.loras, shift=cfg.sampler.shift)
+        loras=files.loras, shift=cfg.sampler.shift, cache=cache_options(cfg.cache).settings())
 
 
 def _count_all_ranks(share: Share, summary: Summary) -> None:

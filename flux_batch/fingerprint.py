@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from flux_batch.config import value_of
+from flux_batch.config import cache_options, value_of
 from flux_batch.errors import RunDirError
 from flux_batch.model.lora import identity as lora_identity
 from flux_batch.model.files import model_identity
@@ -51,6 +51,9 @@ def pixel_settings(cfg: DictConfig) -> dict[str, Any]:
     }
     if cfg.lora:
         settings["lora"] = lora_identity(cfg.lora)
+    cache = cache_options(cfg.cache).settings()
+    if cache is not None:  # absent without caching: runs made before caching keep their fingerprint
+        settings["cache"] = cache
     return settings
 
 

@@ -182,16 +182,19 @@ MATRIX_OVERRIDES = [
     ("output.quality=0", "output.quality=0: must be between 1 and 100"),
     ("dataset.format=xml", "dataset.format=xml: expected one of auto, jsonl, csv, tsv, txt"),
     ("runtime.device=gpu", "runtime.device=gpu: expected auto, cpu, cuda, cuda:N or mps"),
+    ("cache=fbcache cache.threshold=-0.1", "cache.threshold=-0.1: must be a finite number >= 0"),
+    ("cache=taylorseer cache.interval=0", "cache.interval=0: must be an integer >= 1"),
     # refused by Hydra while composing; its message names the key
     ("output.format=gif", "full_key: output.format"),
     ("sampler.steps=abc", "full_key: sampler.steps"),
     ("guidance=nan", "Key 'guidance' not in 'FluxBatchConfig'"),
+    ("cache=teacache", "Could not find 'cache/teacache'"),
 ]
 
 
 @pytest.mark.parametrize("override, message", MATRIX_OVERRIDES, ids=[m[0] for m in MATRIX_OVERRIDES])
 def test_bad_overrides(cli_server, tmp_path, override, message):
-    result = cli_server(tmp_path, override)
+    result = cli_server(tmp_path, *override.split())
     assert result.returncode == 2, result.stdout
     assert message in result.stdout
     assert "Traceback" not in result.stdout

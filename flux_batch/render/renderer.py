@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from flux_batch.faults import crash_point
 from flux_batch.plan.items import Item, Settings
+from flux_batch.render import step_cache
 
 if TYPE_CHECKING:  # numpy is imported where images are made: a finished run needs none
     import numpy as np
@@ -45,6 +46,7 @@ class Renderer:
             pipe.flux_batch_scheduler_config = pipe.scheduler.config
         self.base_scheduler_config = pipe.flux_batch_scheduler_config
         self.schedulers: dict = {}
+        self._vae_device = None  # where the VAE runs: asked once (diffusers walks every module)
 
     def _use_scheduler(self, name: str) -> None:
         from flux_batch.samplers import make_scheduler
@@ -68,6 +70,7 @@ class Renderer:
         s = batch[0].settings
         self._use_scheduler(s.scheduler)
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
+        step_cache.reset(self.pipe.transformer)  # a batch never sees another batch's cache
         prompt_embeds, pooled_prompt_embeds = encode([item.prompt for item in batch])
         # true CFG only where the batch has negative prompts (Settings keeps them apart)
         cfg = {}
@@ -100,7 +103,9 @@ class Renderer:
             latents = pipe._unpack_latents(latents, settings.height, settings.width,
                                            pipe.vae_scale_factor)
             latents = (latents / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
-            latents = latents.to(_vae_device(pipe))
+            if self._vae_device is None:
+                self._vae_device = _vae_device(pipe)
+            latents = latents.to(self._vae_device)
             image = pipe.vae.decode(latents, return_dict=False)[0]
             return pipe.image_processor.postprocess(image, output_type="np")
 

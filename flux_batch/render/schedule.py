@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from flux_batch.model.device import resolve_dtype
 from flux_batch.plan.items import Item
-from flux_batch.render import batch_size
+from flux_batch.render import batch_size, step_cache
 from flux_batch.render import compile as torch_compile
 from flux_batch.render.batch_size import BatchSizer, is_out_of_memory
 from flux_batch.render.embed_cache import EmbedCache
 from flux_batch.render.encoder import PromptEncoder, encoders_identity
 from flux_batch.render.renderer import Renderer, batches
+from flux_batch.render.step_cache import CacheOptions
 
 if TYPE_CHECKING:  # numpy is imported where images are made: a finished run needs none
     import numpy as np
@@ -77,6 +78,9 @@ class Schedule:
         else:  # per_item encodes inside its pipeline calls
             encode = self.encoder.seconds
             parts = f"encode {encode:.2f} s, denoise and decode {s['denoise'] - encode:.2f} s"
+        skipped = step_cache.skipped_share(self.render.pipe.transformer)
+        if skipped is not None:
+            parts += f"; fbcache skipped the remaining blocks in {100 * skipped:.0f}% of item-steps"
         return f"{self.name} schedule, batch size {self.sizer.size}: {parts}"
 
     def model_seconds(self) -> float:
@@ -225,6 +229,7 @@ class RenderOptions:
     shift: float | None = None  # a fixed sigma shift, or None for the model's
     embed_cache: str | None = None  # folder of prompt embeddings kept between runs
     compile: bool = False
+    cache: CacheOptions = CacheOptions()  # step caching: changes pixels, in the fingerprint
 
 
 def for_run(pipe, files, device: str, items: list[Item], should_stop: Callable[[], bool],
@@ -237,6 +242,7 @@ def for_run(pipe, files, device: str, items: list[Item], should_stop: Callable[[
     render = Renderer(pipe, msl, should_stop, encoder, options.shift)
     sizer = batch_size.for_run(options.batch_size, pipe, [i.settings for i in items], msl, device)
     torch_compile.apply(pipe, options.compile)
+    step_cache.apply(pipe.transformer, options.cache)
     schedule = options.schedule
     if schedule == "auto":
         schedule = "phased" if sum(1 for _ in batches(items, sizer.size)) > 1 else "per_item"

@@ -29,11 +29,15 @@ class ImageOptions:
     model_label: str  # the transformer file's stem, as infotext readers show it
     loras: tuple = ()  # model.lora.LoraFile
     shift: float | None = None
+    cache: dict | None = None  # the step cache's settings (render/step_cache.py), None without
     infotext_extra: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self):
         if self.shift is not None:
             self.infotext_extra["Shift"] = f"{self.shift:g}"
+        if self.cache is not None:  # "fbcache threshold=0.08"
+            knobs = [f"{k}={v:g}" for k, v in self.cache.items() if k != "method"]
+            self.infotext_extra["Cache"] = " ".join([self.cache["method"], *knobs])
         if self.loras:  # the short hashes LoRA-aware tools look up
             hashes = ", ".join(f"{lora.name}: {lora.sha256[:12]}" for lora in self.loras)
             weights = ", ".join(f"{lora.name}: {lora.scale:g}" for lora in self.loras)
@@ -61,6 +65,8 @@ class ImageWriter:
         }
         if self.loras:
             record["lora"] = self.loras
+        if o.cache is not None:
+            record["cache"] = o.cache
         return {**record, **item.extra}
 
     def write(self, item: Item, image: np.ndarray) -> None:
