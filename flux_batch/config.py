@@ -101,7 +101,7 @@ class CacheConfig:
 
     method: CacheMethod = CacheMethod.none
     threshold: float = 0.08  # fbcache: relative change of the first block's residual that recomputes
-    interval: int = 3  # taylorseer: a full step every `interval` steps after the warm-up
+    interval: int = 2  # taylorseer: a full step every `interval` steps after the warm-up
     warmup: int = 3  # taylorseer: steps computed in full before the first prediction
     order: int = 1  # taylorseer: order of the Taylor expansion
 
@@ -137,6 +137,8 @@ class RuntimeConfig:
     chunk_size: int = 32  # phased: items encoded, then denoised, then decoded together
     embed_cache: Optional[str] = None  # folder of prompt embeddings kept between runs
     compile: bool = False  # torch.compile the transformer
+    writers: int = 2  # threads encoding and writing images while the next batch renders; 0: none
+    write_queue: int = 8  # images handed to the writers and not yet listed, at most
     shard: int = 0  # this job's shard of the items (ranks.py), for arrays of independent jobs
     num_shards: int = 1
     dry_run: bool = False  # print which items and device each rank or shard gets; render nothing
@@ -282,6 +284,8 @@ def validate(cfg: DictConfig) -> None:
     check_positive_int("num_images", cfg.num_images)
     check_batch_size(cfg.batch_size)
     check_positive_int("runtime.chunk_size", cfg.runtime.chunk_size)
+    check_positive_int("runtime.writers", cfg.runtime.writers, minimum=0)
+    check_positive_int("runtime.write_queue", cfg.runtime.write_queue)
     check_positive_int("max_errors", cfg.max_errors, minimum=0)
     if cfg.limit is not None:
         check_positive_int("limit", cfg.limit, minimum=0)

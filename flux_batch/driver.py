@@ -164,10 +164,16 @@ def _render_all(cfg: DictConfig, settings: dict[str, Any], worker: Worker, share
     # written once the model is known to load, so a refused model leaves nothing behind
     store.write_run_info(run_info(cfg, settings, share.previous))
     schedule = make_schedule(pipe, files, device, todo, stop.requested, render_options(cfg))
-    writer = ImageWriter(store, image_options(cfg, files))
     failures = Failures(store, summary, cfg.max_errors)
     progress = tqdm(total=len(todo), unit="img", disable=None if cfg.runtime.progress else True,
                     file=sys.stderr, dynamic_ncols=True, **worker.progress_options())
+
+    def listed(item: Item) -> None:  # an image on disk and in the manifest
+        summary.rendered += 1
+        progress.update(1)
+
+    writer = ImageWriter(store, image_options(cfg, files), workers=cfg.runtime.writers,
+                         queue=cfg.runtime.write_queue, on_written=listed)
     started = time.perf_counter()
     try:
         stop.rendering = True  # a signal now stops after the current batch
@@ -177,13 +183,17 @@ def _render_all(cfg: DictConfig, settings: dict[str, Any], worker: Worker, share
             for item, image in zip(done.batch, done.images if done.images is not None else []):
                 image = faults.image(image)
                 if (problem := defect(image)) is None:
-                    writer.write(item, image)
-                    summary.rendered += 1
+                    writer.write(item, image)  # encoded and written while the next batch renders
                 else:
                     failures.add(item, problem)
-                progress.update(1)
+                    progress.update(1)
             progress.set_postfix(failed=summary.failed, refresh=False)
-    finally:
+        writer.drain()  # a stop request ends the loop too: what is rendered gets listed
+    except TooManyErrors:
+        writer.drain()  # the images rendered before the last failure still count
+        raise
+    finally:  # after a second signal or a failed write: stop at once, the writes in flight orphans
+        writer.close()
         stop.rendering = False
         summary.render_seconds = time.perf_counter() - started
         progress.close()

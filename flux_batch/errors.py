@@ -48,3 +48,9 @@ class LockedError(FluxBatchError):
 
 class TooManyErrors(FluxBatchError):
     exit_code = EXIT_FAILED
+
+
+class WriteError(FluxBatchError):
+    """Writing to the run directory failed (a full disk, a lost mount): the run stops."""
+
+    exit_code = EXIT_FAILED

@@ -17,11 +17,12 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import threading
 from dataclasses import dataclass
 
 POINTS = (
-    "model_loaded", "mid_denoise", "pipeline_image", "mid_image_write", "image_written",
-    "mid_append", "manifest_appended",
+    "model_loaded", "mid_denoise", "pipeline_image", "write_queued", "image_encoded",
+    "mid_image_write", "image_written", "mid_append", "manifest_appended",
 )
 ACTIONS = ("kill", "stop", "ENOSPC", "EIO", "nan", "black")
 
@@ -39,6 +40,7 @@ class Fault:
 
 _faults: dict[str, list[Fault]] = {}
 _hits: dict[str, int] = {}
+_lock = threading.Lock()  # the image writer's threads reach the write points too
 
 
 def configure(spec: str) -> None:
@@ -58,8 +60,9 @@ def _due(point: str) -> str | None:
     """The action armed for this arrival at `point`, or None."""
     if point not in _faults:
         return None
-    _hits[point] = _hits.get(point, 0) + 1
-    return next((f.action for f in _faults[point] if f.matches(_hits[point])), None)
+    with _lock:
+        hit = _hits[point] = _hits.get(point, 0) + 1
+    return next((f.action for f in _faults[point] if f.matches(hit)), None)
 
 
 def _act(action: str, point: str) -> None:

@@ -3,7 +3,8 @@
 Each kill is followed by running the same command again (which may itself be killed). The
 crash points (flux_batch/faults.py) put kills exactly where a real crash hurts most: during
 model load, mid-denoise, half-way through an image's temp file, between the image's rename and
-its manifest line, half-way through a manifest line, and just after it. Timed kills add moments
+its manifest line, half-way through a manifest line, and just after it; on the image writer's
+threads (encoded, not yet written) and while images wait for them. Timed kills add moments
 no crash point names. `FLUX_BATCH_KILLS=N` sets how many timed kills run (default 2, so this
 file makes 20 kills; the README gives the long run).
 """
@@ -46,6 +47,8 @@ SCHEDULE = [
     ("image_written", 2),     # progress: castle, then an orphan
     ("mid_append", 1),
     ("mid_denoise", 1),
+    ("write_queued", 2),      # two images with the writers, neither listed yet
+    ("image_encoded", 1),     # on a writer thread, before the image's temp file
     ("mid_image_write", 1),   # left for the final run to clean up
 ]
 
@@ -90,7 +93,7 @@ def test_killed_at_every_crash_point_then_resumed(job, cli_server):
         assert result.returncode == -9, f"{point}:{hit} did not kill: {result.stdout}"
         kills += 1
         check_consistent(cwd / "run")
-    assert kills == len(SCHEDULE) == 18
+    assert kills == len(SCHEDULE) == 20
     images = cwd / "run" / "images"
     assert any(p.suffix == ".tmp" for p in images.iterdir())  # the last half-written file
     done = len(manifest(cwd / "run"))

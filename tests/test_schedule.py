@@ -113,9 +113,11 @@ def test_under_model_offload_phased_moves_the_transformer_once_per_chunk(tmp_pat
 
 def test_phased_with_every_model_resident_writes_each_batch_at_once(cli):
     """Killed in the third batch's denoising, a phased run (one chunk of every item) has
-    already written the first two batches: a kill loses one batch, as with per_item."""
+    already written the first two batches: a kill loses one batch, as with per_item. (Writing
+    on the render path: with the pooled writer a kill also loses the images still queued.)"""
     prompts = write_prompts(cli.cwd / "p.jsonl", [{"prompt": f"a cat {i}"} for i in range(4)])
-    args = (f"dataset.path={prompts}", *FAST, "runtime.schedule=phased", "output.dir=run")
+    args = (f"dataset.path={prompts}", *FAST, "runtime.schedule=phased", "runtime.writers=0",
+            "output.dir=run")
     # two steps per image: the fifth step is the third batch's first
     killed = cli(*args, check=False, env={"FLUX_BATCH_CRASH": "mid_denoise:5"})
     assert killed.returncode == -9, killed.stderr

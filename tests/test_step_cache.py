@@ -79,7 +79,7 @@ def test_a_sweep_over_cache_settings(cli):
                and (d / "metadata.jsonl").exists()}
     assert sorted(records) == ["cache=none", "cache=taylorseer"]
     assert [r.get("cache") for r in records["cache=taylorseer"]] == [
-        {"method": "taylorseer", "interval": 3, "warmup": 3, "order": 1}] * 2
+        {"method": "taylorseer", "interval": 2, "warmup": 3, "order": 1}] * 2
     assert all("cache" not in r for r in records["cache=none"])
 
 

@@ -31,7 +31,7 @@ class CacheOptions:
 
     method: str = "none"
     threshold: float = 0.08  # fbcache
-    interval: int = 3  # taylorseer: a full step every `interval` steps after the warm-up
+    interval: int = 2  # taylorseer: a full step every `interval` steps after the warm-up
     warmup: int = 3  # taylorseer: steps computed in full before the first prediction
     order: int = 1  # taylorseer: order of the Taylor expansion
 

@@ -1,12 +1,15 @@
-"""Writing one finished image: encode it with its metadata, write it atomically, then append its
-manifest record (never the other way round: see run_dir.py)."""
+"""Writing finished images: encode each with its metadata and write it atomically (in a pool of
+threads, off the render path), then append its manifest record, in order (never the other way
+round: see run_dir.py)."""
 from __future__ import annotations
 
 import hashlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
-from flux_batch.errors import FluxBatchError
+from flux_batch.errors import WriteError
 from flux_batch.faults import crash_point
 from flux_batch.plan.items import Item
 from flux_batch.samplers import infotext_sampler
@@ -46,12 +49,24 @@ class ImageOptions:
 
 
 class ImageWriter:
-    """Encodes an item's image with its metadata, writes it atomically, appends its record."""
+    """Encodes each finished image with its metadata and writes it atomically in a small pool of
+    threads while the model renders the next batch; appends the manifest records in the order
+    the images were handed in, each only once its image is on disk.
 
-    def __init__(self, store: RunStore, options: ImageOptions):
+    `workers=0` does all of it on the render path, before the next batch. At most `queue` images
+    wait or are being written: handing in one more waits for the oldest, which bounds memory.
+    A failed write stops the run at the next hand-in or at `drain` with `write_error`'s line.
+    """
+
+    def __init__(self, store: RunStore, options: ImageOptions, workers: int = 2, queue: int = 8,
+                 on_written: Callable[[Item], None] = lambda item: None):
         self.store = store
         self.options = options
         self.loras = [lora.record() for lora in options.loras]
+        self.queue = max(queue, 1)
+        self.on_written = on_written  # called on the render thread, in order, once listed
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="flux-batch-writer") if workers else None
+        self.pending: deque[tuple[Item, Future]] = deque()
 
     def record(self, item: Item) -> dict:
         """The item's manifest record (record.FIELDS, less sha256), then the row's own columns."""
@@ -70,25 +85,64 @@ class ImageWriter:
         return {**record, **item.extra}
 
     def write(self, item: Item, image: np.ndarray) -> None:
+        """Hand in one image; lists every earlier image whose write has finished."""
+        if self.pool is None:
+            self._list(item, self._save(item, image))
+            return
+        self.pending.append((item, self.pool.submit(self._save, item, image)))
+        crash_point("write_queued")
+        self._list_finished(wait=len(self.pending) > self.queue)
+
+    def drain(self) -> None:
+        """Wait for every image handed in and list it: after the last batch, or a stop request."""
+        while self.pending:
+            self._list_finished(wait=True)
+
+    def close(self) -> None:
+        """Stop the pool, waiting for writes in flight (their images are orphans, not listed:
+        called after a failure, when nothing more may enter the manifest)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pending.clear()
+
+    def _list_finished(self, wait: bool) -> None:
+        """Append the records of the finished writes at the head of the queue (and, with
+        `wait`, of the oldest at least): the manifest keeps the order images were handed in."""
+        while self.pending and (wait or self.pending[0][1].done()):
+            item, future = self.pending.popleft()
+            self._list(item, future.result())  # re-raises the write's error here
+            wait = False
+
+    def _save(self, item: Item, image: np.ndarray) -> dict:
+        """Encode and write one image (on a pool thread); its record, with its sha256."""
         o = self.options
         record = self.record(item)
         sampler = infotext_sampler(item.settings.scheduler)
         parameters = infotext(record, sampler, o.model_label, o.infotext_extra)
         data = encode(to_uint8(image), o.format, o.quality, parameters, record)
         record["sha256"] = hashlib.sha256(data).hexdigest()
+        crash_point("image_encoded")
         try:
             self.store.save_image(record["file_name"], data)
             crash_point("image_written")
+        except OSError as e:
+            raise write_error(self.store, e) from None
+        return record
+
+    def _list(self, item: Item, record: dict) -> None:
+        """The manifest line of an image on disk (fsynced by save_image), appended in order."""
+        try:
             self.store.manifest.append(record)
             crash_point("manifest_appended")
         except OSError as e:
             raise write_error(self.store, e) from None
+        self.on_written(item)
 
 
-def write_error(store: RunStore, e: OSError) -> FluxBatchError:
+def write_error(store: RunStore, e: OSError) -> WriteError:
     """A failed write (a full disk, a lost mount) as one line that says nothing was lost."""
     where = f" ({e.filename})" if e.filename else ""
-    return FluxBatchError(
+    return WriteError(
         f"cannot write to {store.dir}: {e.strerror or e}{where}; the run stopped and everything "
         "listed in the manifest is intact: fix the cause and run the same command to resume"
     )
