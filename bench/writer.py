@@ -46,7 +46,7 @@ def frames(n: int) -> list[np.ndarray]:
     for i in range(n):
         base = np.stack([0.5 + 0.4 * np.sin(6 * x + i), 0.5 + 0.4 * np.cos(5 * y - i),
                          0.5 + 0.3 * np.sin(9 * (x + y))], axis=-1)
-        texture = 0.05 * np.sin(80 * x * (1 + i % 3)) * np.cos(70 * y)[..., None]
+        texture = (0.05 * np.sin(80 * x * (1 + i % 3)) * np.cos(70 * y))[..., None]
         out.append(np.clip(base + texture + rng.normal(0, 2 / 255, base.shape), 0, 1).astype(np.float32))
     return out
 
