@@ -1,5 +1,6 @@
 """FLUX.1-dev's exact architecture with random weights: seconds per image and peak memory for
-bf16 against Q8_0, per_item against phased, batch 1 against 4, compile off and on.
+bf16 against Q8_0, per_item against phased, batch 1 against 4, compile off and on, and step
+caching (none, First Block Cache 0.08, TaylorSeer interval 2) with compile off and on.
 
     python bench/gpu_fullsize.py                    # on a CUDA GPU: 1024x1024, 28 steps
     python bench/gpu_fullsize.py --scale tiny       # anywhere: the embedded tiny architecture
@@ -15,8 +16,12 @@ torch's max_memory_allocated over the timed images. Offload rows use diffusers' 
 offload, as for models that do not fit the GPU together; per_item is one pipeline call per
 image, the reference script's loop. The bound is --tflop-per-step at the GPU's dense bf16 peak.
 
-On an H100 the whole table takes about 11 minutes (3 to build and quantize, 2 per compiled row);
-`--rows 1,2,3,4,5,7,8,9 --images 2` leaves out the compiled rows and halves the timed images.
+On an H100 the first ten rows take about 11 minutes (3 to build and quantize, 2 per compiled
+row); `--rows 1,2,3,4,5,7,8,9 --images 2` leaves out the compiled rows and halves the timed
+images, `--rows 4,5,6,11,12,13,14,15,16 --images 2` is the caching table (about 9 minutes).
+Random weights make First Block Cache's skip decisions unlike a trained model's: its rows show
+the cost of the hooks and the speed at the skip rate reached, not FLUX.1-dev's; TaylorSeer's
+schedule does not depend on the weights.
 """
 from __future__ import annotations
 
@@ -76,10 +81,19 @@ class Row:
     offload: bool
     batch: int
     compile: bool = False
+    cache: str = "none"  # a key of CACHES
 
     def label(self) -> str:
         return (f"{self.weights}, {self.schedule}, {'model offload' if self.offload else 'resident'}, "
-                f"batch {self.batch}{', compiled' if self.compile else ''}")
+                f"batch {self.batch}{', compiled' if self.compile else ''}"
+                f"{', ' + CACHES[self.cache][0] if self.cache != 'none' else ''}")
+
+
+CACHES = {  # name -> (label, flux-batch's cache settings): the config group's defaults
+    "none": ("no cache", {}),
+    "fbcache": ("First Block Cache 0.08", {"method": "fbcache", "threshold": 0.08}),
+    "taylorseer": ("TaylorSeer interval 2", {"method": "taylorseer", "interval": 2, "warmup": 3}),
+}
 
 
 # Q8_0 rows first, then bf16: the idle transformer waits on the CPU, moved once.
@@ -94,6 +108,13 @@ ROWS = [
     Row("bf16", "phased", False, 1),
     Row("bf16", "phased", False, 4),
     Row("bf16", "phased", False, 4, compile=True),
+    # step caching, with compile off and on
+    Row("Q8_0", "phased", False, 1, cache="fbcache"),
+    Row("Q8_0", "phased", False, 4, cache="fbcache"),
+    Row("Q8_0", "phased", False, 4, compile=True, cache="fbcache"),
+    Row("Q8_0", "phased", False, 1, cache="taylorseer"),
+    Row("Q8_0", "phased", False, 4, cache="taylorseer"),
+    Row("Q8_0", "phased", False, 4, compile=True, cache="taylorseer"),
 ]
 
 
@@ -186,6 +207,7 @@ def place(pipe, offload: bool, device: str) -> None:
 
 def schedule_for(pipe, row: Row, arch: dict, device: str, compile_options: dict):
     from flux_batch.render import compile as torch_compile
+    from flux_batch.render import step_cache
     from flux_batch.render.encoder import PromptEncoder
     from flux_batch.render.batch_size import BatchSizer
     from flux_batch.render.renderer import Renderer
@@ -193,6 +215,7 @@ def schedule_for(pipe, row: Row, arch: dict, device: str, compile_options: dict)
 
     torch_compile.OPTIONS = compile_options
     torch_compile.apply(pipe, row.compile)
+    step_cache.apply(pipe.transformer, step_cache.CacheOptions(**CACHES[row.cache][1]))
     encoder = PromptEncoder(pipe, ("bench", row.weights, device), arch["max_sequence_length"])
     render = Renderer(pipe, arch["max_sequence_length"], lambda: False, encoder)
     return Schedule(render, BatchSizer(row.batch), row.schedule == "phased", chunk_size=64)
@@ -333,6 +356,10 @@ def targets(a, arch, device, results) -> list[str]:
         met = "met" if ref / phased >= 1.5 else "NOT met"
         found.append(f"- phased (model offload, batch 4) at least 1.5x the per_item offload loop, Q8_0: "
                      f"{ref / phased:.2f}x, **{met}**.")
+    for row, seconds in by.items():  # each cached row against the same row without the cache
+        plain = by.get(dataclasses.replace(row, cache="none"))
+        if row.cache != "none" and plain:
+            found.append(f"- {row.label()}: {plain / seconds:.2f}x the speed of the same row without a cache.")
     if arch is FULL:
         bound = a.tflop_per_step * 1e12 * arch["steps"] / (a.peak_tflops * 1e12)
         best = min(by.values())

@@ -22,9 +22,11 @@ def test_gpu_fullsize_runs_at_tiny_scale(tmp_path, model_cache):
     text = results.read_text()
     assert "<!-- gpu_fullsize_tiny:begin -->" in text and "<!-- gpu_fullsize_tiny:end -->" in text
     rows = re.findall(r"^\| (\d+) \| (.+?) \| ([\d.]+) \| ([\d.]+) \| - \|", text, re.M)
-    assert [int(r[0]) for r in rows] == list(range(1, 11))
+    assert [int(r[0]) for r in rows] == list(range(1, 17))
     labels = [r[1] for r in rows]
     assert labels[0] == "Q8_0, per_item, model offload, batch 1"
     assert labels[5] == "Q8_0, phased, resident, batch 2, compiled"
+    assert labels[12] == "Q8_0, phased, resident, batch 2, compiled, First Block Cache 0.08"
+    assert labels[14] == "Q8_0, phased, resident, batch 2, TaylorSeer interval 2"
     assert all(float(r[2]) > 0 for r in rows)
     assert "32x32, 2 steps" in text
