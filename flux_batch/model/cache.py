@@ -53,6 +53,10 @@ def get_pipeline(files: ModelFiles, options: LoadOptions, device: str) -> tuple[
     pipe = load_pipeline(files, options, device)
     _load_count += 1
     _pipeline = (key, pipe)
+    # The libraries and the model are millions of objects that are never garbage: moved out of
+    # the collector's sight, a full collection during the run no longer walks them all, and
+    # neither does the interpreter's at exit (about 1 s with torch, transformers and diffusers).
+    gc.freeze()
     return pipe, True
 
 
@@ -62,6 +66,7 @@ def release_pipeline() -> None:
     if _pipeline is None:
         return
     _pipeline = None
+    gc.unfreeze()  # the released pipeline's objects are garbage now
     gc.collect()
     import torch
 
