@@ -73,11 +73,15 @@ def test_cache_settings_are_recorded_and_fingerprinted(cli):
 
 
 def test_a_sweep_over_cache_settings(cli):
+    """One process, one kept pipeline: each job installs its own hooks on it (and none)."""
     write_prompts(cli.cwd / "p.jsonl", ITEMS[:2])
-    cli("-m", "dataset.path=p.jsonl", "cache=none,taylorseer", "runtime.progress=false", model=None)
+    cli("-m", "dataset.path=p.jsonl", "cache=none,fbcache,taylorseer,none", "cache.threshold=0.2",
+        "runtime.progress=false", model=None)
     records = {d.name: manifest(d) for d in (cli.cwd / "multirun").glob("*/*") if d.is_dir()
                and (d / "metadata.jsonl").exists()}
-    assert sorted(records) == ["cache=none", "cache=taylorseer"]
+    assert sorted(records) == ["cache=fbcache", "cache=none", "cache=taylorseer"]
+    assert [r["cache"] for r in records["cache=fbcache"]] == [
+        {"method": "fbcache", "threshold": 0.2}] * 2
     assert [r.get("cache") for r in records["cache=taylorseer"]] == [
         {"method": "taylorseer", "interval": 2, "warmup": 3, "order": 1}] * 2
     assert all("cache" not in r for r in records["cache=none"])

@@ -27,12 +27,16 @@ def apply(transformer, threshold: float) -> None:
     for i, block in enumerate(blocks[1:], start=2):
         HookRegistry.check_if_exists_or_initialize(block).register_hook(
             Block(state, is_tail=i == len(blocks)), BLOCK_HOOK)
+    # diffusers caches which blocks carry hooks when it first sets a cache context: a pipeline
+    # that rendered before (a sweep's kept one) would never give these hooks their context
+    HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
 
 
 def remove(transformer) -> None:
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.remove_hook(HEAD_HOOK, recurse=True)
     registry.remove_hook(BLOCK_HOOK, recurse=True)
+    registry.invalidate_child_registries_cache()
 
 
 class ItemState:
