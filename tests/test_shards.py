@@ -112,11 +112,12 @@ def test_two_shards_through_submitit_local_and_one_requeued_by_sigusr2(cli):
     requeues it; the requeued job finishes the shard."""
     prompts = write_prompts(cli.cwd / "p.jsonl", FIVE)
     sweep_dir = cli.cwd / "sw"
-    # per_item: under the phased schedule shard 0's third image is already denoised when it
-    # stops, and SIGUSR2 writes it before exiting, leaving the requeued job nothing to do
+    # per_item, writing on the render path: otherwise shard 0's third image is already rendered
+    # when it stops, and SIGUSR2 writes it before exiting, leaving the requeued job nothing to do
     proc = cli.popen("-m", "hydra/launcher=flux_submitit_local", "runtime.num_shards=2",
                      "runtime.shard=0,1", "hydra.sweep.dir=sw", f"dataset.path={prompts}", *FAST,
-                     "runtime.schedule=per_item", env={"FLUX_BATCH_CRASH": "manifest_appended:2:stop"})
+                     "runtime.schedule=per_item", "runtime.writers=0",
+                     env={"FLUX_BATCH_CRASH": "manifest_appended:2:stop"})
     try:
         pids = wait_for(lambda: (p := shard_pids(sweep_dir)) and len(p) == 2
                         and all(stopped(pid) for pid in p.values()) and p, proc)
