@@ -20,6 +20,7 @@ from flux_batch.plan.sizes import parse_aspect
 from flux_batch.render import step_cache
 from flux_batch.render.step_cache import CacheOptions
 from flux_batch.samplers import SCHEDULERS
+from flux_batch.store.layout import DEFAULT_SHARD_SIZE
 
 
 class ImageFormat(str, Enum):
@@ -120,11 +121,19 @@ class DatasetConfig:
     id_field: str = "id"
 
 
+class Layout(str, Enum):
+    flat = "flat"  # images/<stem>.png
+    sharded = "sharded"  # images/<5 digits>/<stem>.png, at most shard_size per folder
+
+
 @dataclass
 class OutputConfig:
     dir: Optional[str] = None  # null: outputs/<dataset>-<model>-<quant>-<fingerprint>
     format: ImageFormat = ImageFormat.png
     quality: int = 95  # jpg / webp quality
+    layout: Layout = Layout.flat
+    shard_size: Optional[int] = None  # sharded: images per folder (null: 10,000)
+    captions: bool = False  # <stem>.txt with the prompt beside each image
 
 
 @dataclass
@@ -176,6 +185,14 @@ def cache_options(cache: DictConfig) -> CacheOptions:
     """The `cache` config as the renderer takes it."""
     return CacheOptions(method=value_of(cache.method), threshold=float(cache.threshold),
                         interval=cache.interval, warmup=cache.warmup, order=cache.order)
+
+
+def shard_size(output: DictConfig) -> int:
+    """output.shard_size, or the layout's default (0 for flat: no folders)."""
+    layout = value_of(output.layout)
+    if layout == "flat":
+        return 0
+    return output.shard_size if output.shard_size is not None else DEFAULT_SHARD_SIZE[layout]
 
 
 def value_of(setting: Any) -> str:
@@ -284,6 +301,8 @@ def validate(cfg: DictConfig) -> None:
     check_positive_int("num_images", cfg.num_images)
     check_batch_size(cfg.batch_size)
     check_positive_int("runtime.chunk_size", cfg.runtime.chunk_size)
+    if cfg.output.shard_size is not None:
+        check_positive_int("output.shard_size", cfg.output.shard_size)
     check_positive_int("runtime.writers", cfg.runtime.writers, minimum=0)
     check_positive_int("runtime.write_queue", cfg.runtime.write_queue)
     check_positive_int("max_errors", cfg.max_errors, minimum=0)

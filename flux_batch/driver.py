@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from flux_batch import faults
-from flux_batch.config import cache_options, validate, value_of
+from flux_batch.config import cache_options, shard_size, validate, value_of
 from flux_batch.errors import TooManyErrors
 from flux_batch.faults import crash_point
 from flux_batch.fingerprint import pixel_settings, run_info
@@ -34,7 +34,8 @@ from flux_batch.render.schedule import for_run as make_schedule
 from flux_batch.scale.ranks import Worker
 from flux_batch.scale.share import Share, finish, open_share
 from flux_batch.signals import Interrupted, StopSignals
-from flux_batch.store.images import defect
+from flux_batch.store.card import write_run_card
+from flux_batch.store.images import EXTENSIONS, defect
 from flux_batch.store.layout import ERRORS
 from flux_batch.store.run_dir import RunStore
 from flux_batch.store.writer import ImageOptions, ImageWriter, write_error
@@ -107,6 +108,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
                 if worker.alone:
                     store.prune_errors()  # items retried with success leave the errors log
             _count_all_ranks(share, summary)
+            if todo and summary.show:  # one process writes the card: the only or the first rank
+                _write_card(cfg, store, summary.skipped + summary.rendered)
             return summary
         finally:
             store.close()
@@ -137,7 +140,16 @@ def image_options(cfg: DictConfig, files: ModelFiles) -> ImageOptions:
     return ImageOptions(
         format=value_of(cfg.output.format), quality=cfg.output.quality, model=cfg.model.name,
         quant=cfg.quant.name, model_label=Path(files.transformer).name.removesuffix(".gguf"),
-        loras=files.loras, shift=cfg.sampler.shift, cache=cache_options(cfg.cache).settings())
+        loras=files.loras, shift=cfg.sampler.shift, cache=cache_options(cfg.cache).settings(),
+        layout=value_of(cfg.output.layout), shard_size=shard_size(cfg.output), captions=cfg.output.captions)
+
+
+def _write_card(cfg: DictConfig, store: RunStore, count: int) -> None:
+    layout = value_of(cfg.output.layout)
+    extension = EXTENSIONS[value_of(cfg.output.format)]
+    folders = "*/" if layout == "sharded" else ""
+    write_run_card(store.dir, count, layout if layout == "flat" else f"{layout}, {shard_size(cfg.output):,} per folder",
+                   f"images/{folders}*{extension}")
 
 
 def _count_all_ranks(share: Share, summary: Summary) -> None:

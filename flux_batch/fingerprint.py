@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from flux_batch.config import cache_options, value_of
+from flux_batch.config import cache_options, shard_size, value_of
 from flux_batch.errors import RunDirError
 from flux_batch.model.lora import identity as lora_identity
 from flux_batch.model.files import model_identity
@@ -51,6 +51,13 @@ def pixel_settings(cfg: DictConfig) -> dict[str, Any]:
     }
     if cfg.lora:
         settings["lora"] = lora_identity(cfg.lora)
+    output = {}  # the run directory's shape; absent for the default, so earlier runs keep theirs
+    if value_of(cfg.output.layout) != "flat":
+        output.update(layout=value_of(cfg.output.layout), shard_size=shard_size(cfg.output))
+    if cfg.output.captions:
+        output["captions"] = True
+    if output:
+        settings["output"] = output
     cache = cache_options(cfg.cache).settings()
     if cache is not None:  # absent without caching: runs made before caching keep their fingerprint
         settings["cache"] = cache
@@ -95,6 +102,8 @@ def run_dir_resolver(*, _root_: DictConfig) -> str:
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two settings trees."""
+    if isinstance(old, dict) and new is None or old is None and isinstance(new, dict):
+        old, new = old or {}, new or {}  # a group of settings absent on one side: its keys
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(set(old) | set(new))
         return [d for k in keys for d in differences(old.get(k), new.get(k), f"{prefix}{k}.")]

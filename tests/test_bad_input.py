@@ -189,6 +189,8 @@ MATRIX_OVERRIDES = [
     ("sampler.steps=abc", "full_key: sampler.steps"),
     ("guidance=nan", "Key 'guidance' not in 'FluxBatchConfig'"),
     ("cache=teacache", "Could not find 'cache/teacache'"),
+    ("output.layout=sharded output.shard_size=0", "output.shard_size=0: must be an integer >= 1"),
+    ("output.layout=zip", "full_key: output.layout"),
 ]
 
 

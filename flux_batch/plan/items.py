@@ -50,6 +50,7 @@ class Item:
     line: int = 0
     negative_prompt: str | None = None  # None: rendered without true CFG
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    index: int = 0  # its place among every item of the prompt file: the same whatever limit or resume
 
     @property
     def key(self) -> tuple[str, int]:
@@ -123,6 +124,7 @@ class Plan:
     def items(self, skip: Container[tuple[str, int]] = ()) -> list[Item]:
         """The planned items in file order, less those whose (id, k) is in `skip`."""
         items: list[Item] = []
+        offset = 0  # the row's first item's place: rows count whole, even where limit cuts one
         for row, item_id, (settings, negative), n, planned in self._rows:
             for k in range(planned):
                 if (item_id, k) in skip:
@@ -131,7 +133,8 @@ class Plan:
                 seed = o["seed"] + k if "seed" in o else item_seed(self.base_seed, item_id, k)
                 stem = item_id if n == 1 else f"{item_id}_{k}"
                 items.append(Item(item_id, k, row.prompt, seed, settings, stem, row.line, negative,
-                                  row.extra))
+                                  row.extra, offset + k))
+            offset += n
         return items
 
 

@@ -17,7 +17,7 @@ from flux_batch.errors import RunDirError
 from flux_batch.store import manifest_index
 from flux_batch.store.append_log import AppendLog
 from flux_batch.store.atomic import write_atomic
-from flux_batch.store.layout import IMAGES, MANIFEST
+from flux_batch.store.layout import MANIFEST, image_folders
 
 
 def parse_line(path: Path, number: int, line: str | bytes) -> dict[str, Any]:
@@ -120,10 +120,8 @@ class Manifest:
         return content
 
     def _present_files(self) -> set[str]:
-        images = self.run_dir / IMAGES
-        if not images.is_dir():
-            return set()
-        return {f"{IMAGES}/{name}" for name in os.listdir(images)}
+        return {f"{folder.relative_to(self.run_dir).as_posix()}/{name}"
+                for folder in image_folders(self.run_dir) for name in os.listdir(folder)}
 
     def done(self) -> set[tuple[str, int]]:
         return set(self.files)

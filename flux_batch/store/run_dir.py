@@ -14,7 +14,7 @@ from typing import Any
 from flux_batch.errors import RunDirError
 from flux_batch.store.append_log import AppendLog
 from flux_batch.store.atomic import TMP_SUFFIX, write_atomic
-from flux_batch.store.layout import ERRORS, IMAGES, MANIFEST, RUN_INFO
+from flux_batch.store.layout import ERRORS, IMAGES, MANIFEST, RUN_INFO, image_folders, is_shard_folder
 from flux_batch.store.lock import RunLock
 from flux_batch.store.manifest import Manifest
 from flux_batch.store.parts import merge_lock, merge_parts, part_file, part_lock
@@ -84,13 +84,13 @@ class RunStore:
         """Delete the temp files a crash left; the images present, as manifest file_names
         (one listing of images/ serves both)."""
         present: set[str] = set()
-        for folder in (self.dir, self.images):
-            if folder.is_dir():
-                for name in os.listdir(folder):
-                    if name.startswith(".") and name.endswith(TMP_SUFFIX):
-                        os.unlink(folder / name)
-                    elif folder is self.images:
-                        present.add(f"{IMAGES}/{name}")
+        folders = image_folders(self.dir)
+        for folder in [self.dir, *folders]:
+            for name in os.listdir(folder):
+                if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                    os.unlink(folder / name)
+                elif folder is not self.dir:
+                    present.add(f"{folder.relative_to(self.dir).as_posix()}/{name}")
         return present
 
     def read_run_info(self) -> dict[str, Any] | None:
@@ -106,16 +106,25 @@ class RunStore:
         write_atomic(self.dir / RUN_INFO, json.dumps(info, indent=2, sort_keys=True).encode() + b"\n")
 
     def image_path(self, file_name: str) -> Path:
-        """Where an image goes: always directly inside images/, whatever the name says."""
+        """Where an image (or its caption) goes: directly inside images/ or one of its shard
+        folders, whatever the name says."""
         path = (self.dir / file_name).resolve()
+        images = self.images.resolve()
         # ids are validated when the prompt file is read; this is the last guard
-        if path.parent != self.images.resolve() or self.images.is_symlink():
+        inside = path.parent == images or (path.parent.parent == images
+                                           and is_shard_folder(path.parent.name))
+        if not inside or self.images.is_symlink() or path.parent.is_symlink():
             raise RunDirError(f"refusing to write outside {self.images}: {file_name!r}")
         return path
 
     def save_image(self, file_name: str, data: bytes) -> None:
-        self.images.mkdir(exist_ok=True)
-        write_atomic(self.image_path(file_name), data, fault_point="mid_image_write")
+        path = self.image_path(file_name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data, fault_point="mid_image_write")
+
+    def save_caption(self, file_name: str, text: str) -> None:
+        """The prompt as `<stem>.txt` beside its image (kohya-style caption files)."""
+        write_atomic(self.image_path(file_name), text.encode("utf-8"))
 
     def record_error(self, record: dict[str, Any]) -> None:
         self.errors.append(record)

@@ -14,7 +14,7 @@ from flux_batch.faults import crash_point
 from flux_batch.plan.items import Item
 from flux_batch.samplers import infotext_sampler
 from flux_batch.store.images import EXTENSIONS, encode, infotext, to_uint8
-from flux_batch.store.layout import IMAGES
+from flux_batch.store.layout import caption_name, image_name
 from flux_batch.store.run_dir import RunStore
 
 if TYPE_CHECKING:
@@ -33,6 +33,9 @@ class ImageOptions:
     loras: tuple = ()  # model.lora.LoraFile
     shift: float | None = None
     cache: dict | None = None  # the step cache's settings (render/step_cache.py), None without
+    layout: str = "flat"  # flat or sharded (store/layout.py)
+    shard_size: int = 0  # sharded: images per folder
+    captions: bool = False  # the prompt as <stem>.txt beside each image
     infotext_extra: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self):
@@ -72,7 +75,7 @@ class ImageWriter:
         """The item's manifest record (record.FIELDS, less sha256), then the row's own columns."""
         s, o = item.settings, self.options
         record = {
-            "file_name": f"{IMAGES}/{item.file_stem}{EXTENSIONS[o.format]}",
+            "file_name": image_name(o.layout, o.shard_size, item.index, item.file_stem, EXTENSIONS[o.format]),
             "id": item.id, "k": item.k, "prompt": item.prompt, "seed": item.seed,
             "width": s.width, "height": s.height, "steps": s.steps, "guidance": s.guidance,
             "negative_prompt": item.negative_prompt or "", "true_cfg": s.true_cfg,
@@ -125,6 +128,8 @@ class ImageWriter:
         try:
             self.store.save_image(record["file_name"], data)
             crash_point("image_written")
+            if o.captions:  # before the manifest line: a listed image always has its caption
+                self.store.save_caption(caption_name(record["file_name"]), item.prompt)
         except OSError as e:
             raise write_error(self.store, e) from None
         return record

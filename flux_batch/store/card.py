@@ -1,0 +1,94 @@
+"""The dataset card: README.md in a run directory (or an export), with the YAML header the
+Hugging Face Hub reads (which files make the dataset) and a description from run.json."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flux_batch.store.atomic import write_atomic
+from flux_batch.store.layout import README
+
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                   (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"))
+
+
+def size_category(count: int) -> str:
+    return next((name for limit, name in SIZE_CATEGORIES if count < limit), "n>10M")
+
+
+def card(title: str, data_files: list[str], settings: dict[str, Any], count: int,
+         layout: str, extra: str = "") -> str:
+    """The card's text. `data_files`: the patterns that make the train split."""
+    paths = "\n".join(f"    - {json.dumps(pattern)}" for pattern in data_files)
+    model = settings.get("model", {})
+    sampler = settings.get("sampler", {})
+    rows = [
+        ("model", f"{model.get('name', '?')} ({model.get('variant', '?')})"),
+        ("transformer", _file_identity(model)),
+        ("quant", settings.get("quant", "?")),
+        ("sampler", f"{sampler.get('name', '?')}, {sampler.get('steps', '?')} steps, guidance "
+                    f"{sampler.get('guidance', '?')}, {sampler.get('width', '?')}x{sampler.get('height', '?')}"),
+        ("base seed", settings.get("seed", "?")),
+        ("step cache", _cache(settings.get("cache"))),
+        ("LoRA", ", ".join(f"{lora.get('name', lora.get('path', '?'))} x{lora.get('scale', 1):g}"
+                           for lora in settings.get("lora", [])) or "none"),
+        ("images", f"{count:,}"),
+        ("layout", layout),
+    ]
+    table = "\n".join(f"| {key} | {value} |" for key, value in rows)
+    return f"""---
+pretty_name: {json.dumps(title)}
+task_categories:
+- text-to-image
+tags:
+- flux-batch
+- synthetic
+size_categories:
+- {size_category(count)}
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path:
+{paths}
+---
+
+# {title}
+
+Synthetic images rendered by flux-batch from a prompt file, one image per
+(prompt id, k), each with the seed derived from its item alone. Every image's record (prompt,
+seed, settings, SHA-256 of the file) is in the manifest; `run.json` holds every setting.
+
+| | |
+|---|---|
+{table}
+{extra}"""
+
+
+def write_run_card(run_dir: Path, count: int, layout: str, image_glob: str) -> None:
+    """README.md of a run directory in the flat or sharded layout (imagefolder + metadata.jsonl)."""
+    info = json.loads((run_dir / "run.json").read_text())
+    text = card(run_dir.name, ["metadata.jsonl", image_glob], info.get("settings", {}), count, layout,
+                "\nLoad it with `datasets.load_dataset(\"imagefolder\", data_dir=...)` or from the Hub "
+                "by its name; the `.txt` files beside the images, when present, are the prompts.\n")
+    write_atomic(run_dir / README, text.encode("utf-8"))
+
+
+def _file_identity(model: dict, prefix: str = "") -> str:
+    """The model's file identity from run.json, flattened: `transformer.name: x.gguf, …`."""
+    parts = []
+    for key, value in model.items():
+        if not prefix and key in ("name", "variant"):
+            continue
+        if isinstance(value, dict):
+            parts.append(_file_identity(value, f"{prefix}{key}."))
+        else:
+            parts.append(f"{prefix}{key}: {value}")
+    return ", ".join(parts) or "?"
+
+
+def _cache(cache: dict | None) -> str:
+    if not cache:
+        return "none"
+    return " ".join([cache["method"], *(f"{k}={v}" for k, v in cache.items() if k != "method")])
