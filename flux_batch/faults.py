@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 POINTS = (
     "model_loaded", "mid_denoise", "pipeline_image", "write_queued", "image_encoded",
-    "mid_image_write", "image_written", "mid_append", "manifest_appended",
+    "mid_image_write", "image_written", "mid_append", "manifest_appended", "export_shard_written",
 )
 ACTIONS = ("kill", "stop", "ENOSPC", "EIO", "nan", "black")
 

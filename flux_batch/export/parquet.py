@@ -1,0 +1,67 @@
+"""Parquet files: `data/train-00000-of-00003.parquet`, … of `shard_size` rows, each row one
+image (bytes and path, as the `datasets` Image feature stores them) with its record's fields as
+columns and the whole record as JSON (a row's own columns vary from run to run). The schema
+carries the `datasets` features, so `load_dataset("parquet", …)` and the Hub's viewer show the
+images as images."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+from flux_batch.export.samples import ExportError, Sample
+from flux_batch.faults import crash_point
+
+DATA = "data"
+COLUMNS = {  # record field -> (arrow type name, datasets dtype)
+    "id": ("string", "string"), "k": ("int64", "int64"), "prompt": ("string", "string"),
+    "seed": ("int64", "int64"), "width": ("int64", "int64"), "height": ("int64", "int64"),
+    "steps": ("int64", "int64"), "guidance": ("float64", "float64"),
+    "negative_prompt": ("string", "string"), "true_cfg": ("float64", "float64"),
+    "scheduler": ("string", "string"), "model": ("string", "string"), "quant": ("string", "string"),
+    "file_name": ("string", "string"), "sha256": ("string", "string"),
+}
+ROWS_PER_GROUP = 100  # images per row group: a reader holds one group of images at a time
+
+
+def write_parquet(samples: Iterable[Sample], out: Path, count: int, shard_size: int) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ExportError("flux-batch-export --to parquet needs pyarrow: "
+                          "pip install 'flux-batch[export]'") from None
+    schema = _schema(pa)
+    files = -(-count // shard_size)
+    (out / DATA).mkdir(parents=True)
+    rows: list[dict] = []
+    written = 0
+
+    def flush() -> None:
+        nonlocal rows, written
+        path = out / DATA / f"train-{written:05d}-of-{files:05d}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=ROWS_PER_GROUP)
+        crash_point("export_shard_written")
+        rows, written = [], written + 1
+
+    for sample in samples:
+        row = {"image": {"bytes": sample.image, "path": Path(sample.record["file_name"]).name}}
+        row.update({name: sample.record.get(name) for name in COLUMNS})
+        row["record"] = json.dumps(sample.record, ensure_ascii=False)
+        rows.append(row)
+        if len(rows) == shard_size:
+            flush()
+    if rows:
+        flush()
+
+
+def _schema(pa):
+    fields = [pa.field("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())]))]
+    fields += [pa.field(name, getattr(pa, arrow)()) for name, (arrow, _) in COLUMNS.items()]
+    fields.append(pa.field("record", pa.string()))
+    features = {"image": {"_type": "Image"}, "record": {"dtype": "string", "_type": "Value"}}
+    features.update({name: {"dtype": dtype, "_type": "Value"} for name, (_, dtype) in COLUMNS.items()})
+    # keys in the schema's order: datasets builds its features from this mapping
+    ordered = {name: features[name] for name in ["image", *COLUMNS, "record"]}
+    metadata = {"huggingface": json.dumps({"info": {"features": ordered}})}
+    return pa.schema(fields, metadata=metadata)
