@@ -62,12 +62,23 @@ def export(run_dir: Path, to: str, shard_size: int, out: Path | None = None) -> 
             write_parquet(samples(run_dir, records), partial, len(records), shard_size)
             data_files = [f"{DATA}/*.parquet"]
         _write_card(run_dir, partial, data_files, len(records), to, shard_size)
+        _fsync_tree(partial)  # on disk before the name says complete: a power loss tears nothing
         os.rename(partial, out)
         fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*"), reverse=True):  # files before their folders
+        if path.is_dir():
+            fsync_dir(path)
+        else:
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(folder)
 
 
 def _write_index(index: list[dict], out: Path) -> None:
