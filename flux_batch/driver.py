@@ -36,7 +36,7 @@ from flux_batch.scale.share import Share, finish, open_share
 from flux_batch.signals import Interrupted, StopSignals
 from flux_batch.store.card import write_run_card
 from flux_batch.store.images import EXTENSIONS, defect
-from flux_batch.store.layout import ERRORS
+from flux_batch.store.layout import ERRORS, README
 from flux_batch.store.run_dir import RunStore
 from flux_batch.store.writer import ImageOptions, ImageWriter, write_error
 
@@ -108,7 +108,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
                 if worker.alone:
                     store.prune_errors()  # items retried with success leave the errors log
             _count_all_ranks(share, summary)
-            if todo and summary.show:  # one process writes the card: the only or the first rank
+            # the card: by a lone process or a launch's first rank (a shard knows only its
+            # share); also by a run that finds a finished directory without one
+            if summary.show and not summary.shard and (todo or not (store.dir / README).exists()):
                 _write_card(cfg, store, summary.skipped + summary.rendered)
             return summary
         finally:
@@ -146,10 +148,10 @@ def image_options(cfg: DictConfig, files: ModelFiles) -> ImageOptions:
 
 def _write_card(cfg: DictConfig, store: RunStore, count: int) -> None:
     layout = value_of(cfg.output.layout)
-    extension = EXTENSIONS[value_of(cfg.output.format)]
-    folders = "*/" if layout == "sharded" else ""
-    write_run_card(store.dir, count, layout if layout == "flat" else f"{layout}, {shard_size(cfg.output):,} per folder",
-                   f"images/{folders}*{extension}")
+    images = f"images/{'*/' if layout == 'sharded' else ''}*{EXTENSIONS[value_of(cfg.output.format)]}"
+    if layout == "sharded":
+        layout += f", {shard_size(cfg.output):,} per folder"
+    write_run_card(store.dir, count, layout, images)
 
 
 def _count_all_ranks(share: Share, summary: Summary) -> None:

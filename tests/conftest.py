@@ -150,6 +150,15 @@ def pixels(run_dir: Path) -> dict[tuple[str, int], np.ndarray]:
 FAST = ("sampler.steps=2", "sampler.width=32", "sampler.height=32", "runtime.progress=false")
 
 
+def load_dataset(cache: Path, *args, **kwargs):
+    """`datasets.load_dataset(..., split="train")` with a cache of the test's own: datasets keys
+    its cache of a local folder by the folder's name and file patterns, so a same-named folder
+    of an earlier test session would be read back, with its paths."""
+    import datasets
+
+    return datasets.load_dataset(*args, split="train", cache_dir=str(cache / "hf-datasets"), **kwargs)
+
+
 def check_consistent(run_dir: Path) -> list[dict]:
     """What any reader may rely on at any moment: every whole manifest line parses and names
     an image that exists, decodes and has the listed sha256. A torn last line may remain."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FAST, manifest, pixels, script, write_prompts
+from conftest import FAST, load_dataset, manifest, pixels, script, write_prompts
 
 ROWS = [{"id": f"p{i}", "prompt": f"a photo of object {i}", "num_images": 1 + i % 2} for i in range(5)]
 
@@ -35,7 +35,6 @@ def export(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_webdataset_shards_read_by_datasets_and_webdataset(run, tmp_path):
-    import datasets
     import pyarrow.parquet as pq
     import webdataset
 
@@ -45,7 +44,7 @@ def test_webdataset_shards_read_by_datasets_and_webdataset(run, tmp_path):
     records = manifest(run)
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["000000.tar", "000001.tar", "000002.tar"]
     expected = pixels(run)
-    loaded = datasets.load_dataset("webdataset", data_files=str(out / "shards" / "*.tar"), split="train")
+    loaded = load_dataset(tmp_path, "webdataset", data_files=str(out / "shards" / "*.tar"))
     assert [row["json"] for row in loaded] == records  # every item, in order, with its record
     for row in loaded:
         assert row["txt"] == row["json"]["prompt"]
@@ -56,7 +55,7 @@ def test_webdataset_shards_read_by_datasets_and_webdataset(run, tmp_path):
     index = pq.read_table(out / "index.parquet").to_pylist()
     assert [(r["id"], r["k"]) for r in index] == [(r["id"], r["k"]) for r in records]
     assert [json.loads(r["record"]) for r in index] == records
-    by_card = datasets.load_dataset(str(out), split="train")  # the card's data_files
+    by_card = load_dataset(tmp_path, str(out))  # the card's data_files
     assert len(by_card) == len(records)
 
 
@@ -67,7 +66,7 @@ def test_parquet_files_read_as_images_with_their_records(run, tmp_path):
     assert export(run, "--to", "parquet", "--shard-size", "4", "-o", out).returncode == 0
     assert sorted(p.name for p in (out / "data").iterdir()) == [
         "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
-    loaded = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train")
+    loaded = load_dataset(tmp_path, "parquet", data_files=str(out / "data" / "*.parquet"))
     assert isinstance(loaded.features["image"], datasets.Image)
     records = manifest(run)
     expected = pixels(run)
@@ -75,7 +74,7 @@ def test_parquet_files_read_as_images_with_their_records(run, tmp_path):
     for row in loaded:
         assert row["prompt"] == json.loads(row["record"])["prompt"]
         assert np.array_equal(np.asarray(row["image"].convert("RGB")), expected[(row["id"], row["k"])])
-    assert len(datasets.load_dataset(str(out), split="train")) == len(records)
+    assert len(load_dataset(tmp_path, str(out))) == len(records)
 
 
 def test_a_changed_image_stops_the_export_and_leaves_nothing(run, tmp_path):

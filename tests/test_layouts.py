@@ -2,11 +2,10 @@
 folder), caption files, and the dataset card, through the real CLI."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from conftest import FAST, check_consistent, manifest, write_prompts
+from conftest import FAST, check_consistent, load_dataset, manifest, write_prompts
 
 ROWS = [
     {"id": "fox", "prompt": "a red fox in the snow"},
@@ -62,13 +61,12 @@ def test_captions_beside_each_image(cli, prompts, layout):
         assert caption.read_text(encoding="utf-8") == record["prompt"]
 
 
-def test_the_run_loads_as_a_dataset_and_its_card_says_how(cli, prompts):
-    import datasets
+def test_the_run_loads_as_a_dataset_and_its_card_says_how(cli, prompts, tmp_path):
 
     cli(f"dataset.path={prompts}", "output.dir=run", *SHARDED, "output.captions=true", *FAST)
     run = cli.cwd / "run"
-    by_folder = datasets.load_dataset("imagefolder", data_dir=str(run), split="train")
-    by_card = datasets.load_dataset(str(run), split="train")  # README.md's configs
+    by_folder = load_dataset(tmp_path, "imagefolder", data_dir=str(run))
+    by_card = load_dataset(tmp_path, str(run))  # README.md's configs
     for dataset in (by_folder, by_card):
         assert sorted(zip(dataset["id"], dataset["k"])) == sorted(WHERE)
         assert dataset[0]["image"].size == (32, 32)
@@ -86,3 +84,13 @@ def test_switching_the_layout_of_a_run_is_refused(cli, prompts):
     assert lines == [lines[0]] and "output.layout (None -> 'sharded')" in lines[0]
     assert (cli.cwd / "run" / "metadata.jsonl").read_bytes() == before
     assert not (cli.cwd / "run" / "images" / "00000").exists()
+
+
+def test_a_finished_run_without_a_card_gets_one(cli, prompts):
+    args = (f"dataset.path={prompts}", "output.dir=run", *FAST)
+    cli(*args)
+    card = cli.cwd / "run" / "README.md"
+    card.unlink()
+    again = cli(*args)
+    assert "nothing to do" in again.stdout
+    assert "| images | 5 |" in card.read_text()

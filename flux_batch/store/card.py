@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flux_batch.store.atomic import write_atomic
-from flux_batch.store.layout import README
+from flux_batch.store.layout import README, RUN_INFO
 
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
                    (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"))
@@ -68,7 +68,10 @@ seed, settings, SHA-256 of the file) is in the manifest; `run.json` holds every 
 
 def write_run_card(run_dir: Path, count: int, layout: str, image_glob: str) -> None:
     """README.md of a run directory in the flat or sharded layout (imagefolder + metadata.jsonl)."""
-    info = json.loads((run_dir / "run.json").read_text())
+    try:
+        info = json.loads((run_dir / RUN_INFO).read_text())
+    except (OSError, ValueError):  # no run.json: nothing rendered here yet, nothing to describe
+        return
     text = card(run_dir.name, ["metadata.jsonl", image_glob], info.get("settings", {}), count, layout,
                 "\nLoad it with `datasets.load_dataset(\"imagefolder\", data_dir=...)` or from the Hub "
                 "by its name; the `.txt` files beside the images, when present, are the prompts.\n")
