@@ -120,8 +120,11 @@ class Manifest:
         return content
 
     def _present_files(self) -> set[str]:
-        return {f"{folder.relative_to(self.run_dir).as_posix()}/{name}"
-                for folder in image_folders(self.run_dir) for name in os.listdir(folder)}
+        present: set[str] = set()
+        for folder in image_folders(self.run_dir):
+            prefix = f"{folder.relative_to(self.run_dir).as_posix()}/"
+            present.update(prefix + name for name in os.listdir(folder))
+        return present
 
     def done(self) -> set[tuple[str, int]]:
         return set(self.files)

@@ -84,13 +84,14 @@ class RunStore:
         """Delete the temp files a crash left; the images present, as manifest file_names
         (one listing of images/ serves both)."""
         present: set[str] = set()
-        folders = image_folders(self.dir)
-        for folder in [self.dir, *folders]:
+        for folder in [self.dir, *image_folders(self.dir)]:
+            images = folder != self.dir
+            prefix = f"{folder.relative_to(self.dir).as_posix()}/"  # once per folder: 1M names
             for name in os.listdir(folder):
                 if name.startswith(".") and name.endswith(TMP_SUFFIX):
                     os.unlink(folder / name)
-                elif folder is not self.dir:
-                    present.add(f"{folder.relative_to(self.dir).as_posix()}/{name}")
+                elif images:
+                    present.add(prefix + name)
         return present
 
     def read_run_info(self) -> dict[str, Any] | None:
