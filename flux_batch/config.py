@@ -21,6 +21,7 @@ from flux_batch.render import step_cache
 from flux_batch.render.step_cache import CacheOptions
 from flux_batch.samplers import SCHEDULERS
 from flux_batch.store.layout import DEFAULT_SHARD_SIZE
+from flux_batch.store.layout import Layout as StoreLayout
 
 
 class ImageFormat(str, Enum):
@@ -124,6 +125,7 @@ class DatasetConfig:
 class Layout(str, Enum):
     flat = "flat"  # images/<stem>.png
     sharded = "sharded"  # images/<5 digits>/<stem>.png, at most shard_size per folder
+    webdataset = "webdataset"  # shards/000000.tar, … of shard_size samples (png + json + txt)
 
 
 @dataclass
@@ -132,7 +134,7 @@ class OutputConfig:
     format: ImageFormat = ImageFormat.png
     quality: int = 95  # jpg / webp quality
     layout: Layout = Layout.flat
-    shard_size: Optional[int] = None  # sharded: images per folder (null: 10,000)
+    shard_size: Optional[int] = None  # images per folder (null: 10,000) or samples per tar (1,000)
     captions: bool = False  # <stem>.txt with the prompt beside each image
 
 
@@ -185,6 +187,11 @@ def cache_options(cache: DictConfig) -> CacheOptions:
     """The `cache` config as the renderer takes it."""
     return CacheOptions(method=value_of(cache.method), threshold=float(cache.threshold),
                         interval=cache.interval, warmup=cache.warmup, order=cache.order)
+
+
+def output_layout(output: DictConfig) -> StoreLayout:
+    """The `output` config as the store takes it."""
+    return StoreLayout(value_of(output.layout), shard_size(output), bool(output.captions))
 
 
 def shard_size(output: DictConfig) -> int:
@@ -303,6 +310,9 @@ def validate(cfg: DictConfig) -> None:
     check_positive_int("runtime.chunk_size", cfg.runtime.chunk_size)
     if cfg.output.shard_size is not None:
         check_positive_int("output.shard_size", cfg.output.shard_size)
+    if cfg.output.captions and value_of(cfg.output.layout) == "webdataset":
+        raise ConfigError("output.captions=true: output.layout=webdataset stores each prompt as "
+                          "its sample's .txt already; drop output.captions")
     check_positive_int("runtime.writers", cfg.runtime.writers, minimum=0)
     check_positive_int("runtime.write_queue", cfg.runtime.write_queue)
     check_positive_int("max_errors", cfg.max_errors, minimum=0)

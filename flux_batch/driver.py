@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from flux_batch import faults
-from flux_batch.config import cache_options, shard_size, validate, value_of
+from flux_batch.config import cache_options, output_layout, validate, value_of
 from flux_batch.errors import TooManyErrors
 from flux_batch.faults import crash_point
 from flux_batch.fingerprint import pixel_settings, run_info
@@ -94,7 +94,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
         plan = plan_run(cfg)
         settings = pixel_settings(cfg)
         worker = Worker.current(cfg.runtime.shard, cfg.runtime.num_shards)
-        share = open_share(worker, run_dir, plan, settings)  # this process's items (scale/)
+        layout = output_layout(cfg.output)
+        if layout.tars:
+            plan.check_free_columns(("shard", "key"), "output.layout=webdataset")
+        share = open_share(worker, run_dir, plan, settings, layout)  # this process's items (scale/)
         store, todo = share.store, share.todo
         try:
             summary = Summary(store.dir, total=share.scope, skipped=share.scope - share.pending,
@@ -143,15 +146,11 @@ def image_options(cfg: DictConfig, files: ModelFiles) -> ImageOptions:
         format=value_of(cfg.output.format), quality=cfg.output.quality, model=cfg.model.name,
         quant=cfg.quant.name, model_label=Path(files.transformer).name.removesuffix(".gguf"),
         loras=files.loras, shift=cfg.sampler.shift, cache=cache_options(cfg.cache).settings(),
-        layout=value_of(cfg.output.layout), shard_size=shard_size(cfg.output), captions=cfg.output.captions)
+        layout=output_layout(cfg.output))
 
 
 def _write_card(cfg: DictConfig, store: RunStore, count: int) -> None:
-    layout = value_of(cfg.output.layout)
-    images = f"images/{'*/' if layout == 'sharded' else ''}*{EXTENSIONS[value_of(cfg.output.format)]}"
-    if layout == "sharded":
-        layout += f", {shard_size(cfg.output):,} per folder"
-    write_run_card(store.dir, count, layout, images)
+    write_run_card(store.dir, count, output_layout(cfg.output), EXTENSIONS[value_of(cfg.output.format)])
 
 
 def _count_all_ranks(share: Share, summary: Summary) -> None:

@@ -8,7 +8,7 @@ arrival from the n-th on, written `<n>+`) misbehave the way real failures do:
 - `ENOSPC`, `EIO`: raise that OSError, as a full or failing disk would.
 - `nan`, `black`: at `pipeline_image`, replace the image with NaN or zero pixels.
 
-At the write points (`mid_image_write`, `mid_append`) every action first writes half the data
+At the write points (`mid_image_write`, `mid_append`, `mid_tar_write`) every action first writes half the data
 and fsyncs it, leaving what a real torn write leaves. Unset (the normal case), each fault point is
 one dictionary lookup.
 """
@@ -23,6 +23,9 @@ from dataclasses import dataclass
 POINTS = (
     "model_loaded", "mid_denoise", "pipeline_image", "write_queued", "image_encoded",
     "mid_image_write", "image_written", "mid_append", "manifest_appended", "export_shard_written",
+    # a tar shard (store/tar_shards.py): half a sample written, a sample in, the shard complete
+    # under its temporary name, renamed into place, listed (its index not yet written)
+    "mid_tar_write", "sample_added", "shard_sealed", "shard_renamed", "shard_listed",
 )
 ACTIONS = ("kill", "stop", "ENOSPC", "EIO", "nan", "black")
 

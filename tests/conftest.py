@@ -3,10 +3,12 @@ runs the installed `flux-batch` script the way a user does."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -138,10 +140,20 @@ def manifest(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def image_bytes(run_dir: Path, file_name: str) -> bytes:
+    """An image by its manifest file_name: a file, or a member of a tar shard
+    (`shards/000001.tar/000000004.png`), read with the standard library's tarfile."""
+    tar, sep, member = file_name.partition(".tar/")
+    if not sep:
+        return (run_dir / file_name).read_bytes()
+    with tarfile.open(run_dir / f"{tar}.tar") as archive:
+        return archive.extractfile(member).read()
+
+
 def pixels(run_dir: Path) -> dict[tuple[str, int], np.ndarray]:
     """(id, k) -> uint8 pixels of every image the manifest lists."""
     return {
-        (r["id"], r["k"]): np.asarray(Image.open(run_dir / r["file_name"]).convert("RGB"))
+        (r["id"], r["k"]): np.asarray(Image.open(io.BytesIO(image_bytes(run_dir, r["file_name"]))).convert("RGB"))
         for r in manifest(run_dir)
     }
 
@@ -168,9 +180,9 @@ def check_consistent(run_dir: Path) -> list[dict]:
     lines = path.read_bytes().split(b"\n")
     records = [json.loads(line) for line in lines[:-1]]
     for record in records:
-        data = (run_dir / record["file_name"]).read_bytes()
+        data = image_bytes(run_dir, record["file_name"])
         assert hashlib.sha256(data).hexdigest() == record["sha256"], record["file_name"]
-        Image.open(run_dir / record["file_name"]).load()
+        Image.open(io.BytesIO(data)).load()
     return records
 
 

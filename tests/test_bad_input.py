@@ -191,6 +191,9 @@ MATRIX_OVERRIDES = [
     ("cache=teacache", "Could not find 'cache/teacache'"),
     ("output.layout=sharded output.shard_size=0", "output.shard_size=0: must be an integer >= 1"),
     ("output.layout=zip", "full_key: output.layout"),
+    ("output.layout=webdataset output.shard_size=0", "output.shard_size=0: must be an integer >= 1"),
+    ("output.layout=webdataset output.captions=true",
+     "output.captions=true: output.layout=webdataset stores each prompt as its sample's .txt already"),
 ]
 
 

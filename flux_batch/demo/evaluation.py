@@ -2,6 +2,7 @@
 run of the same items (e.g. Q8_0 against the unquantized transformer)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +12,7 @@ from PIL import Image
 from flux_batch.errors import FluxBatchError
 from flux_batch.store.layout import MANIFEST
 from flux_batch.store.manifest import read_records
+from flux_batch.store.reader import RunImages
 from flux_batch.demo.scoring import matches, psnr, read
 from flux_batch.demo.shapes import parse
 
@@ -23,10 +25,10 @@ def load_records(run_dir: Path) -> list[dict]:
     return read_records(run_dir)
 
 
-def pixels_of(run_dir: Path, record: dict) -> np.ndarray:
-    path = run_dir / record["file_name"]
+def pixels_of(images: RunImages, record: dict) -> np.ndarray:
+    path = images.run_dir / record["file_name"]
     try:
-        return np.asarray(Image.open(path).convert("RGB"))
+        return np.asarray(Image.open(io.BytesIO(images.read(record["file_name"]))).convert("RGB"))
     except OSError as e:
         raise FluxBatchError(f"{path}: cannot read the image ({e})") from None
 
@@ -34,13 +36,14 @@ def pixels_of(run_dir: Path, record: dict) -> np.ndarray:
 def evaluate(run_dir: Path, reference: Optional[Path] = None) -> dict:
     """The scores of a run as a JSON-ready dict (what eval.json holds)."""
     records = load_records(run_dir)
+    images = RunImages(run_dir)
     items, skipped = [], []
     for record in records:
         caption = parse(record["prompt"])
         if caption is None:
             skipped.append(record["id"])
             continue
-        reading = read(pixels_of(run_dir, record))
+        reading = read(pixels_of(images, record))
         items.append({"id": record["id"], "k": record["k"], "prompt": record["prompt"],
                       "seed": record["seed"], "file_name": record["file_name"],
                       "read": {k: v for k, v in vars(reading).items()},
@@ -71,7 +74,8 @@ def accuracy(items: list[dict]) -> dict:
 def compare(run_dir: Path, records: list[dict], reference: Path) -> dict:
     """PSNR of each image against the reference run's image of the same (id, k)."""
     theirs = {(r["id"], r["k"]): r for r in load_records(reference)}
-    values = [psnr(pixels_of(run_dir, r), pixels_of(reference, theirs[(r["id"], r["k"])]))
+    ours, their_images = RunImages(run_dir), RunImages(reference)
+    values = [psnr(pixels_of(ours, r), pixels_of(their_images, theirs[(r["id"], r["k"])]))
               for r in records if (r["id"], r["k"]) in theirs]
     if not values:
         raise FluxBatchError(f"{reference}: holds none of the items of {run_dir}")

@@ -10,6 +10,7 @@ from typing import Iterator
 from flux_batch.errors import FluxBatchError
 from flux_batch.store.layout import MANIFEST
 from flux_batch.store.manifest import read_records
+from flux_batch.store.reader import RunImages
 
 
 class ExportError(FluxBatchError):
@@ -35,11 +36,13 @@ def read_run(run_dir: Path) -> list[dict]:
 
 
 def samples(run_dir: Path, records: list[dict]) -> Iterator[Sample]:
-    """Each record's sample, its image read and checked against the record's sha256."""
+    """Each record's sample, its image read (from a file or a tar shard) and checked against
+    the record's sha256."""
+    images = RunImages(run_dir)
     for number, record in enumerate(records):
         path = run_dir / record["file_name"]
         try:
-            data = path.read_bytes()
+            data = images.read(record["file_name"])
         except OSError as e:
             raise ExportError(f"{path}: cannot read the image of manifest line {number + 1} "
                               f"({e.strerror or e})") from None

@@ -101,6 +101,7 @@ class Plan:
         if isinstance(defaults, Settings):
             defaults = RowDefaults(defaults)
         self.base_seed = base_seed
+        self.path = path
         ids = assign_ids(rows, path)
         settings = _all_row_settings(rows, path, defaults)
         # (row, id, (settings, negative prompt), the row's num_images, how many of them are planned)
@@ -116,6 +117,15 @@ class Plan:
             self._rows.append((row, item_id, setting, n, min(n, left)))
             left -= n
         self.total = sum(planned for *_, planned in self._rows)
+
+    def check_free_columns(self, names: tuple[str, ...], why: str) -> None:
+        """PromptFileError naming each row with a column of one of `names`: fields the
+        manifest records gain for `why` (e.g. a tar shard's `shard` and `key`)."""
+        problems = [f"{self.path}:{row.line}: column {column!r} would overwrite the manifest field "
+                    f"of that name that {why} adds"
+                    for row, *_ in self._rows for column in row.extra if column.lower() in names]
+        if problems:
+            raise PromptFileError(problems)
 
     def keys(self) -> list[tuple[str, int]]:
         """(id, k) of every planned item, in plan order."""

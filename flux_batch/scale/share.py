@@ -17,6 +17,7 @@ from flux_batch.errors import FluxBatchError
 from flux_batch.plan.items import Item, Plan
 from flux_batch.scale.ranks import Group, Worker
 from flux_batch.fingerprint import check_same_run
+from flux_batch.store.layout import Layout
 from flux_batch.store.run_dir import RunStore
 
 
@@ -48,15 +49,17 @@ class Share:
                 f"items{span}; {self.scope - self.pending} of {self.scope} already done")
 
 
-def open_share(worker: Worker, run_dir: str | os.PathLike, plan: Plan, settings) -> Share:
+def open_share(worker: Worker, run_dir: str | os.PathLike, plan: Plan, settings,
+               layout: Layout = Layout()) -> Share:
     group = Group(worker)
-    store = RunStore(run_dir, part=worker.part)
+    store = RunStore(run_dir, part=worker.part, layout=layout)
     outcome: dict[str, Any] = {}
     if worker.leader:
         try:
             store.open(shared=worker.sharded)
             previous = store.read_run_info()
             check_same_run(previous, settings, store.dir)
+            store.repair_tars()
             scope, pending = _pending(worker, plan, store.manifest)
             outcome = {"previous": previous, "scope": scope, "pending": pending}
         except FluxBatchError as e:

@@ -36,9 +36,14 @@ class AppendLog:
 
     def append(self, record: dict[str, Any]) -> bytes:
         """Append one record; the line written, as bytes."""
+        return self.append_many([record])
+
+    def append_many(self, records: list[dict[str, Any]]) -> bytes:
+        """Append records in one write and one fsync (a kill may leave some of them, whole,
+        and a torn last one); the lines written, as bytes."""
         if self._file is None:
             self._open()
-        line = json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+        line = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
         try:
             if faults.write(self._file, line, self.fault_point) != len(line):
                 raise OSError(errno.EIO, f"short write to {self.path}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flux_batch.store.atomic import write_atomic
-from flux_batch.store.layout import README, RUN_INFO
+from flux_batch.store.layout import IMAGES, README, RUN_INFO, SHARDS, Layout
 
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
                    (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"))
@@ -66,15 +66,27 @@ seed, settings, SHA-256 of the file) is in the manifest; `run.json` holds every 
 {extra}"""
 
 
-def write_run_card(run_dir: Path, count: int, layout: str, image_glob: str) -> None:
-    """README.md of a run directory in the flat or sharded layout (imagefolder + metadata.jsonl)."""
+def write_run_card(run_dir: Path, count: int, layout: Layout, extension: str) -> None:
+    """README.md of a run directory: imagefolder + metadata.jsonl for the flat and sharded
+    layouts, the tar shards for webdataset."""
     try:
         info = json.loads((run_dir / RUN_INFO).read_text())
     except (OSError, ValueError):  # no run.json: nothing rendered here yet, nothing to describe
         return
-    text = card(run_dir.name, ["metadata.jsonl", image_glob], info.get("settings", {}), count, layout,
-                "\nLoad it with `datasets.load_dataset(\"imagefolder\", data_dir=...)` or from the Hub "
-                "by its name; the `.txt` files beside the images, when present, are the prompts.\n")
+    settings = info.get("settings", {})
+    if layout.tars:
+        text = card(run_dir.name, [f"{SHARDS}/*.tar"], settings, count,
+                    f"webdataset, {layout.shard_size:,} samples per tar",
+                    "\nEach sample is `<key>.png` (or .webp/.jpg), `<key>.json` (its record) and `<key>.txt` "
+                    "(its prompt). Load it with `datasets.load_dataset(\"webdataset\", data_files=...)` or "
+                    "`webdataset.WebDataset(...)`; `index/*.parquet` lists every sample with its record.\n")
+    else:
+        folders = "*/" if layout.name == "sharded" else ""
+        described = layout.name + (f", {layout.shard_size:,} per folder" if folders else "")
+        text = card(run_dir.name, ["metadata.jsonl", f"{IMAGES}/{folders}*{extension}"], settings, count,
+                    described,
+                    "\nLoad it with `datasets.load_dataset(\"imagefolder\", data_dir=...)` or from the Hub "
+                    "by its name; the `.txt` files beside the images, when present, are the prompts.\n")
     write_atomic(run_dir / README, text.encode("utf-8"))
 
 

@@ -17,7 +17,18 @@ from flux_batch.errors import RunDirError
 from flux_batch.store import manifest_index
 from flux_batch.store.append_log import AppendLog
 from flux_batch.store.atomic import write_atomic
-from flux_batch.store.layout import MANIFEST, image_folders
+from flux_batch.store.layout import MANIFEST, SHARDS, container, image_folders
+
+SHARDS_PREFIX = f"{SHARDS}/"
+
+
+def tar_shards_present(run_dir: Path) -> set[str]:
+    """`shards/000007.tar`, … : the complete tar shards (temporary ones start with a dot)."""
+    folder = run_dir / SHARDS
+    if not folder.is_dir():
+        return set()
+    return {f"{SHARDS_PREFIX}{name}" for name in os.listdir(folder)
+            if name.endswith(".tar") and not name.startswith(".")}
 
 
 def parse_line(path: Path, number: int, line: str | bytes) -> dict[str, Any]:
@@ -76,10 +87,12 @@ class Manifest:
         entries += parsed
         present = self._present_files() if present is None else present
         kept = dict(entries)
-        if len(kept) != len(entries) or not present.issuperset(kept.values()):
+        # a tar shard's samples are present when the shard is (a complete file, never changed)
+        where = (lambda names: map(container, names)) if self._has_tars(present) else (lambda names: names)
+        if len(kept) != len(entries) or not present.issuperset(where(kept.values())):
             kept = {}
             for key, file_name in entries:
-                if file_name in present:
+                if container(file_name) in present:
                     kept.pop(key, None)  # the later line wins
                     kept[key] = file_name
         self.files = kept
@@ -111,7 +124,7 @@ class Manifest:
         for line in data.split(b"\n")[:-1]:
             if line.strip():
                 record = json.loads(line)
-                if record["file_name"] in present:
+                if container(record["file_name"]) in present:
                     key = (record["id"], record["k"])
                     kept.pop(key, None)
                     kept[key] = line
@@ -124,7 +137,11 @@ class Manifest:
         for folder in image_folders(self.run_dir):
             prefix = f"{folder.relative_to(self.run_dir).as_posix()}/"
             present.update(prefix + name for name in os.listdir(folder))
-        return present
+        return present | tar_shards_present(self.run_dir)
+
+    @staticmethod
+    def _has_tars(present: set[str]) -> bool:
+        return any(name.startswith(SHARDS_PREFIX) for name in present)
 
     def done(self) -> set[tuple[str, int]]:
         return set(self.files)
@@ -133,16 +150,21 @@ class Manifest:
         return key in self.files
 
     def append(self, record: dict[str, Any]) -> None:
-        line = self._log.append(record)
-        key = (record["id"], record["k"])
-        self.files.pop(key, None)  # a key written again moves to the end, as in the file
-        self.files[key] = record["file_name"]
-        if not self._own_manifest:  # a part's lines reach the manifest (and index) by merging
-            return
-        self._lines.append((key, record["file_name"]))
-        self._hash.update(line)
-        self._length += len(line)
-        self._index_stale = True
+        self.append_many([record])
+
+    def append_many(self, records: list[dict[str, Any]]) -> None:
+        """Records in one fsynced write: a tar shard's samples, listed together."""
+        lines = self._log.append_many(records)
+        for record in records:
+            key = (record["id"], record["k"])
+            self.files.pop(key, None)  # a key written again moves to the end, as in the file
+            self.files[key] = record["file_name"]
+            if self._own_manifest:  # a part's lines reach the manifest (and index) by merging
+                self._lines.append((key, record["file_name"]))
+        if self._own_manifest:
+            self._hash.update(lines)
+            self._length += len(lines)
+            self._index_stale = True
 
     def close(self) -> None:
         """Close the log and bring the index up to date, so the next start reads the keys

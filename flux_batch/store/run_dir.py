@@ -14,16 +14,18 @@ from typing import Any
 from flux_batch.errors import RunDirError
 from flux_batch.store.append_log import AppendLog
 from flux_batch.store.atomic import TMP_SUFFIX, write_atomic
-from flux_batch.store.layout import ERRORS, IMAGES, MANIFEST, RUN_INFO, image_folders, is_shard_folder
+from flux_batch.store.layout import (ERRORS, IMAGES, MANIFEST, RUN_INFO, Layout, image_folders,
+                                     is_shard_folder)
 from flux_batch.store.lock import RunLock
-from flux_batch.store.manifest import Manifest
+from flux_batch.store.manifest import Manifest, tar_shards_present
 from flux_batch.store.parts import merge_lock, merge_parts, part_file, part_lock
+from flux_batch.store.tar_shards import TarShards
 
 
 class RunStore:
     """Owns one run directory (or, in a scaled-out run, one worker's part of it) for a run."""
 
-    def __init__(self, run_dir: str | os.PathLike, part: str | None = None):
+    def __init__(self, run_dir: str | os.PathLike, part: str | None = None, layout: Layout = Layout()):
         self.dir = Path(run_dir)
         self.images = self.dir / IMAGES
         self.part = part
@@ -31,6 +33,10 @@ class RunStore:
         self.part_lock = RunLock(self.dir, part_lock(part)) if part else None
         self.manifest = Manifest(self.dir, append_to=part_file(MANIFEST, part))
         self.errors = AppendLog(self.dir / part_file(ERRORS, part))
+        # webdataset: this process's tar shards, named after its part (store/tar_shards.py)
+        self.tars = TarShards(self.dir, part, layout.shard_size, self.manifest) if layout.tars else None
+        self.recovered = 0  # samples of unfinished tar shards recovered at the start
+        self.shared = False
 
     def open(self, shared: bool = False) -> None:
         """Lock the run (exclusive, or shared by the shards of a sharded run) and this worker's
@@ -43,6 +49,7 @@ class RunStore:
             # temp files of live shards must stay; one listing of images/ serves both
             present = None if shared else self._remove_temp_files()
             self.merge_parts(present)
+            self.shared = shared
         except OSError as e:
             self.close()
             raise RunDirError(f"cannot use the run directory {self.dir}: {e.strerror or e}") from None
@@ -62,6 +69,25 @@ class RunStore:
                 self.manifest.load(present=present)
                 self.prune_errors()
 
+    def repair_tars(self) -> None:
+        """Finish the tar shards a kill left (store/tar_shards.py): after the run is known to be
+        the same, before its pending items are found (recovered samples are done)."""
+        if self.tars is None:
+            return
+        try:
+            self.recovered = self.tars.repair(self._repairs(self.shared))
+        except OSError as e:
+            raise RunDirError(f"cannot use the run directory {self.dir}: {e.strerror or e}") from None
+
+    def _repairs(self, shared: bool):
+        """Whose unfinished tar shards this process may finish: anyone's when it holds the run
+        alone; in a sharded run, its own shard's (another shard may be restarting now, and
+        must not render items this one took over)."""
+        if not shared:
+            return lambda owner: True
+        shard = (self.part or "").split("-rank-")[0]
+        return lambda owner: owner is not None and (owner == shard or owner.startswith(f"{shard}-rank-"))
+
     def open_part(self) -> None:
         """A rank other than 0: its leader holds the run lock and read the manifest for it."""
         try:
@@ -71,6 +97,8 @@ class RunStore:
 
     def close_part(self) -> None:
         """Stop appending and free this worker's part for merging; keep the run lock."""
+        if self.tars is not None:  # a shard still open here is left for the next start to recover
+            self.tars.abandon()
         self.manifest.close()
         self.errors.close()
         if self.part_lock:
@@ -92,7 +120,7 @@ class RunStore:
                     os.unlink(folder / name)
                 elif images:
                     present.add(prefix + name)
-        return present
+        return present | tar_shards_present(self.dir)
 
     def read_run_info(self) -> dict[str, Any] | None:
         path = self.dir / RUN_INFO

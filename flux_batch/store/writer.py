@@ -14,8 +14,9 @@ from flux_batch.faults import crash_point
 from flux_batch.plan.items import Item
 from flux_batch.samplers import infotext_sampler
 from flux_batch.store.images import EXTENSIONS, encode, infotext, to_uint8
-from flux_batch.store.layout import caption_name, image_name
+from flux_batch.store.layout import Layout, caption_name, image_name, sample_key
 from flux_batch.store.run_dir import RunStore
+from flux_batch.store.tar_shards import Sample
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,9 +34,7 @@ class ImageOptions:
     loras: tuple = ()  # model.lora.LoraFile
     shift: float | None = None
     cache: dict | None = None  # the step cache's settings (render/step_cache.py), None without
-    layout: str = "flat"  # flat or sharded (store/layout.py)
-    shard_size: int = 0  # sharded: images per folder
-    captions: bool = False  # the prompt as <stem>.txt beside each image
+    layout: Layout = Layout()  # where the images go (store/layout.py)
     infotext_extra: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self):
@@ -74,8 +73,11 @@ class ImageWriter:
     def record(self, item: Item) -> dict:
         """The item's manifest record (record.FIELDS, less sha256), then the row's own columns."""
         s, o = item.settings, self.options
-        record = {
-            "file_name": image_name(o.layout, o.shard_size, item.index, item.file_stem, EXTENSIONS[o.format]),
+        extension = EXTENSIONS[o.format]
+        layout = o.layout
+        record = {  # a tar shard's sample: its member's name, placed in its shard when added
+            "file_name": (f"{sample_key(item.index)}{extension}" if layout.tars else
+                          image_name(layout.name, layout.shard_size, item.index, item.file_stem, extension)),
             "id": item.id, "k": item.k, "prompt": item.prompt, "seed": item.seed,
             "width": s.width, "height": s.height, "steps": s.steps, "guidance": s.guidance,
             "negative_prompt": item.negative_prompt or "", "true_cfg": s.true_cfg,
@@ -90,34 +92,44 @@ class ImageWriter:
     def write(self, item: Item, image: np.ndarray) -> None:
         """Hand in one image; lists every earlier image whose write has finished."""
         if self.pool is None:
-            self._list(item, self._save(item, image))
+            self._list(item, *self._save(item, image))
             return
         self.pending.append((item, self.pool.submit(self._save, item, image)))
         crash_point("write_queued")
         self._list_finished(wait=len(self.pending) > self.queue)
 
     def drain(self) -> None:
-        """Wait for every image handed in and list it: after the last batch, or a stop request."""
+        """Wait for every image handed in and list it: after the last batch, or a stop request.
+        An open tar shard is closed and listed too."""
         while self.pending:
             self._list_finished(wait=True)
+        if self.store.tars is not None:
+            try:
+                self.store.tars.close_shard()
+            except OSError as e:
+                raise write_error(self.store, e) from None
 
     def close(self) -> None:
         """Stop the pool, waiting for writes in flight (their images are orphans, not listed:
-        called after a failure, when nothing more may enter the manifest)."""
+        called after a failure, when nothing more may enter the manifest). An open tar shard
+        stays under its temporary name: the next start recovers its samples."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pending.clear()
+        if self.store.tars is not None:
+            self.store.tars.abandon()
 
     def _list_finished(self, wait: bool) -> None:
         """Append the records of the finished writes at the head of the queue (and, with
         `wait`, of the oldest at least): the manifest keeps the order images were handed in."""
         while self.pending and (wait or self.pending[0][1].done()):
             item, future = self.pending.popleft()
-            self._list(item, future.result())  # re-raises the write's error here
+            self._list(item, *future.result())  # re-raises the write's error here
             wait = False
 
-    def _save(self, item: Item, image: np.ndarray) -> dict:
-        """Encode and write one image (on a pool thread); its record, with its sha256."""
+    def _save(self, item: Item, image: np.ndarray) -> tuple[dict, bytes | None]:
+        """Encode and write one image (on a pool thread); its record, with its sha256, and for
+        a tar shard the encoded image (added to the shard in order, on the render thread)."""
         o = self.options
         record = self.record(item)
         sampler = infotext_sampler(item.settings.scheduler)
@@ -125,20 +137,27 @@ class ImageWriter:
         data = encode(to_uint8(image), o.format, o.quality, parameters, record)
         record["sha256"] = hashlib.sha256(data).hexdigest()
         crash_point("image_encoded")
+        if o.layout.tars:
+            return record, data
         try:
             self.store.save_image(record["file_name"], data)
             crash_point("image_written")
-            if o.captions:  # before the manifest line: a listed image always has its caption
+            if o.layout.captions:  # before the manifest line: a listed image always has its caption
                 self.store.save_caption(caption_name(record["file_name"]), item.prompt)
         except OSError as e:
             raise write_error(self.store, e) from None
-        return record
+        return record, None
 
-    def _list(self, item: Item, record: dict) -> None:
-        """The manifest line of an image on disk (fsynced by save_image), appended in order."""
+    def _list(self, item: Item, record: dict, data: bytes | None) -> None:
+        """The manifest line of an image on disk (fsynced by save_image), appended in order; or
+        the sample into this process's open tar shard, listed when the shard is complete."""
         try:
-            self.store.manifest.append(record)
-            crash_point("manifest_appended")
+            if data is not None:
+                key, _, extension = record["file_name"].partition(".")
+                self.store.tars.add(Sample(key, extension, data, record, item.prompt))
+            else:
+                self.store.manifest.append(record)
+                crash_point("manifest_appended")
         except OSError as e:
             raise write_error(self.store, e) from None
         self.on_written(item)

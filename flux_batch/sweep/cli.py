@@ -66,7 +66,8 @@ def make(args: argparse.Namespace) -> str:
     item_axis = args.rows if args.rows != "job" else args.cols
     item_labels = [_item_label(results, key, item_axis) for key in results.items]
     job_labels = [results.job_label(job) for job in results.jobs]
-    cells = [[job.dir / job.records[key]["file_name"] if key in job.records else None
+    extract_to = results.dir / sweep_results.EXTRACTED
+    cells = [[job.image_path(key, extract_to) if key in job.records else None
               for job in results.jobs] for key in results.items]
     if args.rows == "job":
         cells = [list(column) for column in zip(*cells)]

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from flux_batch.record import FIELDS
-from flux_batch.sweep.results import SweepResults
+from flux_batch.sweep.results import EXTRACTED, SweepResults
 
 STYLE = """
 body { font-family: DejaVu Sans, Helvetica, Arial, sans-serif; margin: 1.5em; color: #222; }
@@ -50,7 +50,7 @@ def write(results: SweepResults, out: Path, grid_png: Path | None = None) -> Pat
             if record is None:
                 parts.append("<td class='cell'><div class='missing'></div></td>")
                 continue
-            src = _href(job.dir / record["file_name"], page_dir)
+            src = _href(job.image_path(key, results.dir / EXTRACTED), page_dir)
             parts.append(f"<td class='cell'><a href='{src}'><img src='{src}' alt='{_e(key[0])}'></a>"
                          f"seed {_e(record.get('seed'))}</td>")
         parts.append("</tr>")
@@ -74,8 +74,8 @@ def _manifest_table(results: SweepResults, page_dir: Path) -> list[str]:
             if column == "job":
                 out.append(f"<td>{_e(job.name)}</td>")
             elif column == "file_name":
-                out.append(f"<td><a href='{_href(job.dir / record['file_name'], page_dir)}'>"
-                           f"{_e(record['file_name'])}</a></td>")
+                image = job.image_path((record["id"], record["k"]), results.dir / EXTRACTED)
+                out.append(f"<td><a href='{_href(image, page_dir)}'>{_e(record['file_name'])}</a></td>")
             else:
                 out.append(f"<td>{_e(record.get(column))}</td>")
         out.append("</tr>")

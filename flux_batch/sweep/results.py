@@ -13,7 +13,10 @@ from typing import Any
 from flux_batch.errors import FluxBatchError
 from flux_batch.store.layout import MANIFEST
 from flux_batch.store.manifest import read_records
+from flux_batch.store.reader import RunImages
 from flux_batch.sweep.state import SWEEP_FILE
+
+EXTRACTED = "tar-images"  # copies of tar shards' images the grid and gallery show, per job
 
 
 @dataclass
@@ -23,6 +26,12 @@ class Job:
     overrides: dict[str, str]
     state: str = "unknown"
     records: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    images: RunImages | None = None
+
+    def image_path(self, key: tuple[str, int], extract_to: Path) -> Path:
+        """A file of the item's image that a browser or PIL opens: its own, or for a tar
+        shard's sample a copy under `extract_to/<job>/`."""
+        return self.images.local_path(self.records[key]["file_name"], extract_to / self.name)
 
 
 @dataclass
@@ -55,7 +64,8 @@ def load(sweep_dir: str | Path) -> SweepResults:
         raise FluxBatchError(f"{sweep_dir}: no job of this sweep has rendered an image yet")
     items: dict[tuple[str, int], None] = {}
     for job in jobs:
-        job.records = _records(job.dir)
+        job.images = RunImages(job.dir)
+        job.records = _records(job.dir, job.images)
         items.update(dict.fromkeys(job.records))
     return SweepResults(sweep_dir, jobs, list(items))
 
@@ -81,6 +91,6 @@ def _jobs_from_folders(sweep_dir: Path) -> list[Job]:
     return jobs
 
 
-def _records(run_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
+def _records(run_dir: Path, images: RunImages) -> dict[tuple[str, int], dict[str, Any]]:
     """The records whose image is there, the later line winning for a key written twice."""
-    return {(r["id"], r["k"]): r for r in read_records(run_dir) if (run_dir / r["file_name"]).exists()}
+    return {(r["id"], r["k"]): r for r in read_records(run_dir) if images.exists(r["file_name"])}
