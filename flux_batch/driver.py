@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from flux_batch import faults
 from flux_batch.config import cache_options, output_layout, validate, value_of
@@ -26,7 +26,9 @@ from flux_batch.model.cache import get_pipeline
 from flux_batch.model.device import resolve_device
 from flux_batch.model.files import ModelFiles, resolve_files
 from flux_batch.model.load import LoadOptions
+from flux_batch.plan import known as known_plan
 from flux_batch.plan.items import Item, Plan, RowDefaults, Settings
+from flux_batch.plan.known import KnownPlan
 from flux_batch.plan.prompts import Fields, find_prompt_file, read_rows
 from flux_batch.plan.sizes import area, default_size
 from flux_batch.render.schedule import RenderOptions
@@ -69,15 +71,38 @@ class Summary:
         )
 
 
-def plan_run(cfg: DictConfig) -> Plan:
-    """The prompt file's items (first `limit` only), checked whole, or PromptFileError."""
+def plan_run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> Plan | KnownPlan:
+    """The prompt file's items (first `limit` only), checked whole, or PromptFileError. With
+    `run_dir`: the keys that run kept for this very file and these settings, when it has them
+    (the file is then parsed only if an item is pending)."""
     d = cfg.dataset
-    rows = read_rows(find_prompt_file(d.path), d.format, Fields(prompt=d.prompt_field, id=d.id_field))
-    s = cfg.sampler
-    width, height = default_size(s)
-    settings = Settings(width, height, s.steps, float(s.guidance), float(s.true_cfg), s.scheduler)
-    defaults = RowDefaults(settings, s.negative_prompt, area(s))
-    return Plan(rows, str(d.path), defaults, cfg.seed, cfg.num_images, cfg.limit)
+    prompt_file = find_prompt_file(d.path)
+
+    def parse() -> Plan:
+        rows = read_rows(prompt_file, d.format, Fields(prompt=d.prompt_field, id=d.id_field))
+        s = cfg.sampler
+        width, height = default_size(s)
+        settings = Settings(width, height, s.steps, float(s.guidance), float(s.true_cfg), s.scheduler)
+        defaults = RowDefaults(settings, s.negative_prompt, area(s))
+        return Plan(rows, str(d.path), defaults, cfg.seed, cfg.num_images, cfg.limit)
+
+    if run_dir is None or not Path(prompt_file).is_file():
+        return parse()
+    digest = known_plan.plan_digest(Path(prompt_file), _plan_shape(cfg))
+    keys = known_plan.load(Path(run_dir), digest)
+    if keys is not None:
+        return KnownPlan(keys, str(d.path), digest, parse)
+    plan = parse()
+    plan.digest = digest
+    return plan
+
+
+def _plan_shape(cfg: DictConfig) -> dict[str, Any]:
+    """The settings a plan's keys and checks depend on, besides the prompt file's bytes."""
+    return {"dataset": {k: cfg.dataset[k] for k in ("format", "prompt_field", "id_field")},
+            "sampler": OmegaConf.to_container(cfg.sampler, resolve=True, enum_to_str=True),
+            "seed": cfg.seed, "num_images": cfg.num_images, "limit": cfg.limit,
+            "layout": value_of(cfg.output.layout)}
 
 
 def plan_items(cfg: DictConfig) -> list[Item]:
@@ -91,7 +116,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
     with StopSignals() as stop:
         validate(cfg)
         lora.check(cfg.lora)
-        plan = plan_run(cfg)
+        plan = plan_run(cfg, run_dir)
         settings = pixel_settings(cfg)
         worker = Worker.current(cfg.runtime.shard, cfg.runtime.num_shards)
         layout = output_layout(cfg.output)
@@ -100,6 +125,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
         share = open_share(worker, run_dir, plan, settings, layout)  # this process's items (scale/)
         store, todo = share.store, share.todo
         try:
+            if worker.leader:  # the next start finds its pending items without parsing the file
+                known_plan.keep(store.dir, plan)
             summary = Summary(store.dir, total=share.scope, skipped=share.scope - share.pending,
                               shard=worker.shard_label, ranks=worker.world)
             if cfg.runtime.dry_run:

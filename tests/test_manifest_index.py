@@ -142,3 +142,21 @@ def test_a_line_that_is_not_utf8_is_malformed_and_named(run):
         f.write(b'{"file_name": "images/d.png", "id": "d\xff", "k": 0}\n' + line("e").encode())
     with pytest.raises(RunDirError, match=r"metadata\.jsonl:4: malformed manifest line"):
         opened(run)
+
+
+def test_an_unchanged_manifest_is_taken_from_the_index_without_reading_it(run, monkeypatch):
+    """The index keeps the manifest's size, mtime and inode; while they hold, a start reads the
+    index alone. A hand edit changes them, and the manifest is read again."""
+    def not_read(*args):
+        raise AssertionError("the manifest was read")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(manifest_index, "read", not_read)
+        assert reopened_keys(run) == {("a", 0), ("b", 0), ("c", 0)}
+    with open(run / "metadata.jsonl", "a") as f:  # by hand: the index no longer describes it
+        f.write(line("d"))
+    (run / "images" / "d.png").write_bytes(b"png")
+    assert reopened_keys(run) == {("a", 0), ("b", 0), ("c", 0), ("d", 0)}
+    with monkeypatch.context() as patched:  # and the rewritten index is trusted again
+        patched.setattr(manifest_index, "read", not_read)
+        assert reopened_keys(run) == {("a", 0), ("b", 0), ("c", 0), ("d", 0)}

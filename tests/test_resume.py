@@ -5,6 +5,8 @@ import fcntl
 import json
 import os
 
+import pytest
+
 from conftest import FAST, PROMPTS, manifest, wait_until_stopped, write_prompts
 
 
@@ -124,3 +126,27 @@ def test_manifest_repair_on_open_keeps_one_line_per_finished_image(tmp_path):
     records = manifest(run)
     assert [(r["id"], r["n"]) for r in records] == [("b", ""), ("a", "again")]
     assert store.manifest.done() == {("a", 0), ("b", 0)}  # the orphan and "gone" render again
+
+
+def test_a_finished_run_resumes_without_parsing_its_prompt_file(cli, hydra_config, monkeypatch):
+    """The run keeps its plan's keys (.plan.index) for the prompt file's bytes and settings: a
+    resume with nothing pending does not parse the file; an edited file is parsed again."""
+    from conftest import compose_config
+    from flux_batch import driver
+
+    prompts = write_prompts(cli.cwd / "p.jsonl", PROMPTS[:3])
+    args = (f"dataset.path={prompts}", *FAST)
+    cli(*args, "output.dir=run")
+    assert (cli.cwd / "run" / ".plan.index").exists()
+
+    def not_parsed(*args, **kwargs):
+        raise AssertionError("the prompt file was parsed")
+
+    monkeypatch.setattr(driver, "read_rows", not_parsed)
+    summary = driver.run(compose_config(*args), cli.cwd / "run")
+    assert summary.line() == f"{cli.cwd / 'run'}: nothing to do, all 3 items already done"
+    write_prompts(prompts, PROMPTS[:4])  # one more row: other bytes
+    with pytest.raises(AssertionError, match="the prompt file was parsed"):
+        driver.run(compose_config(*args), cli.cwd / "run")
+    monkeypatch.undo()
+    assert "rendered 2, skipped 3 already done" in cli(*args, "output.dir=run").stdout

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FAST, check_consistent, load_dataset, manifest, pixels, write_prompts
+from conftest import FAST, check_consistent, load_dataset, pixels, write_prompts
 
 ROWS = [
     {"id": "fox", "prompt": "a red fox in the snow"},

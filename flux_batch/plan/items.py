@@ -102,6 +102,7 @@ class Plan:
             defaults = RowDefaults(defaults)
         self.base_seed = base_seed
         self.path = path
+        self.digest: str | None = None  # set by the driver: what plan/known.py keeps it under
         ids = assign_ids(rows, path)
         settings = _all_row_settings(rows, path, defaults)
         # (row, id, (settings, negative prompt), the row's num_images, how many of them are planned)

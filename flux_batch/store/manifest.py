@@ -79,17 +79,18 @@ class Manifest:
         file_names of the images there, when the caller has just listed them."""
         if not self.path.exists():
             return
+        present = self._present_files() if present is None else present
+        current = manifest_index.read_current(self.index_path, self.path)
+        if current is not None and self._trust(current, present):
+            return
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1  # bytes after the last newline: a torn append
         whole = memoryview(data)[:end]
         entries, covered = manifest_index.read(self.index_path, whole)
         parsed, blank = self._parse(whole[covered:], first_line=len(entries) + 1)
         entries += parsed
-        present = self._present_files() if present is None else present
         kept = dict(entries)
-        # a tar shard's samples are present when the shard is (a complete file, never changed)
-        where = (lambda names: map(container, names)) if self._has_tars(present) else (lambda names: names)
-        if len(kept) != len(entries) or not present.issuperset(where(kept.values())):
+        if len(kept) != len(entries) or not self._all_present(kept, present):
             kept = {}
             for key, file_name in entries:
                 if container(file_name) in present:
@@ -100,7 +101,24 @@ class Manifest:
         data = bytes(whole) if clean else self._rewrite(bytes(whole), present)
         self._lines = entries if clean else list(kept.items())
         self._hash, self._length = hashlib.sha256(data), len(data)
-        self._index_stale = not clean or covered < end
+        self._index_stale = True  # the index did not describe this manifest: written at close
+
+    def _trust(self, entries: list[manifest_index.Entry], present: set[str]) -> bool:
+        """Take the index's entries as the manifest (unchanged since the index was written)
+        when every key is there once and every image is present; else False."""
+        kept = dict(entries)
+        if len(kept) != len(entries) or not self._all_present(kept, present):
+            return False
+        self.files, self._lines = kept, entries
+        self._hash = None  # the manifest was not read: hashed again only if appended to
+        self._length = os.path.getsize(self.path)
+        self._index_stale = False
+        return True
+
+    def _all_present(self, kept: dict, present: set[str]) -> bool:
+        # a tar shard's samples are present when the shard is (a complete file, never changed)
+        names = map(container, kept.values()) if self._has_tars(present) else kept.values()
+        return present.issuperset(names)
 
     def _parse(self, data: memoryview, first_line: int) -> tuple[list, bool]:
         """((id, k), file_name) of each line of `data` (whole lines), and whether one was blank."""
@@ -162,7 +180,8 @@ class Manifest:
             if self._own_manifest:  # a part's lines reach the manifest (and index) by merging
                 self._lines.append((key, record["file_name"]))
         if self._own_manifest:
-            self._hash.update(lines)
+            if self._hash is not None:
+                self._hash.update(lines)
             self._length += len(lines)
             self._index_stale = True
 
@@ -171,6 +190,22 @@ class Manifest:
         instead of every JSON line."""
         self._log.close()
         if self._index_stale:
-            manifest_index.write(self.index_path, self._hash.hexdigest(), self._length, self._lines)
+            digest = self._digest()
+            whole = digest is not None and os.path.getsize(self.path) == self._length
+            manifest_index.write(self.index_path, digest, self._length, self._lines,
+                                 manifest=self.path if whole else None)
             self._index_stale = False
+
+    def _digest(self) -> str | None:
+        """The manifest's SHA-256 as this process wrote it; read back from disk when the start
+        trusted the index without reading the manifest."""
+        if self._hash is not None:
+            return self._hash.hexdigest()
+        digest = hashlib.sha256()
+        try:
+            with open(self.path, "rb") as f:
+                digest.update(f.read(self._length))
+        except OSError:
+            return None
+        return digest.hexdigest()
 
