@@ -3,7 +3,8 @@
     python bench/layouts.py [--images 2000] [--repeat 2]
 
 Renders `--images` items (32x32, 2 steps, batch size 8) once per layout and repeat, the layouts
-alternating: flat, sharded (1,000 per folder), flat with captions. Then exports the first flat
+alternating: flat, sharded (1,000 per folder), flat with captions, webdataset (tar shards of
+1,000 samples written by the run, with their Parquet index). Then exports the first flat
 run with `flux-batch-export --to webdataset` and `--to parquet`. Reports images/s of each
 command (whole process), files created and bytes on disk, as ratios to flat.
 """
@@ -26,7 +27,8 @@ from bench.results import machine, write_section  # noqa: E402
 
 BIN = Path(sys.executable).parent
 LAYOUTS = {"flat": [], "sharded": ["output.layout=sharded", "output.shard_size=1000"],
-           "flat + captions": ["output.captions=true"]}
+           "flat + captions": ["output.captions=true"],
+           "webdataset": ["output.layout=webdataset", "output.shard_size=1000"]}
 
 
 def timed(args: list, env: dict) -> float:

@@ -129,3 +129,32 @@ def test_html_gallery_renders_in_headless_chromium(sweep, tmp_path):
     # colourful pixels mean the thumbnails loaded through their relative links
     saturation = pixels.max(axis=2) - pixels.min(axis=2)
     assert (saturation > 80).sum() > 20000
+
+
+def test_a_sweep_in_the_webdataset_layout_shows_its_tar_members(model_cache, tmp_path):
+    """Images inside tar shards: the grid reads them, the gallery links copies a browser opens."""
+    import hashlib
+    import re
+
+    prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS[:2])
+    Cli(tmp_path, model_cache)("-m", "sampler.steps=1,2", "hydra.sweep.dir=sw", f"dataset.path={prompts}",
+                               "output.layout=webdataset", "sampler.width=32", "sampler.height=32",
+                               "runtime.progress=false")
+    sweep_dir = tmp_path / "sw"
+    result = grid(sweep_dir, "--html")
+    assert result.returncode == 0, result.stderr
+    _, info = layout(sweep_dir / "grid.png")
+    assert len(info["cells"]) == 4
+    records = {}
+    for job in sweep_dir.iterdir():
+        if (job / "metadata.jsonl").exists():
+            for line in (job / "metadata.jsonl").read_text().splitlines():
+                record = json.loads(line)
+                records[record["sha256"]] = record
+    for cell in info["cells"]:  # each cell is a copy of a listed tar member, byte for byte
+        data = open(cell["file"], "rb").read()
+        assert hashlib.sha256(data).hexdigest() in records
+        assert "/tar-images/" in cell["file"]
+    page = (sweep_dir / "index.html").read_text()
+    sources = re.findall(r"<img src='([^']+)'", page)
+    assert len(sources) == 4 and all((sweep_dir / src).is_file() for src in sources)
