@@ -191,7 +191,7 @@ class TarShards:
         for owner, (is_temp, number) in _scan(self.folder):
             if mine(owner):
                 if is_temp:
-                    temps.append(self.folder / f".{Path(tar_name(owner, number)).name}{PARTIAL}")
+                    temps.append(temp_path(self.run_dir / tar_name(owner, number)))
                 else:
                     shards.setdefault(owner, []).append(number)
         self._list_newest(tar_name(owner, max(numbers)) for owner, numbers in shards.items())
@@ -226,10 +226,10 @@ class TarShards:
             if index_path(self.run_dir, name).name not in indexes:
                 self._write_index(name, read_records_of(self.run_dir / name))
         wanted = {index_path(self.run_dir, name).name for name in shards}
-        for index in indexes - wanted:
-            parsed = parse_tar_name(index.removesuffix(".parquet") + ".tar")
-            if parsed is not None and mine(parsed[0]) and index.endswith(".parquet"):
-                os.unlink(folder / index)  # a shard's index written, then the shard recovered away
+        for index in sorted(indexes - wanted):  # their shard deleted by hand: its items render again
+            parsed = parse_tar_name(index.removesuffix(".parquet") + ".tar") if index.endswith(".parquet") else None
+            if parsed is not None and mine(parsed[0]):
+                os.unlink(folder / index)
 
     def _recover(self, temp: Path) -> int:
         """Copy a dead writer's whole samples, not done yet, into a shard of this writer's;
