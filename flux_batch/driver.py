@@ -125,8 +125,6 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
         share = open_share(worker, run_dir, plan, settings, layout)  # this process's items (scale/)
         store, todo = share.store, share.todo
         try:
-            if worker.leader:  # the next start finds its pending items without parsing the file
-                known_plan.keep(store.dir, plan)
             summary = Summary(store.dir, total=share.scope, skipped=share.scope - share.pending,
                               shard=worker.shard_label, ranks=worker.world)
             if cfg.runtime.dry_run:
@@ -137,6 +135,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
                 _render_all(cfg, settings, worker, share, summary, stop)
                 if worker.alone:
                     store.prune_errors()  # items retried with success leave the errors log
+            if worker.leader:  # the next start finds its pending items without parsing the file
+                known_plan.keep(store.dir, plan)  # (not before: a refused model leaves nothing)
             _count_all_ranks(share, summary)
             # the card: by a lone process or a launch's first rank (a shard knows only its
             # share); also by a run that finds a finished directory without one
