@@ -2,8 +2,9 @@
 
 One module owns GGUF writing: the tiny model builder and `flux-batch-gguf quantize` both come
 here. The tensor-type policy follows the community FLUX files: 2-D weights of the transformer
-blocks are quantized; 1-D tensors, small tensors and the input/output layers stay in F32/F16
-(a 1-D tensor is never stored as BF16, which diffusers would misread).
+blocks are quantized; 1-D tensors and small tensors stay in F32, the input/output layers in F16
+(in BF16 in a BF16 file, which so keeps a bf16 source exactly, as city96's BF16 files do).
+Files from other converters may hold 1-D BF16 tensors; the loader reads those (gguf/mmap.py).
 
 Writing streams: the header and tensor table are written from shapes alone, then each tensor
 is read, quantized and appended, so memory holds one tensor at a time.
@@ -124,8 +125,8 @@ def tensor_type(name: str, shape: tuple[int, ...], qtype: str) -> str:
 
     if len(shape) != 2 or math.prod(shape) < SMALL:
         return "F32"
-    if name.startswith(KEEP_PREFIXES) or qtype in ("F32", "F16"):
-        return "F16" if qtype != "F32" else "F32"
+    if name.startswith(KEEP_PREFIXES) or qtype in ("F32", "F16", "BF16"):
+        return qtype if qtype in ("F32", "BF16") else "F16"
     return qtype if shape[-1] % BLOCK[qtype][0] == 0 else "F16"
 
 

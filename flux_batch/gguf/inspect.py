@@ -8,13 +8,20 @@ from flux_batch.gguf import keys as flux_keys
 from flux_batch.gguf.file import open_reader
 
 UNQUANTIZED = ("F32", "F16")  # diffusers loads these as plain tensors in the compute dtype
+# what diffusers 0.42's GGUF layers run (diffusers.quantizers.gguf.utils.SUPPORTED_GGUF_QUANT_TYPES),
+# plus the plain types; written out so checking a file imports neither diffusers nor torch
+LOADABLE_TYPES = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+                  "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"}
 
 
 def summarize(path: str | os.PathLike) -> dict:
     """A JSON-ready description of the GGUF file at `path` (ValueError if not GGUF)."""
     path = Path(path)
     reader = open_reader(path)
-    shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
+    names = [t.name for t in reader.tensors]
+    prefixed = any(name.startswith(flux_keys.BFL_PREFIX) for name in names)
+    shapes = {name: tuple(int(d) for d in reversed(t.shape))
+              for name, t in zip(flux_keys.unprefixed(names), reader.tensors)}
     layout = flux_keys.layout_of(shapes)
     n_double, n_single = flux_keys.block_counts(shapes, layout) if layout else (0, 0)
     hidden = shapes.get("img_in.weight" if layout == "bfl" else "x_embedder.weight", (None,))[0]
@@ -34,6 +41,7 @@ def summarize(path: str | os.PathLike) -> dict:
         "file_type": _file_type(_field(reader, "general.file_type")),
         "quantization_version": _field(reader, "general.quantization_version"),
         "layout": layout,
+        "prefix": flux_keys.BFL_PREFIX if prefixed else None,
         "variant": ("dev" if flux_keys.has_guidance(shapes) else "schnell") if layout else None,
         "double_blocks": n_double,
         "single_blocks": n_single,
@@ -45,17 +53,16 @@ def summarize(path: str | os.PathLike) -> dict:
     }
 
 
-DIFFUSERS_BFL_WIDTH = 3072  # diffusers' BFL-name conversion assumes FLUX's hidden size
-
-
 def loading_problem(path: str | os.PathLike) -> str | None:
-    """Why diffusers' from_single_file cannot load this GGUF as a FLUX transformer, if it can't."""
+    """Why a local GGUF cannot be loaded as a FLUX transformer, if it can't. (Any hidden size
+    loads: gguf/mmap.py splits a BFL file's fused tensors itself.)"""
     info = summarize(path)
     if info["layout"] is None:
         return "no FLUX transformer tensors in it (img_in/double_blocks or x_embedder/transformer_blocks)"
-    if info["layout"] == "bfl" and info["hidden_size"] != DIFFUSERS_BFL_WIDTH:
-        return (f"BFL key names with hidden size {info['hidden_size']}, which diffusers converts only "
-                f"at {DIFFUSERS_BFL_WIDTH}; write it with `flux-batch-gguf quantize --layout diffusers`")
+    unsupported = sorted(set(info["types"]) - LOADABLE_TYPES)
+    if unsupported:
+        return (f"it holds {', '.join(unsupported)} tensors, which diffusers' GGUF layers do not "
+                f"run (they run {', '.join(sorted(LOADABLE_TYPES))})")
     return None
 
 
@@ -97,7 +104,8 @@ def render(info: dict) -> str:
     layout = {"bfl": "BFL (Black Forest Labs) key layout", "diffusers": "diffusers key layout"}
     lines = [
         f"file          {info['file']} ({size_text(info['file_size'])}, {info['file_size']:,} bytes)",
-        f"architecture  {info['architecture']}, {layout.get(info['layout'], 'not a FLUX transformer')}",
+        f"architecture  {info['architecture']}, {layout.get(info['layout'], 'not a FLUX transformer')}"
+        + (f", names prefixed {info['prefix']}" if info.get("prefix") else ""),
     ]
     if info["layout"]:
         guidance = "guidance_in present" if info["variant"] == "dev" else "no guidance_in"

@@ -22,6 +22,12 @@ class Fused:
     swap: bool = False  # the two halves along dim 0 are swapped between layouts
 
 
+def unprefixed(names) -> list[str]:
+    """Tensor names without the `model.diffusion_model.` prefix of full checkpoints, which some
+    converters (stable-diffusion.cpp's) keep in a transformer-only GGUF."""
+    return [name.removeprefix(BFL_PREFIX) for name in names]
+
+
 def layout_of(names) -> str | None:
     """'bfl' or 'diffusers' from a set of tensor names, or None when neither."""
     names = set(names)

@@ -41,20 +41,30 @@ def state_dict(path: str | os.PathLike) -> dict:
             raise ValueError(f"{tensor.name} has the quantization type {kind.name}, which "
                              "diffusers' GGUF layers do not support")
         weights = torch.from_numpy(tensor.data)  # shares the mapping's memory
-        tensors[tensor.name] = weights if kind in plain else GGUFParameter(weights, quant_type=kind)
+        if kind == gguf.GGMLQuantizationType.BF16 and len(tensor.shape) == 1:
+            # a bias or norm scale (stable-diffusion.cpp keeps a bf16 source's as BF16): a
+            # plain bfloat16 tensor, as ComfyUI-GGUF reads it; packed, diffusers would take
+            # its bytes for values
+            tensors[tensor.name] = weights.view(torch.bfloat16)
+        else:
+            tensors[tensor.name] = weights if kind in plain else GGUFParameter(weights, quant_type=kind)
     return diffusers_layout(tensors)
 
 
 def diffusers_layout(tensors: dict) -> dict:
     """A BFL-layout state dict under diffusers' names, fused tensors split into views of their
-    rows; any other dict, or one holding tensors the FLUX table does not name, as it is
+    rows; a diffusers-layout one without the `model.diffusion_model.` prefix some converters
+    keep; any other dict, or one holding tensors the FLUX table does not name, as it is
     (diffusers' loader then converts it its own way)."""
     import torch
 
     from flux_batch.gguf import keys as flux_keys
 
     names = [name.removeprefix(flux_keys.BFL_PREFIX) for name in tensors]
-    if flux_keys.layout_of(names) != "bfl":
+    layout = flux_keys.layout_of(names)
+    if layout == "diffusers":
+        return dict(zip(names, tensors.values()))
+    if layout != "bfl":
         return tensors
     bfl = dict(zip(names, tensors.values()))
     table = flux_keys.fusions(*flux_keys.block_counts(names, "bfl"), flux_keys.has_guidance(names))

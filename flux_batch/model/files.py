@@ -16,6 +16,7 @@ from flux_batch.demo import tiny
 from flux_batch.errors import ConfigError, ModelFileError
 from flux_batch.gguf.file import WRITABLE_TYPES, check_gguf_file
 from flux_batch.gguf.inspect import loading_problem
+from flux_batch.gguf.keys import unprefixed
 from flux_batch.model import lora
 from flux_batch.model.hub import HUB_ID, fetch_hub_file, fetch_pipeline_folder
 
@@ -118,7 +119,7 @@ def _check_gguf_variant(m: DictConfig, path: str) -> None:
     before loading anything, so a dev file is never run with schnell's settings."""
     from gguf import GGUFReader
 
-    names = (tensor.name for tensor in GGUFReader(path).tensors)
+    names = unprefixed(tensor.name for tensor in GGUFReader(path).tensors)
     has_guidance = any(name.startswith(GUIDANCE_TENSORS) for name in names)
     if has_guidance != (m.variant == "dev"):
         found = "FLUX.1-dev-style (it has a guidance embedding)" if has_guidance else \

@@ -72,7 +72,7 @@ def load_transformer(transformer: str, base: str, dtype, lean: bool = True):
             subfolder="transformer",
             dtype=dtype,
         )
-    except (ValueError, OSError, KeyError) as e:
+    except (ValueError, OSError, KeyError, RuntimeError) as e:  # RuntimeError: a shape diffusers' reader cannot place
         raise ModelFileError(
             f"model.transformer={transformer}: cannot be loaded as a FLUX transformer "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
