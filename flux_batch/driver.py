@@ -24,7 +24,7 @@ from flux_batch.fingerprint import pixel_settings, run_info
 from flux_batch.model import lora
 from flux_batch.model.cache import get_pipeline
 from flux_batch.model.device import resolve_device
-from flux_batch.model.files import ModelFiles, resolve_files
+from flux_batch.model.files import ModelFiles, check_same_model, resolve_files
 from flux_batch.model.load import LoadOptions
 from flux_batch.plan import known as known_plan
 from flux_batch.plan.items import Item, Plan, RowDefaults, Settings
@@ -147,9 +147,11 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
             store.close()
 
 
-def pipeline_for(cfg: DictConfig, device: str) -> tuple[Any, ModelFiles, bool]:
-    """(pipeline, its files, whether it was loaded now): the kept one when it matches."""
+def pipeline_for(cfg: DictConfig, device: str, previous: dict | None = None) -> tuple[Any, ModelFiles, bool]:
+    """(pipeline, its files, whether it was loaded now): the kept one when it matches.
+    `previous`: run.json as found, whose transformer hash the file must still have."""
     files = resolve_files(cfg.model, cfg.quant, cfg.lora)
+    check_same_model(previous, files)
     pipe, loaded = get_pipeline(files, load_options(cfg), device)
     return pipe, files, loaded
 
@@ -172,7 +174,7 @@ def image_options(cfg: DictConfig, files: ModelFiles) -> ImageOptions:
     return ImageOptions(
         format=value_of(cfg.output.format), quality=cfg.output.quality, model=cfg.model.name,
         quant=cfg.quant.name, model_label=Path(files.transformer).name.removesuffix(".gguf"),
-        loras=files.loras, shift=cfg.sampler.shift, cache=cache_options(cfg.cache).settings(),
+        loras=files.loras, model_sha256=files.transformer_sha256, shift=cfg.sampler.shift, cache=cache_options(cfg.cache).settings(),
         layout=output_layout(cfg.output))
 
 
@@ -197,12 +199,12 @@ def _render_all(cfg: DictConfig, settings: dict[str, Any], worker: Worker, share
 
     store, todo = share.store, share.todo
     device = resolve_device(worker.pick_device(cfg.runtime.device))
-    pipe, files, loaded = pipeline_for(cfg, device)
+    pipe, files, loaded = pipeline_for(cfg, device, share.previous)
     summary.model_loads = int(loaded)
     summary.model_loaded = True
     crash_point("model_loaded")
     # written once the model is known to load, so a refused model leaves nothing behind
-    store.write_run_info(run_info(cfg, settings, share.previous))
+    store.write_run_info(run_info(cfg, settings, share.previous, files.record()))
     schedule = make_schedule(pipe, files, device, todo, stop.requested, render_options(cfg))
     failures = Failures(store, summary, cfg.max_errors)
     progress = tqdm(total=len(todo), unit="img", disable=None if cfg.runtime.progress else True,

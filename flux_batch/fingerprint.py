@@ -132,11 +132,14 @@ def versions() -> dict[str, str]:
     return found
 
 
-def run_info(cfg: DictConfig, settings: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+def run_info(cfg: DictConfig, settings: dict[str, Any], previous: dict[str, Any] | None,
+             files: dict[str, Any] | None = None) -> dict[str, Any]:
+    """run.json: `files` holds the model files' names and SHA-256s (model/files.py)."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return {
         "fingerprint": fingerprint(settings),
         "settings": settings,
+        **({"files": files} if files is not None else {}),
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         "versions": versions(),
         "created": (previous or {}).get("created", now),

@@ -66,7 +66,8 @@ def test_png_carries_infotext_and_record(cli, tmp_path):
     assert image.size == (64, 64)
     assert image.info["parameters"] == (
         "a cat, oil on canvas\nSteps: 4, Sampler: Euler, CFG scale: 1, Distilled CFG Scale: 2.5, "
-        f"Seed: {record['seed']}, Size: 64x64, Model: transformer-Q8_0"
+        f"Seed: {record['seed']}, Size: 64x64, Model hash: {record['model_sha256'][:10]}, "
+        "Model: transformer-Q8_0"
     )
     embedded = json.loads(image.info["flux_batch"])
     assert embedded == {k: v for k, v in record.items() if k != "sha256"}

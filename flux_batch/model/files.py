@@ -18,6 +18,7 @@ from flux_batch.gguf.file import WRITABLE_TYPES, check_gguf_file
 from flux_batch.gguf.inspect import loading_problem
 from flux_batch.gguf.keys import unprefixed
 from flux_batch.model import lora
+from flux_batch.model.file_hash import file_sha256
 from flux_batch.model.hub import HUB_ID, fetch_hub_file, fetch_pipeline_folder
 
 
@@ -30,6 +31,25 @@ class ModelFiles:
     base: str  # local folder or hub id
     transformer: str  # local GGUF path or URL
     loras: tuple = ()  # lora.LoraFile, in config order
+    transformer_sha256: str | None = None  # of a local file (a URL is hashed by nobody)
+
+    def record(self) -> dict:
+        """What run.json keeps of the files: names and SHA-256s."""
+        return {"transformer": {"name": os.path.basename(self.transformer), "sha256": self.transformer_sha256},
+                "lora": [lora.record() for lora in self.loras]}
+
+
+def check_same_model(previous: dict | None, files: ModelFiles) -> None:
+    """Refuse to resume a run whose transformer file changed content under the same name (its
+    size too may be the same, so the fingerprint cannot tell). Runs that recorded no hash
+    resume as before."""
+    then = ((previous or {}).get("files") or {}).get("transformer") or {}
+    now = files.transformer_sha256
+    if then.get("sha256") and now and then["sha256"] != now:
+        raise ModelFileError(
+            f"model.transformer={files.transformer}: its content changed since this run began "
+            f"(sha256 {then['sha256'][:12]}… then, {now[:12]}… now), so its images would mix two "
+            "models; restore the file, or start a new run (another output.dir)")
 
 
 def model_identity(m: DictConfig) -> dict:
@@ -59,7 +79,10 @@ def resolve_files(m: DictConfig, quant: DictConfig, loras) -> ModelFiles:
         tiny.ensure_built(quant.gguf_type, m.variant)  # an overridden path is used as given
     elif m.builder == "demo":
         _ensure_demo(m, quant)
-    return ModelFiles(_resolve_base(m), _resolve_transformer(m), lora.resolve(loras))
+    transformer = _resolve_transformer(m)
+    local = not transformer.startswith(("http://", "https://"))
+    return ModelFiles(_resolve_base(m), transformer, lora.resolve(loras),
+                      file_sha256(transformer) if local else None)
 
 
 def _ensure_demo(m: DictConfig, quant: DictConfig) -> None:

@@ -8,7 +8,6 @@ is refused, naming it, rather than rendering the base model unchanged.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 
 from flux_batch.errors import ModelFileError
+from flux_batch.model.file_hash import file_sha256
 from flux_batch.model.hub import fetch_hub_file, is_hub_file
 
 log = logging.getLogger(__name__)
@@ -37,20 +37,6 @@ class LoraFile:
         return {"name": self.name, "sha256": self.sha256, "scale": self.scale}
 
 
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 of a file, remembered per (path, size, mtime) within the process."""
-    stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
 
 
 def _check_suffix(key: str, path: str) -> None:

@@ -20,14 +20,16 @@ EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
 
 
 def infotext(record: dict[str, Any], sampler: str, model_label: str,
-             extra: dict[str, str] | None = None) -> str:
-    """`<prompt>\n[Negative prompt: …\n]Steps: …, Sampler: …, …` with `extra` fields last."""
+             extra: dict[str, str] | None = None, model_sha256: str | None = None) -> str:
+    """`<prompt>\n[Negative prompt: …\n]Steps: …, Sampler: …, …` with `extra` fields last;
+    `Model hash` is the file's SHA-256 cut to 10 hex digits, as AUTOMATIC1111 and Forge write it."""
     negative = record.get("negative_prompt")
     fields = {
         "Steps": record["steps"], "Sampler": sampler,
         "CFG scale": f"{record.get('true_cfg', 1):g}",
         "Distilled CFG Scale": f"{record['guidance']:g}", "Seed": record["seed"],
-        "Size": f"{record['width']}x{record['height']}", "Model": model_label, **(extra or {}),
+        "Size": f"{record['width']}x{record['height']}",
+        **({"Model hash": model_sha256[:10]} if model_sha256 else {}), "Model": model_label, **(extra or {}),
     }
     return (
         f"{record['prompt']}\n"

@@ -32,6 +32,7 @@ class ImageOptions:
     quant: str  # the quant's config name, e.g. q8_0
     model_label: str  # the transformer file's stem, as infotext readers show it
     loras: tuple = ()  # model.lora.LoraFile
+    model_sha256: str | None = None  # the transformer file's
     shift: float | None = None
     cache: dict | None = None  # the step cache's settings (render/step_cache.py), None without
     layout: Layout = Layout()  # where the images go (store/layout.py)
@@ -83,6 +84,8 @@ class ImageWriter:
             "negative_prompt": item.negative_prompt or "", "true_cfg": s.true_cfg,
             "scheduler": s.scheduler, "model": o.model, "quant": o.quant,
         }
+        if o.model_sha256 is not None:
+            record["model_sha256"] = o.model_sha256
         if self.loras:
             record["lora"] = self.loras
         if o.cache is not None:
@@ -133,7 +136,7 @@ class ImageWriter:
         o = self.options
         record = self.record(item)
         sampler = infotext_sampler(item.settings.scheduler)
-        parameters = infotext(record, sampler, o.model_label, o.infotext_extra)
+        parameters = infotext(record, sampler, o.model_label, o.infotext_extra, o.model_sha256)
         data = encode(to_uint8(image), o.format, o.quality, parameters, record)
         record["sha256"] = hashlib.sha256(data).hexdigest()
         crash_point("image_encoded")
