@@ -49,6 +49,12 @@ class CacheMethod(str, Enum):
     taylorseer = "taylorseer"
 
 
+class Dequantize(str, Enum):
+    never = "never"  # GGUF weights dequantized at every forward pass (least memory)
+    once = "once"  # dequantized to the compute dtype after loading (fastest; same pixels)
+    auto = "auto"  # once when that fits in the device's free memory, else never
+
+
 class DType(str, Enum):
     auto = "auto"
     float32 = "float32"
@@ -142,6 +148,7 @@ class OutputConfig:
 class RuntimeConfig:
     device: str = "auto"
     offload: Offload = Offload.auto
+    dequantize: Dequantize = Dequantize.auto
     dtype: DType = DType.auto
     progress: bool = True
     schedule: Schedule = Schedule.auto

@@ -158,7 +158,8 @@ def pipeline_for(cfg: DictConfig, device: str, previous: dict | None = None) -> 
 
 def load_options(cfg: DictConfig) -> LoadOptions:
     return LoadOptions(model=cfg.model.name, variant=cfg.model.variant, quant=cfg.quant.name,
-                       dtype=value_of(cfg.runtime.dtype), offload=value_of(cfg.runtime.offload))
+                       dtype=value_of(cfg.runtime.dtype), offload=value_of(cfg.runtime.offload),
+                       dequantize=value_of(cfg.runtime.dequantize))
 
 
 def render_options(cfg: DictConfig) -> RenderOptions:

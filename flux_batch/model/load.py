@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from flux_batch.errors import ConfigError, ModelFileError
 from flux_batch.gguf import mmap as gguf_mmap
-from flux_batch.model import lora
+from flux_batch.model import dequantize, lora
 from flux_batch.model.device import resolve_dtype
 from flux_batch.model.files import ModelFiles
 
@@ -26,6 +26,7 @@ class LoadOptions:
     quant: str  # the quant's config name, for the log
     dtype: str  # auto, float32, bfloat16 or float16
     offload: str  # none, model or auto
+    dequantize: str = "never"  # never, once or auto (model/dequantize.py)
 
 
 def load_pipeline(files: ModelFiles, options: LoadOptions, device: str):
@@ -49,7 +50,10 @@ def load_pipeline(files: ModelFiles, options: LoadOptions, device: str):
             f"weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from None
     lora.apply(pipe, files.loras)  # adapters before placement, so offload hooks see them
-    _place(pipe, options.offload, device)
+    offloaded = _place(pipe, options.offload, device)
+    if dequantize.wanted(options.dequantize, pipe.transformer, device, offloaded):
+        log.info("dequantized %d GGUF layers once (runtime.dequantize=%s)",
+                 dequantize.dequantize(pipe.transformer), options.dequantize)
     pin_execution_device(pipe)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -89,15 +93,17 @@ def _check_variant(files: ModelFiles, options: LoadOptions, transformer) -> None
         )
 
 
-def _place(pipe, offload: str, device: str) -> None:
+def _place(pipe, offload: str, device: str) -> bool:
+    """Move the pipeline to `device`, or offload it; whether it is offloaded."""
     if offload == "auto":
         offload = "model" if device.startswith("cuda") and not _fits(pipe, device) else "none"
     if offload == "model":
         if not device.startswith("cuda"):
             raise ConfigError("runtime.offload=model needs a CUDA device")
         pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
+        return True
+    pipe.to(device)
+    return False
 
 
 _PINNED: dict[type, type] = {}
