@@ -8,7 +8,7 @@ bin/sd-cli is reused). Then, on the demo model's transformer (BFL layout, hidden
 
 1. sd.cpp to flux-batch: the transformer as people feed sd.cpp, a bf16 safetensors file in the
    BFL layout with the `model.diffusion_model.` prefix of full checkpoints, converted by
-   `sd-cli -M convert --type q8_0` (and `--type bf16`). `flux-batch-gguf inspect` describes each;
+   `sd-cli -M convert --type q8_0` (and `q4_K`, a K-quant gguf-py cannot write, and `bf16`). `flux-batch-gguf inspect` describes each;
    flux-batch renders demo-eval.jsonl (36 prompts) with each; `flux-batch-eval --reference`
    compares them with flux-batch's own Q8_0 file of the same weights (PSNR, accuracy).
 2. flux-batch to sd.cpp: flux-batch's own files (Q8_0 and Q4_0, BFL layout) read by sd.cpp's model
@@ -121,7 +121,7 @@ def main() -> None:
 
     rows = ["| file | written by | inspect | renders in flux-batch | PSNR vs flux-batch Q8_0 (mean / min) | accuracy colour / shape / size / position |",
             "|---|---|---|---|---|---|"]
-    for sd_type in ("q8_0", "bf16"):
+    for sd_type in ("q8_0", "q4_K", "bf16"):
         converted = work / f"sdcpp-{sd_type}.gguf"
         sd(cli, "-M", "convert", "-m", str(source), "-o", str(converted), "--type", sd_type)
         info = summarize(converted)
