@@ -8,9 +8,10 @@ bin/sd-cli is reused). Then, on the demo model's transformer (BFL layout, hidden
 
 1. sd.cpp to flux-batch: the transformer as people feed sd.cpp, a bf16 safetensors file in the
    BFL layout with the `model.diffusion_model.` prefix of full checkpoints, converted by
-   `sd-cli -M convert --type q8_0` (and `q4_K`, a K-quant gguf-py cannot write, and `bf16`). `flux-batch-gguf inspect` describes each;
-   flux-batch renders demo-eval.jsonl (36 prompts) with each; `flux-batch-eval --reference`
-   compares them with flux-batch's own Q8_0 file of the same weights (PSNR, accuracy).
+   `sd-cli -M convert --type q8_0` (and `q4_K`, a K-quant gguf-py cannot write, and `bf16`).
+   `flux-batch-gguf inspect` describes each; flux-batch renders demo-eval.jsonl (36 prompts)
+   with each; `flux-batch-eval --reference` compares them with flux-batch's own Q8_0 file of the
+   same weights (PSNR, accuracy).
 2. flux-batch to sd.cpp: flux-batch's own files (Q8_0 and Q4_0, BFL layout) read by sd.cpp's model
    loader (`sd-cli -M convert --type f32`): each tensor sd.cpp decodes is compared with gguf-py's
    dequantization of the same tensor (largest absolute difference, names). And sd.cpp's image

@@ -62,7 +62,7 @@ def files(tmp_path_factory, model_cache):
                 name = f"{layout}{'-prefixed' if prefix else ''}-1d-{one_d}"
                 made[name] = (rewrite(source, root / f"{name}.gguf", prefix, one_d), layout)
         made[f"{layout}-alphabetical"] = (rewrite(source, root / f"{layout}-a.gguf", alphabetical=True), layout)
-    for qtype in ("Q4_0", "Q5_1", "BF16"):
+    for qtype in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "BF16"):
         out = root / f"bfl-{qtype}.gguf"
         quantize_checkpoint(base / "transformer", out, qtype, layout="bfl")
         made[f"bfl-{qtype}"] = (out, "bfl")
