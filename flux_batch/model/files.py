@@ -79,10 +79,10 @@ def resolve_files(m: DictConfig, quant: DictConfig, loras) -> ModelFiles:
         tiny.ensure_built(quant.gguf_type, m.variant)  # an overridden path is used as given
     elif m.builder == "demo":
         _ensure_demo(m, quant)
+    base = _resolve_base(m)  # the base first: a missing model names its folder first
     transformer = _resolve_transformer(m)
     local = not transformer.startswith(("http://", "https://"))
-    return ModelFiles(_resolve_base(m), transformer, lora.resolve(loras),
-                      file_sha256(transformer) if local else None)
+    return ModelFiles(base, transformer, lora.resolve(loras), file_sha256(transformer) if local else None)
 
 
 def _ensure_demo(m: DictConfig, quant: DictConfig) -> None:
