@@ -175,8 +175,8 @@ def image_options(cfg: DictConfig, files: ModelFiles) -> ImageOptions:
     return ImageOptions(
         format=value_of(cfg.output.format), quality=cfg.output.quality, model=cfg.model.name,
         quant=cfg.quant.name, model_label=Path(files.transformer).name.removesuffix(".gguf"),
-        loras=files.loras, model_sha256=files.transformer_sha256, shift=cfg.sampler.shift, cache=cache_options(cfg.cache).settings(),
-        layout=output_layout(cfg.output))
+        loras=files.loras, model_sha256=files.transformer_sha256, shift=cfg.sampler.shift,
+        cache=cache_options(cfg.cache).settings(), layout=output_layout(cfg.output))
 
 
 def _write_card(cfg: DictConfig, store: RunStore, count: int) -> None:
