@@ -60,3 +60,15 @@ def test_auto_dequantizes_when_it_fits_and_not_otherwise(model_cache, monkeypatc
     assert dequantize.gguf_layers(model) == []
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) >= layers and all(m.weight.dtype == torch.float32 for m in linears)
+
+
+def test_a_containers_memory_limit_bounds_what_auto_counts_as_free(tmp_path):
+    from flux_batch.model.dequantize import _cgroup_room
+
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit.write_text("8589934592\n")  # an 8 GiB container
+    usage.write_text("2147483648\n")
+    assert _cgroup_room([(str(limit), str(usage))]) == 6 * 2**30
+    limit.write_text("max\n")  # no limit set
+    assert _cgroup_room([(str(limit), str(usage))]) == 2**62
+    assert _cgroup_room([(str(tmp_path / "none"), str(usage))]) == 2**62

@@ -8,8 +8,9 @@ and makes the layer a plain `nn.Linear` (whose forward is the same `F.linear`): 
 and so the pixels, are those of `never`. The cost is memory: the weights at compute dtype
 instead of packed (Q8_0 to bf16: about twice; to float32: about four times).
 
-`auto` dequantizes when that fits with a margin: in the GPU's free memory, or in the machine's
-available RAM on a CPU, and never under model offload (the weights would cross the bus larger).
+`auto` dequantizes when that fits with a margin: in the GPU's free memory, or on a CPU in the
+available RAM (and what a container's cgroup memory limit leaves), and never under model
+offload (the weights would cross the bus larger).
 """
 from __future__ import annotations
 
@@ -81,6 +82,10 @@ def _free_memory(device: str) -> int:
         import torch
 
         return torch.cuda.mem_get_info(torch.device(device))[0]
+    return min(_available_ram(), _cgroup_room())
+
+
+def _available_ram() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -89,3 +94,22 @@ def _free_memory(device: str) -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # v2
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def _cgroup_room(files=CGROUP_FILES) -> int:
+    """What a container's memory limit leaves (MemAvailable counts the whole host's memory)."""
+    for limit_file, usage_file in files:
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit():
+            return max(int(limit) - usage, 0)
+    return 2**62  # no limit found
