@@ -90,7 +90,12 @@ def test_bad_loras_are_one_line_errors(sources, tmp_path):
 
     other = write_diffusers_lora(tmp_path / "other.safetensors",  # a layer this model lacks
                                  {"transformer_blocks.7.attn.to_q": (torch.zeros(4, 8), torch.zeros(8, 4))})
+    from safetensors.torch import save_file
+
+    half = tmp_path / "half.safetensors"  # an up matrix without its down
+    save_file({"transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(8, 4)}, str(half))
     cases = [
+        (str(half), "transformer_blocks.0.attn.to_q has lora_B without its pair"),
         (f"{peft}:strong", f"--lora {peft}:strong: the scale after ':' must be a number"),
         (str(tmp_path / "x.ckpt"), "not a .safetensors file"),
         (str(other), "transformer_blocks.7.attn.to_q is not a layer of this transformer"),
@@ -100,3 +105,20 @@ def test_bad_loras_are_one_line_errors(sources, tmp_path):
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "o.gguf").exists()
+
+
+def test_a_peft_alpha_scales_the_update_by_alpha_over_rank(sources, tmp_path):
+    """alpha = rank / 2 on every layer bakes what scale 0.5 bakes (as PEFT scales at run time)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    root, _, _, peft, _ = sources
+    state = load_file(peft)
+    for key in [k for k in state if k.endswith(".lora_A.weight")]:
+        state[key.replace(".lora_A.weight", ".alpha")] = torch.tensor(state[key].shape[0] / 2)
+    save_file(state, str(tmp_path / "alpha.safetensors"))
+    src = root / "bfl-F32.gguf"
+    gguf_cli("merge-lora", src, tmp_path / "a.gguf", "--lora", str(tmp_path / "alpha.safetensors"), "--type", "F32")
+    gguf_cli("merge-lora", src, tmp_path / "h.gguf", "--lora", f"{peft}:0.5", "--type", "F32")
+    a, h = tensors(tmp_path / "a.gguf"), tensors(tmp_path / "h.gguf")
+    assert all(np.allclose(a[n], h[n], atol=1e-6) for n in a)

@@ -67,6 +67,8 @@ def lora_deltas(spec: LoraSpec) -> dict[str, "object"]:
         pairs.setdefault(m[1], {})[m[2]] = value.float()
     deltas = {}
     for module, pair in pairs.items():
+        if pair.keys() != {"A", "B"}:
+            raise ValueError(f"--lora {spec.path}: {module} has lora_{''.join(pair)} without its pair")
         down, up = pair["A"], pair["B"]
         alpha = (alphas or {}).get(f"transformer.{module}.alpha")
         factor = spec.scale * (float(alpha) / down.shape[0] if alpha is not None else 1.0)
