@@ -159,25 +159,29 @@ def test_killed_inside_shard_writing_then_resumed(job, cli_server, point, hit, l
 
 
 def test_killed_at_random_moments_then_resumed(job, cli_server):
-    """Timed kills land where no crash point is: each run is killed after a random share of a
-    clean run's time, then resumed, until one finishes."""
+    """Timed kills land where no crash point is: a run is killed after a random share of a clean
+    run's time, then resumed, until it finishes; fresh runs until two kills have landed."""
     cwd, args, reference = job
     rng = random.Random(7)
     started = time.monotonic()
     assert cli_server(cwd, *args, "output.dir=timing").returncode == 0
     full_run = time.monotonic() - started
-    kills = 0
-    for attempt in range(40):
-        result = cli_server(cwd, *args, "output.dir=random", kill_after=rng.uniform(0.2, full_run * (1 + attempt / 5)))
-        if result.returncode == 0:
-            break
-        assert result.returncode == -9, result.stdout
-        kills += 1
-        check_consistent(cwd / "random")
-    else:
-        pytest.fail("a run never finished between kills")
-    check_finished(cwd / "random", reference)
-    assert kills >= 1
+    kills, rounds = 0, 0
+    while kills < 2:
+        rounds += 1
+        assert rounds <= 10, "no timed kill landed in ten runs"
+        run_dir = cwd / f"random-{rounds}"
+        for attempt in range(40):  # a window that widens with each try, so a slow moment finishes
+            result = cli_server(cwd, *args, f"output.dir={run_dir}",
+                                kill_after=rng.uniform(0.05, full_run * (0.9 + attempt / 5)))
+            if result.returncode == 0:
+                break
+            assert result.returncode == -9, result.stdout
+            kills += 1
+            check_consistent(run_dir)
+        else:
+            pytest.fail("a run never finished between kills")
+        check_finished(run_dir, reference)
 
 
 def test_two_ranks_and_two_shards_write_their_own_tars(job, cli, cli_server):
