@@ -21,6 +21,8 @@ import traceback
 from flux_batch import cli, driver, faults  # noqa: F401  (imported once, here)
 from flux_batch.model import files as models  # noqa: F401  (imported once, here)
 from flux_batch.render import renderer  # noqa: F401  (imported once, here)
+# isort: split
+# flux_batch.cli first: it quiets the libraries' import-time chatter before they are imported
 from diffusers import FluxPipeline, FluxTransformer2DModel, GGUFQuantizationConfig  # noqa: F401,E402
 import transformers  # noqa: F401,E402
 import tqdm  # noqa: F401,E402

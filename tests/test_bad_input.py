@@ -49,8 +49,8 @@ def test_bad_prompt_file_exits_2_and_writes_nothing(cli, name, content, message)
 def test_every_problem_is_listed_one_per_line(cli):
     (cli.cwd / "p.jsonl").write_text('{"prompt": ""}\n{"prompt": "fine"}\n{"prompt": "a", "steps": 0}\n')
     result = cli("dataset.path=p.jsonl", check=False)
-    lines = [l for l in result.stderr.splitlines() if "p.jsonl:" in l]
-    assert [l.split("p.jsonl:")[1].split(":")[0] for l in lines] == ["1", "3"]
+    lines = [line for line in result.stderr.splitlines() if "p.jsonl:" in line]
+    assert [line.split("p.jsonl:")[1].split(":")[0] for line in lines] == ["1", "3"]
 
 
 def test_missing_prompt_file(cli):
@@ -193,7 +193,7 @@ def test_malformed_prompt_files(cli_server, tmp_path, name, content, message):
     result = cli_server(tmp_path, f"dataset.path={name}")
     assert result.returncode == 2, result.stdout
     assert message in result.stdout
-    assert len([l for l in result.stdout.splitlines() if name in l]) == 1  # one line, one problem
+    assert len([line for line in result.stdout.splitlines() if name in line]) == 1  # one line, one problem
     assert "Traceback" not in result.stdout
     assert written(tmp_path) == []
 

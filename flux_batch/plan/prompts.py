@@ -148,7 +148,7 @@ def _txt(text: str, prompt_field: str) -> RawRows:
 def _tsv(text: str, fields: Fields) -> RawRows:
     # Read literally: no quote processing (PartiPrompts has a prompt that begins with `"`).
     lines = _lines(text)
-    header_line = next(((n, l) for n, l in lines if l.strip()), None)
+    header_line = next(((n, line) for n, line in lines if line.strip()), None)
     if header_line is None:
         return
     number, header = header_line
