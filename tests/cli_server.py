@@ -6,7 +6,8 @@ forks a child per request that runs the same entry point as the installed script
 The parent may SIGKILL a child after a delay, for kills at moments no crash point names.
 
 Protocol: one JSON object per line on stdin
-  {"args": [...], "cwd": DIR, "log": FILE, "env": {...}, "kill_after": SECONDS (optional)}
+  {"args": [...], "cwd": DIR, "log": FILE, "env": {...}, "kill_after": SECONDS (optional),
+   "exact_env": BOOL (optional: env is the whole environment), "err": FILE (optional: stderr apart)}
 and one JSON line back per request: {"returncode": N} (negative: killed by signal -N).
 """
 from __future__ import annotations
@@ -32,11 +33,18 @@ def child(request: dict) -> None:
     code = 1
     try:
         os.chdir(request["cwd"])
+        if request.get("exact_env"):
+            os.environ.clear()
         os.environ.update(request.get("env") or {})
         faults.configure(os.environ.get("FLUX_BATCH_CRASH", ""))
+        stdin = os.open(os.devnull, os.O_RDONLY)  # not the server's request pipe
+        os.dup2(stdin, 0)
         out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        err = out
+        if request.get("err"):
+            err = os.open(request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(out, 1)
-        os.dup2(out, 2)
+        os.dup2(err, 2)
         sys.argv = ["flux-batch", *request["args"]]
         try:
             cli.main()

@@ -144,7 +144,8 @@ MATRIX_FILES = [
      "nul-prompt.jsonl:1: 'prompt' holds NUL U+0000 at character 2; only tab and newline (LF or "
      "CRLF) may appear in text written into the manifest and the image"),
     ("nul.csv", b"prompt,note\na\x00b,x\n", "nul.csv:2: 'prompt' holds NUL U+0000 at character 2"),
-    ("bell.txt", "fine\nring \x07 bell\n", "bell.txt:2: 'prompt' holds control character U+0007 at character 6"),
+    ("bell.txt", "fine\nring \x07 bell\n",
+     "bell.txt:2: 'prompt' holds control character U+0007 at character 6"),
     ("lone-cr.csv", 'prompt\n"a\rb"\n', "lone-cr.csv:2: 'prompt' holds carriage return U+000D"),
     ("del-negative.jsonl", '{"prompt": "a", "negative_prompt": "b\\u007f"}\n',
      "del-negative.jsonl:1: 'negative_prompt' holds DEL U+007F at character 2"),
