@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import pytest
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from flux_batch.cli import register_configs
-from flux_batch.fingerprint import default_run_dir, fingerprint, pixel_settings
+from flux_batch.config import load
+from flux_batch.fingerprint import default_run_dir, fingerprint, pixel_settings, run_info
 
 PINNED = [
     ((), 'outputs/example-demo-q8_0-42fbbf8a',
@@ -67,8 +69,16 @@ def compose_cfg(*overrides: str):
 @pytest.mark.parametrize("overrides, run_dir, digest", PINNED, ids=[" ".join(p[0]) or "default" for p in PINNED])
 def test_fingerprints_are_those_of_earlier_runs(overrides, run_dir, digest):
     cfg = compose_cfg(*overrides)
-    assert default_run_dir(cfg) == run_dir
+    assert default_run_dir(cfg) == run_dir  # as the run-dir resolver names it, before checks
     assert fingerprint(pixel_settings(cfg)) == digest
+    assert fingerprint(pixel_settings(load(cfg))) == digest  # as the run records it
+
+
+@pytest.mark.parametrize("overrides", [p[0] for p in PINNED], ids=[" ".join(p[0]) or "default" for p in PINNED])
+def test_run_json_records_the_whole_composed_config(overrides):
+    cfg = compose_cfg(*overrides)
+    info = run_info(load(cfg), {}, None)
+    assert info["config"] == OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 def test_default_settings_are_pinned_key_by_key():
