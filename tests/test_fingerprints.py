@@ -6,10 +6,10 @@ values are hard-coded from the code as it was; a change that moves one breaks ev
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from flux_batch.cli import register_configs
+from test_config import compose_cfg, hydra_config  # noqa: F401  (its module-wide Hydra)
+
 from flux_batch.config import load
 from flux_batch.fingerprint import default_run_dir, fingerprint, pixel_settings, run_info
 
@@ -53,17 +53,6 @@ PINNED = [
     (('model=flux-schnell', 'quant=q5_k_s', 'cache=fbcache', 'output.layout=sharded', 'output.shard_size=100', 'output.format=jpg', 'seed=7', 'sampler.aspect=3:2'), 'outputs/example-flux-schnell-q5_k_s-af9e83fa',
      'af9e83facc6430f712c692c686497ae4d0415e7410b9358e57098a0200a59a8a'),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def hydra_config():
-    register_configs()
-    with initialize_config_module(config_module="flux_batch.conf", version_base="1.3"):
-        yield
-
-
-def compose_cfg(*overrides: str):
-    return compose(config_name="config", overrides=list(overrides))
 
 
 @pytest.mark.parametrize("overrides, run_dir, digest", PINNED, ids=[" ".join(p[0]) or "default" for p in PINNED])

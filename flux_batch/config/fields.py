@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, ClassVar, Iterator
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from flux_batch.errors import ConfigError
 
@@ -75,28 +75,16 @@ def plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
-def section_fields(section: Any) -> tuple[dataclasses.Field, ...]:
-    """The schema's fields of a section: a Section, or Hydra's DictConfig of one."""
-    if dataclasses.is_dataclass(section):
-        return dataclasses.fields(section)
-    from omegaconf import OmegaConf
-
-    return dataclasses.fields(OmegaConf.get_type(section))
+def schema_of(section: Any) -> type:
+    """The schema class of a section: a Section, or Hydra's DictConfig of one."""
+    return type(section) if dataclasses.is_dataclass(section) else OmegaConf.get_type(section)
 
 
 def is_read(section: Any, f: dataclasses.Field) -> bool:
     """Whether the section's chosen method (layout) reads field `f`; True for a field every
     method reads."""
-    chooser = getattr(_type_of(section), "CHOOSER", None)
-    return not f.metadata.get("read_by") or plain(getattr(section, chooser)) in f.metadata["read_by"]
-
-
-def _type_of(section: Any) -> type:
-    if dataclasses.is_dataclass(section):
-        return type(section)
-    from omegaconf import OmegaConf
-
-    return OmegaConf.get_type(section)
+    readers = f.metadata.get("read_by")
+    return not readers or plain(getattr(section, schema_of(section).CHOOSER)) in readers
 
 
 class Section:
@@ -143,7 +131,7 @@ def _is_prototype(section: Any) -> bool:
 
 def pixel_entries(section: Any, group: str) -> Iterator[tuple[str, str, Any, bool]]:
     """(group, key, value, spread) of each field of `section` that enters the fingerprint."""
-    for f in section_fields(section):
+    for f in dataclasses.fields(schema_of(section)):
         how: Pixels | None = f.metadata.get("pixels")
         if how is None or not is_read(section, f) or (how.when is not None and not how.when(section)):
             continue
