@@ -113,7 +113,9 @@ def _size(s: Any) -> tuple[Any, Any]:
 
 @dataclass
 class SamplerConfig(Section):
-    """Sampling settings; unset values follow the model's (sampler/euler.yaml)."""
+    """Sampling settings; unset values follow the model's (sampler/euler.yaml). Shift, true
+    CFG, the negative prompt and the area enter the fingerprint only when set away from their
+    defaults (`when`), so runs made before those settings existed keep their directory."""
 
     KEY: ClassVar[str] = "sampler"
 
