@@ -7,11 +7,13 @@ The parent may SIGKILL a child after a delay, for kills at moments no crash poin
 
 Protocol: one JSON object per line on stdin
   {"args": [...], "cwd": DIR, "log": FILE, "env": {...}, "kill_after": SECONDS (optional),
+   "script": "flux-batch" (optional: or another of SCRIPTS),
    "exact_env": BOOL (optional: env is the whole environment), "err": FILE (optional: stderr apart)}
 and one JSON line back per request: {"returncode": N} (negative: killed by signal -N).
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -27,6 +29,10 @@ from flux_batch.render import renderer  # noqa: F401  (imported once, here)
 from diffusers import FluxPipeline, FluxTransformer2DModel, GGUFQuantizationConfig  # noqa: F401,E402
 import transformers  # noqa: F401,E402
 import tqdm  # noqa: F401,E402
+
+
+# the console scripts the server runs (pyproject.toml's [project.scripts])
+SCRIPTS = {"flux-batch": "flux_batch.cli", "flux-batch-gguf": "flux_batch.gguf.cli"}
 
 
 def child(request: dict) -> None:
@@ -45,9 +51,10 @@ def child(request: dict) -> None:
             err = os.open(request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(out, 1)
         os.dup2(err, 2)
-        sys.argv = ["flux-batch", *request["args"]]
+        script = request.get("script") or "flux-batch"
+        sys.argv = [script, *request["args"]]
         try:
-            cli.main()
+            importlib.import_module(SCRIPTS[script]).main()
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

@@ -148,12 +148,13 @@ class CliServer:
         return self.run(cwd, tuple(with_model(args, model)), env or {}, kill_after)
 
     def run(self, cwd: Path, args: tuple[str, ...], env: dict, kill_after: float | None,
-            exact_env: bool = False, split: bool = False) -> subprocess.CompletedProcess:
+            exact_env: bool = False, split: bool = False, script: str = "flux-batch") -> subprocess.CompletedProcess:
         """`exact_env`: the run's environment is `env` alone, not the server's updated by it;
-        `split`: stdout and stderr apart, as subprocess.run captures them."""
+        `split`: stdout and stderr apart, as subprocess.run captures them; `script`: a console
+        script the server knows (cli_server.SCRIPTS)."""
         self.count += 1
         log, err = (self.logs / f"run-{self.count}.{stream}" for stream in ("log", "err"))
-        request = {"args": list(args), "cwd": str(cwd), "log": str(log), "env": env,
+        request = {"args": list(args), "cwd": str(cwd), "log": str(log), "env": env, "script": script,
                    "kill_after": kill_after, "exact_env": exact_env, "err": str(err) if split else None}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
@@ -181,6 +182,14 @@ def warm_server(cache: Path) -> CliServer:
         _servers[cache] = CliServer(cache, Path(tempfile.mkdtemp(prefix="flux-batch-server-")))
         atexit.register(_servers[cache].close)
     return _servers[cache]
+
+
+def run_script(script: str, *args, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`script ARGS` (flux-batch-gguf, ...) as subprocess.run(capture_output=True) would give it,
+    forked from the warm server with this process's environment."""
+    cache = Path(os.environ.get("FLUX_BATCH_CACHE") or Path.home() / ".cache" / "flux-batch")
+    return warm_server(cache).run(Path(cwd or os.getcwd()), tuple(map(str, args)), dict(os.environ),
+                                  kill_after=timeout, exact_env=True, split=True, script=script)
 
 
 @pytest.fixture(scope="session")
