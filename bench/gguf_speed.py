@@ -48,8 +48,10 @@ def main() -> None:
         same = True
         for t in tensors:
             array = t.numpy()
-            s1, expected = best_seconds(lambda: gguf.quants.quantize(array, gguf.GGMLQuantizationType[kind]))
-            s2, got = best_seconds(lambda: quantize(t, kind))
+            # each lambda is called (and done with) before the loop moves on: bind them anyway
+            s1, expected = best_seconds(
+                lambda array=array, kind=kind: gguf.quants.quantize(array, gguf.GGMLQuantizationType[kind]))
+            s2, got = best_seconds(lambda t=t, kind=kind: quantize(t, kind))
             ref_s, ours_s = ref_s + s1, ours_s + s2
             same &= np.asarray(got).tobytes() == np.asarray(expected).tobytes()
         rows.append(f"| {kind} | {mb / ref_s:.0f} | {mb / ours_s:.0f} | {ref_s / ours_s:.1f}x | "

@@ -120,7 +120,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="writer-bench-"))
     images = frames(a.frames)
     alone = {}
-    for r in range(a.repeat):
+    for _ in range(a.repeat):
         for fmt in ("png", "jpg", "webp"):
             for workers in (0, 2):
                 alone.setdefault((fmt, workers), []).append(writer_alone(images, fmt, workers, work))

@@ -26,6 +26,7 @@ from flux_batch.demo import tiny  # noqa: E402
 from flux_batch.driver import run  # noqa: E402
 from flux_batch.errors import EXIT_BAD_INPUT, FluxBatchError  # noqa: E402
 from flux_batch.fingerprint import run_dir_resolver  # noqa: E402
+from flux_batch.hydra_output import ConfigNotSaved, guard_config_saves  # noqa: E402
 from flux_batch.refusals import refusal_line  # noqa: E402
 from flux_batch.signals import Interrupted, hand_on  # noqa: E402
 from flux_batch.sweep.callback import JobTracker  # noqa: E402
@@ -47,6 +48,7 @@ def register_configs() -> None:
     for name, resolver in resolvers.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)
     register_schemas()
+    guard_config_saves()  # a full disk before the app starts is a failed write, not bad input
 
 
 register_configs()
@@ -61,7 +63,8 @@ def main() -> None:
         with one_line_refusals():
             hydra_app()
     except SystemExit as e:
-        if e.code == 1 and not _started:  # what Hydra reports in its own words
+        # what Hydra reports in its own words; a full disk under .hydra/ is a failed write
+        if e.code == 1 and not _started and not isinstance(e, ConfigNotSaved):
             raise SystemExit(EXIT_BAD_INPUT) from None
         raise
 

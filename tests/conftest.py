@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -24,6 +25,39 @@ def script(name: str) -> str:
     path = Path(sys.executable).parent / name
     assert path.exists(), f"{name} is not installed: run the README's install command"
     return str(path)
+
+
+# The fast tier, `python -m pytest -m fast` (docs/development.md): whole modules, and chosen tests
+# of the others, that together touch every package and the CLI in a few minutes. A module's
+# name alone takes all its tests; with names, only those (parametrized ones with every case).
+FAST_TESTS: dict[str, tuple[str, ...]] = {
+    "test_prompts.py": (), "test_items.py": (),  # plan
+    "test_config.py": (), "test_package.py": ("test_the_package_has_no_import_circles",),
+    "test_readme.py": (), "test_faults.py": (),
+    "test_model_hash.py": ("test_a_file_is_hashed_once_then_read_back_until_it_changes",),  # model
+    "test_lean_gguf_loading.py": (
+        "test_the_same_tensors_as_diffusers_reader_with_quantized_weights_left_in_the_file",),
+    "test_render.py": ("test_reference_covers_every_row",),  # one run of the seven reference rows
+    "test_manifest_index.py": (), "test_image_writer.py": (  # store
+        "test_records_follow_the_order_images_were_handed_in",
+        "test_a_failed_write_stops_with_one_line_and_lists_nothing_after_it"),
+    "test_security.py": ("test_image_paths_cannot_leave_the_images_folder",
+                         "test_symlinks_cannot_redirect_an_image_write"),
+    "test_shares.py": (),  # scale
+    "test_sweep.py": ("test_a_quant_the_tiny_model_cannot_write_is_refused_clearly",),  # sweep
+    "test_gguf_quants.py": ("test_bit_exact_with_reference_on_hard_values",), "test_gguf_keys.py": (),
+    "test_demo_shapes.py": (),  # demo
+    "test_export.py": ("test_a_changed_image_stops_the_export_and_leaves_nothing",),
+    "test_bad_input.py": ("test_malformed_prompt_files", "test_bad_overrides"),  # the CLI's refusals
+    "test_disk_errors.py": (),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = FAST_TESTS.get(item.path.name)
+        if names is not None and (not names or item.originalname in names):
+            item.add_marker(pytest.mark.fast)
 
 
 @pytest.fixture(scope="session")
@@ -49,17 +83,21 @@ def with_model(args: tuple[str, ...], model: str | None) -> list[str]:
 
 
 class Cli:
+    """`flux-batch ARGS` in `cwd`, as a user runs it: its exit status, stdout and stderr. Each run
+    is forked from the warm interpreter of `tests/cli_server.py` (the installed script's own
+    entry point, `flux_batch.cli:main`, in a fresh process with this environment), which spares
+    every run seconds of imports; `popen` starts the installed script itself."""
+
     def __init__(self, cwd: Path, cache: Path):
         self.cwd = cwd
         self.env = {**os.environ, "FLUX_BATCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+        self.cache = cache
 
     def __call__(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 300,
                  model: str | None = TEST_MODEL):
         args = tuple(with_model(args, model))
-        result = subprocess.run(
-            [script("flux-batch"), *args], cwd=self.cwd, capture_output=True, text=True,
-            env={**self.env, **(env or {})}, timeout=timeout,
-        )
+        result = warm_server(self.cache).run(self.cwd, args, env={**self.env, **(env or {})},
+                                             kill_after=timeout, exact_env=True, split=True)
         if check and result.returncode != 0:
             raise AssertionError(f"flux-batch {' '.join(args)} exited {result.returncode}:\n"
                                  f"{result.stdout}\n{result.stderr}")
@@ -106,28 +144,57 @@ class CliServer:
 
     def __call__(self, cwd: Path, *args: str, env: dict | None = None,
                  kill_after: float | None = None, model: str | None = TEST_MODEL) -> subprocess.CompletedProcess:
-        args = tuple(with_model(args, model))
+        """One run; its stdout and stderr together (in both fields)."""
+        return self.run(cwd, tuple(with_model(args, model)), env or {}, kill_after)
+
+    def run(self, cwd: Path, args: tuple[str, ...], env: dict, kill_after: float | None,
+            exact_env: bool = False, split: bool = False, script: str = "flux-batch") -> subprocess.CompletedProcess:
+        """`exact_env`: the run's environment is `env` alone, not the server's updated by it;
+        `split`: stdout and stderr apart, as subprocess.run captures them; `script`: a console
+        script the server knows (cli_server.SCRIPTS)."""
         self.count += 1
-        log = self.logs / f"run-{self.count}.log"
-        request = {"args": list(args), "cwd": str(cwd), "log": str(log), "env": env or {},
-                   "kill_after": kill_after}
+        log, err = (self.logs / f"run-{self.count}.{stream}" for stream in ("log", "err"))
+        request = {"args": list(args), "cwd": str(cwd), "log": str(log), "env": env, "script": script,
+                   "kill_after": kill_after, "exact_env": exact_env, "err": str(err) if split else None}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         reply = self.proc.stdout.readline()
         assert reply, "the flux-batch test server died"
         output = log.read_text() if log.exists() else ""
-        return subprocess.CompletedProcess(args, json.loads(reply)["returncode"], output, output)
+        errors = (err.read_text() if err.exists() else "") if split else output
+        return subprocess.CompletedProcess(args, json.loads(reply)["returncode"], output, errors)
 
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
+        shutil.rmtree(self.logs, ignore_errors=True)
+
+
+_servers: dict[Path, CliServer] = {}
+
+
+def warm_server(cache: Path) -> CliServer:
+    """This pytest process's server for a model cache, started on first use, closed at exit."""
+    if cache not in _servers:
+        import atexit
+        import tempfile
+
+        _servers[cache] = CliServer(cache, Path(tempfile.mkdtemp(prefix="flux-batch-server-")))
+        atexit.register(_servers[cache].close)
+    return _servers[cache]
+
+
+def run_script(script: str, *args, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`script ARGS` (flux-batch-gguf, ...) as subprocess.run(capture_output=True) would give it,
+    forked from the warm server with this process's environment."""
+    cache = Path(os.environ.get("FLUX_BATCH_CACHE") or Path.home() / ".cache" / "flux-batch")
+    return warm_server(cache).run(Path(cwd or os.getcwd()), tuple(map(str, args)), dict(os.environ),
+                                  kill_after=timeout, exact_env=True, split=True, script=script)
 
 
 @pytest.fixture(scope="session")
-def cli_server(model_cache, tmp_path_factory):
-    server = CliServer(model_cache, tmp_path_factory.mktemp("server-logs"))
-    yield server
-    server.close()
+def cli_server(model_cache):
+    return warm_server(model_cache)
 
 
 def write_prompts(path: Path, rows: list[dict]) -> Path:

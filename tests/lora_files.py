@@ -65,7 +65,7 @@ def write_kohya_lora(path: Path, pairs: dict[str, tuple]) -> Path:
 def shared_qkv_down(pairs: dict[str, tuple]) -> dict[str, tuple]:
     """`pairs` with k and v using q's down matrix, the form a fused qkv LoRA takes."""
     shared = dict(pairs)
-    for name, (down, up) in pairs.items():
+    for name, (_down, up) in pairs.items():
         if name.endswith((".to_k", ".to_v")):
             q_name = name.rsplit(".", 1)[0] + ".to_q"
             shared[name] = (pairs[q_name][0], up)

@@ -1,6 +1,7 @@
 """Bad input through the CLI: exit status 2, one clear line per problem, nothing written."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,8 @@ def test_bad_prompt_file_exits_2_and_writes_nothing(cli, name, content, message)
 def test_every_problem_is_listed_one_per_line(cli):
     (cli.cwd / "p.jsonl").write_text('{"prompt": ""}\n{"prompt": "fine"}\n{"prompt": "a", "steps": 0}\n')
     result = cli("dataset.path=p.jsonl", check=False)
-    lines = [l for l in result.stderr.splitlines() if "p.jsonl:" in l]
-    assert [l.split("p.jsonl:")[1].split(":")[0] for l in lines] == ["1", "3"]
+    lines = [line for line in result.stderr.splitlines() if "p.jsonl:" in line]
+    assert [line.split("p.jsonl:")[1].split(":")[0] for line in lines] == ["1", "3"]
 
 
 def test_missing_prompt_file(cli):
@@ -127,7 +128,40 @@ def long_file_bad_at_the_end() -> bytes:
     return (rows + '{"prompt": "the last one", }\n').encode()
 
 
+def wide_csv() -> bytes:
+    """100,000 columns beside the prompt, on three rows: refused once, at the header."""
+    header = ",".join(["prompt", *(f"c{i}" for i in range(100_000))])
+    return "".join([header, *(f"\n{','.join(['p', *'v' * 100_000])}" for _ in range(3))]).encode()
+
+
+def carried(count: int, value: str = "1") -> str:
+    return json.dumps({"prompt": "a", **{f"c{i}": value for i in range(count)}}) + "\n"
+
+
 MATRIX_FILES = [
+    # control characters (Unicode Cc but tab and newline) would go into PNG text chunks
+    ("nul-prompt.jsonl", '{"prompt": "a\\u0000b"}\n',
+     "nul-prompt.jsonl:1: 'prompt' holds NUL U+0000 at character 2; only tab and newline (LF or "
+     "CRLF) may appear in text written into the manifest and the image"),
+    ("nul.csv", b"prompt,note\na\x00b,x\n", "nul.csv:2: 'prompt' holds NUL U+0000 at character 2"),
+    ("bell.txt", "fine\nring \x07 bell\n",
+     "bell.txt:2: 'prompt' holds control character U+0007 at character 6"),
+    ("lone-cr.csv", 'prompt\n"a\rb"\n', "lone-cr.csv:2: 'prompt' holds carriage return U+000D"),
+    ("del-negative.jsonl", '{"prompt": "a", "negative_prompt": "b\\u007f"}\n',
+     "del-negative.jsonl:1: 'negative_prompt' holds DEL U+007F at character 2"),
+    ("c1-column.jsonl", '{"prompt": "a", "source": "x\\u009b"}\n',
+     "c1-column.jsonl:1: 'source' holds control character U+009B at character 2"),
+    ("nested.jsonl", '{"prompt": "a", "meta": {"tags": ["ok", "b\\u001b"]}}\n',
+     "nested.jsonl:1: a string in 'meta' holds escape U+001B at character 2"),
+    ("control-header.tsv", "prompt\tno\x01te\na\tb\n",
+     "control-header.tsv:1: the header's column name 'no\\x01te' holds control character U+0001"),
+    # the columns a row carries into the manifest and the image are bounded
+    ("wide.csv", wide_csv, "wide.csv:1: the header has 100,001 columns, 100,000 of them carried into "
+     "the manifest and the image; the limit is 64 carried columns"),
+    ("many-columns.jsonl", carried(65), "many-columns.jsonl:1: 65 columns would be carried into the "
+     "manifest and the image; the limit is 64"),
+    ("big-columns.jsonl", carried(2, "x" * 8200), "big-columns.jsonl:1: the columns carried into the "
+     "manifest and the image take 16,420 bytes as JSON; the limit is 16,384 (16 KiB)"),
     ("traversal.jsonl", '{"prompt": "a", "id": "../../x"}\n', "traversal.jsonl:1: bad id '../../x'"),
     ("nul-id.jsonl", '{"prompt": "a", "id": "a\\u0000b"}\n', "nul-id.jsonl:1: bad id 'a\\x00b'"),
     ("slash-id.csv", "id,prompt\nsub/dir,a\n", "slash-id.csv:2: bad id 'sub/dir'"),
@@ -160,7 +194,7 @@ def test_malformed_prompt_files(cli_server, tmp_path, name, content, message):
     result = cli_server(tmp_path, f"dataset.path={name}")
     assert result.returncode == 2, result.stdout
     assert message in result.stdout
-    assert len([l for l in result.stdout.splitlines() if name in l]) == 1  # one line, one problem
+    assert len([line for line in result.stdout.splitlines() if name in line]) == 1  # one line, one problem
     assert "Traceback" not in result.stdout
     assert written(tmp_path) == []
 
@@ -231,3 +265,25 @@ def test_bad_weights_files(cli_server, model_cache, tmp_path, name, make, messag
     assert "loading transformer" not in result.stdout  # refused before diffusers sees it
     assert "Traceback" not in result.stdout
     assert written(tmp_path) == []
+
+
+def test_text_at_the_bounds_is_carried_into_the_manifest_and_the_image(cli_server, tmp_path):
+    """The other side of the refusals above: tab, LF and CRLF, 64 carried columns and 16 KiB of
+    them as JSON are written as given."""
+    from PIL import Image
+
+    from conftest import FAST, manifest
+
+    columns = {f"c{i}": "v" for i in range(63)}
+    columns["note"] = "n" * (16 * 1024 - len(json.dumps({**columns, "note": ""})))
+    (tmp_path / "p.csv").write_bytes(
+        ("prompt," + ",".join(columns) + "\r\n"
+         + '"a\tcat\r\non two lines",' + ",".join(columns.values()) + "\r\n").encode())
+    result = cli_server(tmp_path, "dataset.path=p.csv", *FAST, "output.dir=run")
+    assert result.returncode == 0, result.stdout
+    [record] = manifest(tmp_path / "run")
+    assert record["prompt"] == "a\tcat\r\non two lines"
+    assert {key: record[key] for key in columns} == columns
+    with Image.open(tmp_path / "run" / record["file_name"]) as image:
+        assert json.loads(image.info["flux_batch"])["note"] == columns["note"]
+        assert image.info["parameters"].startswith("a\tcat\r\non two lines\n")

@@ -22,7 +22,8 @@ def test_a_refused_command_line_is_one_line_naming_the_key(cli, override, line):
 
 @pytest.mark.parametrize("overrides, line", [
     (["output.shard_size=5"],
-     "output.shard_size=5 has no effect: output.layout=flat does not read it (only sharded and webdataset do)"),
+     "output.shard_size=5 has no effect: output.layout=flat does not read it "
+     "(only sharded and webdataset do)"),
     (["cache.threshold=0.2"],
      "cache.threshold=0.2 has no effect: cache.method=none does not read it (only fbcache does)"),
     (["cache=taylorseer", "cache.threshold=0.2"],
@@ -32,7 +33,8 @@ def test_a_refused_command_line_is_one_line_naming_the_key(cli, override, line):
 ])
 def test_a_setting_nothing_reads_is_one_warning_line(cli, overrides, line):
     result = cli(*overrides, "runtime.dry_run=true")
-    assert [l for l in result.stderr.splitlines() if "warning" in l] == [f"flux-batch: warning: {line}"]
+    warnings = [text for text in result.stderr.splitlines() if "warning" in text]
+    assert warnings == [f"flux-batch: warning: {line}"]
 
 
 def test_settings_that_are_read_draw_no_warning(cli):

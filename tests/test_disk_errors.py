@@ -104,3 +104,54 @@ def test_when_even_the_cut_back_fails_the_next_append_repairs_first(tmp_path, ar
     log.append({"n": 3})
     log.close()
     assert path.read_bytes() == b'{"n": 1}\n{"n": 3}\n'
+
+
+FULL = "/dev/full"  # every write to it fails with ENOSPC, as on a full disk
+
+
+@pytest.mark.skipif(not os.path.exists(FULL), reason="needs /dev/full (Linux)")
+def test_a_full_disk_at_the_start_fails_the_run_like_any_later_write(cli_server, tmp_path):
+    """Hydra's first write into the run directory (.hydra/config.yaml, before the app starts)
+    meets a full disk: exit 1 and the one line of any failed write, not the 2 of a refused
+    config; with room again the same command renders everything."""
+    prompts = write_prompts(tmp_path / "p.jsonl", ROWS[:1])
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").symlink_to(FULL)
+    args = (f"dataset.path={prompts}", *FAST, f"output.dir={run}")
+    failed = cli_server(tmp_path, *args)
+    assert failed.returncode == 1, failed.stdout
+    assert failed.stdout.strip() == (
+        f"flux-batch: error: cannot write to {run}: No space left on device; the run stopped and "
+        "everything listed in the manifest is intact: fix the cause and run the same command to resume")
+    assert not (run / "metadata.jsonl").exists()
+
+    (run / ".hydra" / "config.yaml").unlink()  # room again
+    resumed = cli_server(tmp_path, *args)
+    assert resumed.returncode == 0, resumed.stdout
+    assert [r["id"] for r in check_consistent(run)] == ["p0"]
+
+
+def test_a_full_disk_when_the_run_directory_is_opened_is_a_failed_write(tmp_path, monkeypatch):
+    """The lock's pid is the run's first own write: ENOSPC there is exit 1, as later."""
+    from flux_batch.errors import EXIT_FAILED, WriteError
+    from flux_batch.store.run_dir import RunStore
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(WriteError, match=r"cannot write to .*: No space left on device; the run "
+                                         r"stopped .* run the same command to resume") as failure:
+        RunStore(tmp_path / "run").open()
+    assert failure.value.exit_code == EXIT_FAILED
+
+
+def test_a_run_directory_that_is_a_file_is_still_refused_as_bad_input(tmp_path):
+    from flux_batch.errors import EXIT_BAD_INPUT, RunDirError
+    from flux_batch.store.run_dir import RunStore
+
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(RunDirError, match="cannot use the run directory") as refused:
+        RunStore(tmp_path / "run").open()
+    assert refused.value.exit_code == EXIT_BAD_INPUT

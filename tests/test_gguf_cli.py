@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import pixels, script
+from conftest import pixels, run_script
 from flux_batch.gguf import keys as flux_keys
 from flux_batch.gguf.checkpoint import open_checkpoint, plan
 from flux_batch.gguf.file import write_gguf
@@ -23,8 +23,7 @@ KEEP = ("x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_o
 
 
 def gguf_cli(*args, check: bool = True, cwd=None) -> subprocess.CompletedProcess:
-    result = subprocess.run([script("flux-batch-gguf"), *map(str, args)], capture_output=True,
-                            text=True, cwd=cwd, timeout=300)
+    result = run_script("flux-batch-gguf", *args, cwd=cwd)  # forked from the warm test server
     if check and result.returncode != 0:
         raise AssertionError(f"flux-batch-gguf {args} exited {result.returncode}:\n{result.stderr}")
     return result

@@ -58,7 +58,7 @@ def test_grid_rows_are_prompts_and_columns_jobs_labelled_by_what_differs(sweep, 
     right = max(c["box"][0] + c["box"][2] for c in info["cells"])
     bottom = max(c["box"][1] + c["box"][3] for c in info["cells"])
     assert 0 < image.height - bottom <= 20 and 0 < image.width - right <= 20 + 96  # nothing cut off
-    for (r, c), cell in boxes.items():
+    for (_row, c), cell in boxes.items():
         x, y, w, h = cell["box"]
         with Image.open(cell["file"]) as source:
             scale = min(96 / source.width, 96 / source.height)

@@ -116,7 +116,9 @@ def test_manifest_repair_on_open_keeps_one_line_per_finished_image(tmp_path):
     (run / "images").mkdir(parents=True)
     for name in ("a.png", "b.png", "orphan.png"):
         (run / "images" / name).write_bytes(b"x")
-    line = lambda i, extra="": json.dumps({"id": i, "k": 0, "file_name": f"images/{i}.png", "n": extra})
+    def line(i, extra=""):
+        return json.dumps({"id": i, "k": 0, "file_name": f"images/{i}.png", "n": extra})
+
     (run / "metadata.jsonl").write_text("\n".join([
         line("a", "first"), "", line("gone"), line("b"), line("a", "again"),
     ]) + "\n" + line("c")[:20])  # a blank line, a missing image, a repeat, a torn tail

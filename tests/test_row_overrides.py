@@ -34,7 +34,7 @@ def test_csv_rows_carry_sampler_overrides_as_text(cli):
         "b,a dog,,,\"blurry, dark\",2\n"
     )
     cli("dataset.path=p.csv", "output.dir=run")
-    records = {r["id"]: r for r in (json.loads(l) for l in (cli.cwd / "run" / "metadata.jsonl").open())}
+    records = {r["id"]: r for r in (json.loads(line) for line in (cli.cwd / "run" / "metadata.jsonl").open())}
     assert (records["a"]["scheduler"], records["a"]["width"], records["a"]["height"]) == ("euler_karras", 80, 48)
     assert (records["b"]["negative_prompt"], records["b"]["true_cfg"], records["b"]["scheduler"]) == \
         ("blurry, dark", 2.0, "euler")

@@ -24,6 +24,19 @@ MAX_SEED = 2**63 - 1
 # Far beyond what the text encoders read (77 CLIP, 512 T5 tokens); a longer "prompt" is a
 # wrong column or a binary file, and would be copied into every image and manifest line.
 MAX_PROMPT_CHARS = 20_000
+# Unicode category Cc but tab and newline: NUL and the other C0 controls, DEL and the C1
+# controls. PNG text chunks may not hold them, nor should a manifest or a caption. A carriage
+# return is one only alone: CRLF inside a quoted CSV field is a CRLF file's newline, kept as read
+# (an auto id hashes the prompt: changing it would re-render such rows of existing runs).
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
+CONTROL_NAMES = {0x00: "NUL", 0x0D: "carriage return", 0x1B: "escape", 0x7F: "DEL"}
+CONTROL_RULE = ("only tab and newline (LF or CRLF) may appear in text written into the manifest "
+                "and the image")
+# What a row carries into its manifest line and its image beside the fields flux-batch writes:
+# real prompt sets carry a handful of columns (a category, a source, a note), and the bound keeps
+# a line and an image's metadata small next to the prompt's own 20,000 characters at most.
+MAX_CARRIED_COLUMNS = 64
+MAX_CARRIED_BYTES = 16 * 1024  # of the carried columns as JSON, UTF-8
 
 # Per-row settings a prompt file may carry, each checked by the rule of its config field
 # (config/schema.py): the rule the config's own value is checked by.
@@ -72,7 +85,7 @@ def read_rows(path: str | os.PathLike, fmt: str = "auto", fields: Fields | None 
     if fmt == "txt":
         raw_rows = _txt(text, fields.prompt)
     else:
-        raw_rows = _jsonl(text) if fmt == "jsonl" else {"csv": _csv, "tsv": _tsv}[fmt](text, fields.prompt)
+        raw_rows = _jsonl(text) if fmt == "jsonl" else {"csv": _csv, "tsv": _tsv}[fmt](text, fields)
     problems: list[str] = []
     rows: list[Row] = []
     for line, record, error in raw_rows:
@@ -135,15 +148,15 @@ def _txt(text: str, prompt_field: str) -> RawRows:
             yield number, {prompt_field: line}, None
 
 
-def _tsv(text: str, prompt_field: str) -> RawRows:
+def _tsv(text: str, fields: Fields) -> RawRows:
     # Read literally: no quote processing (PartiPrompts has a prompt that begins with `"`).
     lines = _lines(text)
-    header_line = next(((n, l) for n, l in lines if l.strip()), None)
+    header_line = next(((n, line) for n, line in lines if line.strip()), None)
     if header_line is None:
         return
     number, header = header_line
     columns = header.split("\t")
-    if (error := _header_problem(columns, prompt_field)) is not None:
+    if (error := _header_problem(columns, fields)) is not None:
         yield number, {}, error
         return
     for number, line in lines:
@@ -156,7 +169,7 @@ def _tsv(text: str, prompt_field: str) -> RawRows:
         yield number, dict(zip(columns, values)), None
 
 
-def _csv(text: str, prompt_field: str) -> RawRows:
+def _csv(text: str, fields: Fields) -> RawRows:
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     columns: list[str] | None = None
     start = 1
@@ -167,7 +180,7 @@ def _csv(text: str, prompt_field: str) -> RawRows:
                 continue
             if columns is None:
                 columns = values
-                if (error := _header_problem(columns, prompt_field)) is not None:
+                if (error := _header_problem(columns, fields)) is not None:
                     yield line, {}, error
                     return
                 continue
@@ -179,7 +192,9 @@ def _csv(text: str, prompt_field: str) -> RawRows:
         yield start, {}, f"malformed CSV: {e}"
 
 
-def _header_problem(columns: list[str], prompt_field: str) -> str | None:
+def _header_problem(columns: list[str], fields: Fields) -> str | None:
+    """What is wrong with a CSV or TSV header, found once rather than again on every row."""
+    prompt_field = fields.prompt
     seen: set[str] = set()
     for name in columns:
         key = name.strip().lower()
@@ -187,7 +202,12 @@ def _header_problem(columns: list[str], prompt_field: str) -> str | None:
             return "empty column name in the header"
         if key in seen:
             return f"duplicate column {name!r} in the header"
+        if (problem := _control_problem(f"column name {name!r}", name)) is not None:
+            return f"the header's {problem}; {CONTROL_RULE}"
         seen.add(key)
+    if len(carried := _carried_names(seen, fields)) > MAX_CARRIED_COLUMNS:
+        return (f"the header has {len(columns):,} columns, {len(carried):,} of them carried into "
+                f"the manifest and the image; the limit is {MAX_CARRIED_COLUMNS} carried columns")
     if prompt_field.lower() not in seen:  # most often a file without a header row
         shown = ", ".join(repr(c[:40]) for c in columns[:5])
         return (f"no {prompt_field!r} column in the header ({shown}); the first line must name "
@@ -199,7 +219,7 @@ def _plain_row(line: int, record: dict[str, Any], fields: Fields) -> Row | None:
     """The row of a record holding a valid prompt and maybe a valid id, under exactly the
     configured names, and nothing else: the common case, checked quickly. None otherwise."""
     prompt = record.get(fields.prompt)
-    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
+    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS or CONTROL.search(prompt):
         return None
     row_id = record.get(fields.id)
     if len(record) != 1 + (row_id is not None) or (row_id is None and fields.id in record):
@@ -221,13 +241,13 @@ def _to_row(line: int, record: dict[str, Any], fields: Fields) -> tuple[Row | No
         if lower in by_lower:
             return None, [f"fields {by_lower[lower]!r} and {key!r} differ only in case"]
         by_lower[lower] = key
+    errors: list[str] = _text_problems(record, fields)
 
     def take(name: str) -> Any:
         key = by_lower.pop(name.lower(), None)
         value = None if key is None else record[key]
         return None if value == "" else value
 
-    errors: list[str] = []
     prompt = take(fields.prompt)
     if prompt is None:
         errors.append(f"no {fields.prompt!r} field")
@@ -270,12 +290,67 @@ def _to_row(line: int, record: dict[str, Any], fields: Fields) -> tuple[Row | No
     errors.extend(_sampler_overrides(take, overrides))
 
     extra = {key: record[key] for key in by_lower.values()}
+    errors.extend(_carried_problems(extra))
     for key in extra:
         if key.lower() in record_fields.FIELDS:
             errors.append(f"column {key!r} would overwrite the manifest field of that name")
     if errors:
         return None, errors
     return Row(line, prompt.strip(), row_id, overrides, extra), []
+
+
+def _text_problems(record: dict[str, Any], fields: Fields) -> list[str]:
+    """A control character in any column name or text of the row, nested JSON values too (the
+    id's own pattern refuses them in an id): one problem naming each place."""
+    found = []
+    for key, value in record.items():
+        if (problem := _control_problem(f"column name {key!r}", key)) is not None:
+            found.append(problem)
+        elif isinstance(value, str) and key.lower() != fields.id.lower():
+            found.extend(filter(None, [_control_problem(repr(key), value)]))
+        elif isinstance(value, (dict, list)):
+            where = f"a string in {key!r}"
+            found.extend(filter(None, (_control_problem(where, text) for text in _texts(value))))
+    return [f"{', '.join(found)}; {CONTROL_RULE}"] if found else []
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Every string in a column's value: the value itself, or those nested in JSON."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _texts(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
+
+
+def _control_problem(where: str, text: str) -> str | None:
+    if (found := CONTROL.search(text)) is None:
+        return None
+    code = ord(found.group())
+    name = CONTROL_NAMES.get(code, "control character")
+    return f"{where} holds {name} U+{code:04X} at character {found.start() + 1}"
+
+
+def _carried_names(lower_names: set[str], fields: Fields) -> set[str]:
+    """The columns of a header a row would carry: all but the prompt, the id and the settings."""
+    settings = {*INT_OVERRIDES, *FLOAT_OVERRIDES, *TEXT_OVERRIDES, "true_cfg"}
+    return lower_names - {fields.prompt.lower(), fields.id.lower(), *settings}
+
+
+def _carried_problems(extra: dict[str, Any]) -> list[str]:
+    """The columns a row carries, bounded in count and in size as JSON."""
+    if len(extra) > MAX_CARRIED_COLUMNS:
+        return [f"{len(extra):,} columns would be carried into the manifest and the image; the "
+                f"limit is {MAX_CARRIED_COLUMNS}"]
+    size = len(json.dumps(extra, ensure_ascii=False).encode())
+    if size > MAX_CARRIED_BYTES:
+        return [f"the columns carried into the manifest and the image take {size:,} bytes as JSON; "
+                f"the limit is {MAX_CARRIED_BYTES:,} (16 KiB)"]
+    return []
 
 
 def _sampler_overrides(take, overrides: dict[str, Any]) -> list[str]:

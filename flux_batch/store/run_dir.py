@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flux_batch.errors import RunDirError
+from flux_batch.errors import RunDirError, cannot_use, write_failed
 from flux_batch.store.append_log import AppendLog
 from flux_batch.store.atomic import TMP_SUFFIX, write_atomic
 from flux_batch.store.layout import (ERRORS, IMAGES, MANIFEST, RUN_INFO, Layout, image_folders,
@@ -52,7 +52,7 @@ class RunStore:
             self.shared = shared
         except OSError as e:
             self.close()
-            raise RunDirError(f"cannot use the run directory {self.dir}: {e.strerror or e}") from None
+            raise cannot_use(self.dir, e) from None
         except BaseException:
             self.close()
             raise
@@ -77,7 +77,7 @@ class RunStore:
         try:
             self.recovered = self.tars.repair(self._repairs(self.shared))
         except OSError as e:
-            raise RunDirError(f"cannot use the run directory {self.dir}: {e.strerror or e}") from None
+            raise cannot_use(self.dir, e) from None
 
     def _repairs(self, shared: bool):
         """Whose unfinished tar shards this process may finish: anyone's when it holds the run
@@ -93,7 +93,7 @@ class RunStore:
         try:
             self.part_lock.acquire()
         except OSError as e:
-            raise RunDirError(f"cannot use the run directory {self.dir}: {e.strerror or e}") from None
+            raise cannot_use(self.dir, e) from None
 
     def close_part(self) -> None:
         """Stop appending and free this worker's part for merging; keep the run lock."""
@@ -132,7 +132,10 @@ class RunStore:
             raise RunDirError(f"{path}: not valid JSON; remove it to start this run afresh") from None
 
     def write_run_info(self, info: dict[str, Any]) -> None:
-        write_atomic(self.dir / RUN_INFO, json.dumps(info, indent=2, sort_keys=True).encode() + b"\n")
+        try:
+            write_atomic(self.dir / RUN_INFO, json.dumps(info, indent=2, sort_keys=True).encode() + b"\n")
+        except OSError as e:
+            raise write_failed(self.dir, e) from None
 
     def image_path(self, file_name: str) -> Path:
         """Where an image (or its caption) goes: directly inside images/ or one of its shard

@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from flux_batch.errors import WriteError
+from flux_batch.errors import WriteError, write_failed
 from flux_batch.faults import crash_point
 from flux_batch.plan.items import Item
 from flux_batch.samplers import infotext_sampler
@@ -168,8 +168,4 @@ class ImageWriter:
 
 def write_error(store: RunStore, e: OSError) -> WriteError:
     """A failed write (a full disk, a lost mount) as one line that says nothing was lost."""
-    where = f" ({e.filename})" if e.filename else ""
-    return WriteError(
-        f"cannot write to {store.dir}: {e.strerror or e}{where}; the run stopped and everything "
-        "listed in the manifest is intact: fix the cause and run the same command to resume"
-    )
+    return write_failed(store.dir, e)
