@@ -20,8 +20,8 @@ from flux_batch.plan.sizes import parse_aspect
 from flux_batch.render import step_cache
 from flux_batch.render.step_cache import CacheOptions
 from flux_batch.samplers import SCHEDULERS
-from flux_batch.store.layout import DEFAULT_SHARD_SIZE
-from flux_batch.store.layout import Layout as StoreLayout
+from flux_batch.store.layouts import Layout as StoreLayout
+from flux_batch.store.layouts import make_layout
 
 
 class ImageFormat(str, Enum):
@@ -197,16 +197,8 @@ def cache_options(cache: DictConfig) -> CacheOptions:
 
 
 def output_layout(output: DictConfig) -> StoreLayout:
-    """The `output` config as the store takes it."""
-    return StoreLayout(value_of(output.layout), shard_size(output), bool(output.captions))
-
-
-def shard_size(output: DictConfig) -> int:
-    """output.shard_size, or the layout's default (0 for flat: no folders)."""
-    layout = value_of(output.layout)
-    if layout == "flat":
-        return 0
-    return output.shard_size if output.shard_size is not None else DEFAULT_SHARD_SIZE[layout]
+    """The `output` config as the store takes it (output.shard_size, or the layout's default)."""
+    return make_layout(value_of(output.layout), output.shard_size, bool(output.captions))
 
 
 def value_of(setting: Any) -> str:
@@ -317,9 +309,8 @@ def validate(cfg: DictConfig) -> None:
     check_positive_int("runtime.chunk_size", cfg.runtime.chunk_size)
     if cfg.output.shard_size is not None:
         check_positive_int("output.shard_size", cfg.output.shard_size)
-    if cfg.output.captions and value_of(cfg.output.layout) == "webdataset":
-        raise ConfigError("output.captions=true: output.layout=webdataset stores each prompt as "
-                          "its sample's .txt already; drop output.captions")
+    if (problem := output_layout(cfg.output).problem()) is not None:
+        raise ConfigError(problem)
     check_positive_int("runtime.writers", cfg.runtime.writers, minimum=0)
     check_positive_int("runtime.write_queue", cfg.runtime.write_queue)
     check_positive_int("max_errors", cfg.max_errors, minimum=0)

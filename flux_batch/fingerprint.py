@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from flux_batch.config import cache_options, shard_size, value_of
+from flux_batch.config import cache_options, output_layout, value_of
 from flux_batch.errors import RunDirError
 from flux_batch.model.lora import identity as lora_identity
 from flux_batch.model.files import model_identity
@@ -51,12 +51,8 @@ def pixel_settings(cfg: DictConfig) -> dict[str, Any]:
     }
     if cfg.lora:
         settings["lora"] = lora_identity(cfg.lora)
-    output = {}  # the run directory's shape; absent for the default, so earlier runs keep theirs
-    if value_of(cfg.output.layout) != "flat":
-        output.update(layout=value_of(cfg.output.layout), shard_size=shard_size(cfg.output))
-    if cfg.output.captions:
-        output["captions"] = True
-    if output:
+    output = output_layout(cfg.output).fingerprint()  # the run directory's shape (store/layouts/)
+    if output:  # absent for the default, so earlier runs keep theirs
         settings["output"] = output
     cache = cache_options(cfg.cache).settings()
     if cache is not None:  # absent without caching: runs made before caching keep their fingerprint

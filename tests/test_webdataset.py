@@ -237,7 +237,7 @@ def test_a_torn_temporary_tar_yields_exactly_its_whole_samples(tmp_path):
     never a torn one, never an error."""
     import hashlib
 
-    from flux_batch.store.tar_shards import Sample, sample_bytes, whole_samples
+    from flux_batch.store.layouts.tars import Sample, sample_bytes, whole_samples
 
     samples = []
     for n in range(3):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from flux_batch.errors import LockedError
-from flux_batch.store.layout import LOCK
+from flux_batch.store.names import LOCK
 
 
 class RunLock:
