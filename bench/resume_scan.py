@@ -84,7 +84,7 @@ def _finished_tars(run_dir: Path, items: int, first: dict, per_tar: int = 1000) 
     from flux_batch.store.layouts.tar_names import placed, sample_key, tar_name
     from flux_batch.store.layouts.tars import Sample, sample_bytes, temp_path
 
-    stamps = Stamps(run_dir / "shards", None)
+    stamps = Stamps(run_dir, None)
     for path in (run_dir / "shards").iterdir():
         path.unlink()
     for path in (run_dir / "index").iterdir():

@@ -53,7 +53,7 @@ def repair(tars: TarShards, mine: Mine) -> int:
     _list_newest(tars, (tar_name(owner, max(numbers)) for owner, numbers in shards.items()))
     _match_indexes(tars, set(names), mine)
     recovered = sum(_recover(tars, temp) for temp in sorted(temps))
-    changed, unstamped = compare(tars.folder, [Path(n).name for n in names])
+    changed, unstamped = compare(tars.run_dir, [Path(n).name for n in names], tars.folder)
     if changed or unstamped:
         listed = _listed_by_tar(tars)
         prefix = f"{tars.folder.name}/"

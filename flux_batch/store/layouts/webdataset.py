@@ -92,7 +92,7 @@ class TarShards(Output):
         self.owner = owner  # the manifest part, None for a process alone
         self.size = size
         self.manifest = manifest
-        self.stamps = Stamps(self.folder, owner)
+        self.stamps = Stamps(run_dir, owner)
         self.current: _OpenTar | None = None
 
     def save(self, record: dict, data: bytes, prompt: str) -> Sample:
