@@ -21,7 +21,7 @@ from flux_batch.fingerprint import check_same_run
 from flux_batch.plan.items import Item, Plan
 from flux_batch.scale.ranks import Group, Worker
 from flux_batch.store.layouts import Layout
-from flux_batch.store.layouts.flat import Flat
+from flux_batch.store.layouts.flat import FLAT
 from flux_batch.store.run_dir import RunStore
 
 
@@ -56,7 +56,7 @@ class Session:
 
 
 def start(worker: Worker, run_dir: str | os.PathLike, plan: Plan, settings,
-          layout: Layout = Flat()) -> Session:
+          layout: Layout = FLAT) -> Session:
     group = Group(worker)
     store = RunStore(run_dir, part=worker.part, layout=layout)
     outcome: dict[str, Any] = {}

@@ -15,7 +15,7 @@ from flux_batch.errors import RunDirError
 from flux_batch.store.append_log import AppendLog
 from flux_batch.store.atomic import TMP_SUFFIX, write_atomic
 from flux_batch.store.layouts import Layout, files_on_disk
-from flux_batch.store.layouts.flat import Flat
+from flux_batch.store.layouts.flat import FLAT
 from flux_batch.store.layouts.sharded import is_image_folder
 from flux_batch.store.lock import RunLock
 from flux_batch.store.manifest import Manifest
@@ -26,7 +26,7 @@ from flux_batch.store.parts import merge_lock, merge_parts, part_file, part_lock
 class RunStore:
     """Owns one run directory (or, in a scaled-out run, one worker's part of it) for a run."""
 
-    def __init__(self, run_dir: str | os.PathLike, part: str | None = None, layout: Layout = Flat()):
+    def __init__(self, run_dir: str | os.PathLike, part: str | None = None, layout: Layout = FLAT):
         self.dir = Path(run_dir)
         self.images = self.dir / IMAGES
         self.part = part

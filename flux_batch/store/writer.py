@@ -15,7 +15,7 @@ from flux_batch.plan.items import Item
 from flux_batch.samplers import infotext_sampler
 from flux_batch.store.images import EXTENSIONS, encode, infotext, to_uint8
 from flux_batch.store.layouts import Layout
-from flux_batch.store.layouts.flat import Flat
+from flux_batch.store.layouts.flat import FLAT
 from flux_batch.store.run_dir import RunStore
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class ImageOptions:
     model_sha256: str | None = None  # the transformer file's
     shift: float | None = None
     cache: dict | None = None  # the step cache's settings (render/step_cache.py), None without
-    layout: Layout = Flat()  # where the images go (store/layouts/)
+    layout: Layout = FLAT  # where the images go (store/layouts/)
     infotext_extra: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self):

@@ -41,6 +41,9 @@ class Flat(Layout):
         return ImageFiles(store, self.captions)
 
 
+FLAT = Flat()  # the default layout
+
+
 class ImageFiles(Output):
     """Each image written atomically on a pool thread (its caption after it), then its
     manifest line appended: a listed image always has its file and caption."""

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from flux_batch.faults import crash_point
 from flux_batch.store.layouts.base import Layout, Mine, Output
 from flux_batch.store.layouts.tar_check import Stamps
-from flux_batch.store.layouts.tar_repair import repair
 from flux_batch.store.layouts.tar_names import index_path, placed, sample_key, scan, tar_name
+from flux_batch.store.layouts.tar_repair import repair
 from flux_batch.store.layouts.tars import Sample, TarWriter
 from flux_batch.store.names import INDEX, SHARDS
 from flux_batch.store.sample_index import row, write_index
@@ -29,6 +29,7 @@ from flux_batch.store.sample_index import row, write_index
 if TYPE_CHECKING:
     from flux_batch.store.manifest import Manifest
     from flux_batch.store.run_dir import RunStore
+
 
 class WebDataset(Layout):
     name = "webdataset"
