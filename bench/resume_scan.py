@@ -49,7 +49,7 @@ def flux_batch(cwd: Path, *args: str, code: str | None = None) -> tuple[float, s
 
 def finished_run(cwd: Path, items: int, layout: str = "flat") -> list[str]:
     """A run directory whose N items are all done; the flux-batch arguments that reach it."""
-    from flux_batch.store.layout import image_name
+    from flux_batch.store.layouts import make_layout
 
     prompts = cwd / f"p{items}.jsonl"
     with open(prompts, "w") as f:
@@ -66,7 +66,7 @@ def finished_run(cwd: Path, items: int, layout: str = "flat") -> list[str]:
     with open(run_dir / "metadata.jsonl", "w") as manifest:
         for i in range(items):
             stem = f"item-{i:07d}"
-            file_name = image_name(layout, 10_000, i, stem, ".png")
+            file_name = make_layout(layout, 10_000).file_name(i, stem, ".png")
             record = dict(first, id=stem, file_name=file_name, prompt=f"a photo of object number {i}")
             manifest.write(json.dumps(record) + "\n")
             if i % 10_000 == 0:
@@ -76,12 +76,15 @@ def finished_run(cwd: Path, items: int, layout: str = "flat") -> list[str]:
 
 
 def _finished_tars(run_dir: Path, items: int, first: dict, per_tar: int = 1000) -> None:
-    """N samples in tars of 1,000 (64-byte stand-in images), listed, each tar with its index."""
+    """N samples in tars of 1,000 (64-byte stand-in images), listed, each tar with its index and
+    its stamp, as a run leaves them."""
     import hashlib
 
-    from flux_batch.store.layout import sample_key, tar_name
-    from flux_batch.store.tar_shards import Sample, placed, sample_bytes, temp_path
+    from flux_batch.store.layouts.tar_check import Stamps
+    from flux_batch.store.layouts.tar_names import placed, sample_key, tar_name
+    from flux_batch.store.layouts.tars import Sample, sample_bytes, temp_path
 
+    stamps = Stamps(run_dir, None)
     for path in (run_dir / "shards").iterdir():
         path.unlink()
     for path in (run_dir / "index").iterdir():
@@ -100,6 +103,7 @@ def _finished_tars(run_dir: Path, items: int, first: dict, per_tar: int = 1000) 
                     manifest.write(json.dumps(record) + "\n")
                 tar.write(b"\0" * 1024)
             temp_path(run_dir / name).rename(run_dir / name)
+            stamps.add(run_dir / name)
             (run_dir / "index" / f"{number:06d}.parquet").touch()
 
 

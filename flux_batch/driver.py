@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from flux_batch import faults
+from flux_batch import session as run_session
 from flux_batch.config import FluxBatchConfig, load, output_layout, plain
 from flux_batch.errors import TooManyErrors
 from flux_batch.faults import crash_point
@@ -34,11 +35,11 @@ from flux_batch.plan.sizes import area, default_size
 from flux_batch.render.schedule import RenderOptions
 from flux_batch.render.schedule import for_run as make_schedule
 from flux_batch.scale.ranks import Worker
-from flux_batch.scale.share import Share, finish, open_share
+from flux_batch.session import Session
 from flux_batch.signals import Interrupted, StopSignals
 from flux_batch.store.card import write_run_card
 from flux_batch.store.images import EXTENSIONS, defect
-from flux_batch.store.layout import ERRORS, README
+from flux_batch.store.names import ERRORS, README
 from flux_batch.store.run_dir import RunStore
 from flux_batch.store.writer import ImageOptions, ImageWriter, write_error
 
@@ -56,12 +57,12 @@ class Summary:
     render_seconds: float = 0.0
     model_loaded: bool = False
     model_loads: int = 0  # 1 when this run loaded the model, 0 when it reused the kept one
-    shard: str = ""  # "shard 1/4": the counts are of that shard's items
+    job_slice: str = ""  # "shard 1/4": the counts are of that slice's items
     ranks: int = 1  # the counts are of all ranks of the launch
     show: bool = True  # False on ranks other than 0, whose counts rank 0 reports
 
     def line(self) -> str:
-        where = (f", {self.shard}" if self.shard else "") + (f", {self.ranks} ranks" if self.ranks > 1 else "")
+        where = (f", {self.job_slice}" if self.job_slice else "") + (f", {self.ranks} ranks" if self.ranks > 1 else "")
         if not self.model_loaded and not self.failed:
             return f"{self.run_dir}: nothing to do, all {self.total} items already done{where}"
         per_image = f"{self.render_seconds / self.rendered:.3f} s/image" if self.rendered else "-"
@@ -120,13 +121,13 @@ def run(cfg: FluxBatchConfig | DictConfig, run_dir: str | os.PathLike) -> Summar
         settings = pixel_settings(cfg)
         worker = Worker.current(cfg.runtime.shard, cfg.runtime.num_shards)
         layout = output_layout(cfg.output)
-        if layout.tars:
-            plan.check_free_columns(("shard", "key"), "output.layout=webdataset")
-        share = open_share(worker, run_dir, plan, settings, layout)  # this process's items (scale/)
+        if layout.placed_fields:
+            plan.check_free_columns(layout.placed_fields, f"output.layout={layout.name}")
+        share = run_session.start(worker, run_dir, plan, settings, layout)  # this process's items
         store, todo = share.store, share.todo
         try:
             summary = Summary(store.dir, total=share.scope, skipped=share.scope - share.pending,
-                              shard=worker.shard_label, ranks=worker.world)
+                              job_slice=worker.slice_label, ranks=worker.world)
             if cfg.runtime.dry_run:
                 print(share.describe(resolve_device(worker.pick_device(cfg.runtime.device))), flush=True)
                 summary.show = False
@@ -138,9 +139,9 @@ def run(cfg: FluxBatchConfig | DictConfig, run_dir: str | os.PathLike) -> Summar
             if worker.leader:  # the next start finds its pending items without parsing the file
                 known_plan.keep(store.dir, plan)  # (not before: a refused model leaves nothing)
             _count_all_ranks(share, summary)
-            # the card: by a lone process or a launch's first rank (a shard knows only its
+            # the card: by a lone process or a launch's first rank (a slice knows only its
             # share); also by a run that finds a finished directory without one
-            if summary.show and not summary.shard and (todo or not (store.dir / README).exists()):
+            if summary.show and not summary.job_slice and (todo or not (store.dir / README).exists()):
                 _write_card(cfg, store, summary.skipped + summary.rendered)
             return summary
         finally:
@@ -185,9 +186,9 @@ def _write_card(cfg: FluxBatchConfig, store: RunStore, count: int) -> None:
     write_run_card(store.dir, count, output_layout(cfg.output), EXTENSIONS[plain(cfg.output.format)])
 
 
-def _count_all_ranks(share: Share, summary: Summary) -> None:
+def _count_all_ranks(share: Session, summary: Summary) -> None:
     """Rank 0 reports the counts of every rank; the other ranks report nothing."""
-    counts = finish(share, {key: getattr(summary, key) for key in (
+    counts = run_session.end(share, {key: getattr(summary, key) for key in (
         "rendered", "failed", "render_seconds", "model_loads", "model_loaded")})
     if counts is None:
         summary.show = False
@@ -196,7 +197,7 @@ def _count_all_ranks(share: Share, summary: Summary) -> None:
             setattr(summary, key, value)
 
 
-def _render_all(cfg: FluxBatchConfig, settings: dict[str, Any], worker: Worker, share: Share,
+def _render_all(cfg: FluxBatchConfig, settings: dict[str, Any], worker: Worker, share: Session,
                 summary: Summary, stop: StopSignals) -> None:
     from tqdm import tqdm
 

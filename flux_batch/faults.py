@@ -23,8 +23,8 @@ from dataclasses import dataclass
 POINTS = (
     "model_loaded", "mid_denoise", "pipeline_image", "write_queued", "image_encoded",
     "mid_image_write", "image_written", "mid_append", "manifest_appended", "export_shard_written",
-    # a tar shard (store/tar_shards.py): half a sample written, a sample in, the shard complete
-    # under its temporary name, renamed into place, listed (its index not yet written)
+    # a tar shard (store/layouts/webdataset.py): half a sample written, a sample in, the shard
+    # complete under its temporary name, renamed into place, listed (its index not yet written)
     "mid_tar_write", "sample_added", "shard_sealed", "shard_renamed", "shard_listed",
 )
 ACTIONS = ("kill", "stop", "ENOSPC", "EIO", "nan", "black")

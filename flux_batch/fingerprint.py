@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from flux_batch.config import FluxBatchConfig, as_dict, plain, shard_size
+from flux_batch.config import FluxBatchConfig, as_dict, output_layout
 from flux_batch.config.fields import pixel_entries
 from flux_batch.config.schema import SECTIONS
 from flux_batch.errors import RunDirError
@@ -48,13 +48,9 @@ def _entries(cfg: Any):
 
 
 def layout_settings(output: Any) -> dict[str, Any]:
-    """The run directory's shape; empty for the default, so earlier runs keep their fingerprint."""
-    found: dict[str, Any] = {}
-    if plain(output.layout) != "flat":
-        found.update(layout=plain(output.layout), shard_size=shard_size(output))
-    if output.captions:
-        found["captions"] = True
-    return found
+    """The run directory's shape (the layout's own part, store/layouts/); empty for the default,
+    so earlier runs keep their fingerprint."""
+    return output_layout(output).fingerprint()
 
 
 def cache_settings(cache: Any) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FAST, load_dataset, manifest, pixels, script, write_prompts
+from conftest import FAST, load_dataset, manifest, pixels, script, wait_until_stopped, write_prompts
 
 ROWS = [{"id": f"p{i}", "prompt": f"a photo of object {i}", "num_images": 1 + i % 2} for i in range(5)]
 
@@ -105,3 +105,28 @@ def test_a_killed_export_leaves_nothing_under_the_final_name(run, tmp_path):
     assert len(list((out / "shards").iterdir())) == 4
     again = export(run, "--to", "webdataset", "-o", out)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_a_run_another_process_is_still_writing_is_refused_and_nothing_written(cli):
+    """The run's lock is held: its manifest lists only what is done so far, so exporting it
+    would make a partial dataset whose card calls it complete."""
+    write_prompts(cli.cwd / "p.jsonl", ROWS)
+    live = cli.popen("dataset.path=p.jsonl", "output.dir=live", *FAST,
+                     env={"FLUX_BATCH_CRASH": "manifest_appended:2:stop"})  # paused, lock held
+    run = cli.cwd / "live"
+    try:
+        wait_until_stopped(live)
+        assert len(manifest(run)) == 2
+        before = sorted(p.name for p in run.iterdir())
+        result = export(run, "--to", "webdataset", "-o", cli.cwd / "out")
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"flux-batch-export: error: {run} is in use by another flux-batch process (lock file "
+            f"{run / '.lock'}, held by pid {live.pid}); wait for it or stop it; nothing was exported"]
+        assert result.stdout == ""
+        assert not (cli.cwd / "out").exists() and not (cli.cwd / ".out.partial").exists()
+        assert sorted(p.name for p in run.iterdir()) == before  # no card, nothing else
+    finally:
+        live.kill()
+        live.wait()
+    assert export(run, "--to", "webdataset", "-o", cli.cwd / "out").returncode == 0  # its writer gone

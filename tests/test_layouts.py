@@ -94,3 +94,16 @@ def test_a_finished_run_without_a_card_gets_one(cli, prompts):
     again = cli(*args)
     assert "nothing to do" in again.stdout
     assert "| images | 5 |" in card.read_text()
+
+
+def test_each_layout_adds_to_the_run_fingerprint_what_it_always_did():
+    """The fingerprint names the run directory: a layout's part of it must never change."""
+    from flux_batch.store.layouts import make_layout
+
+    assert make_layout("flat", None, False).fingerprint() == {}  # runs made before layouts
+    assert make_layout("flat", 7, True).fingerprint() == {"captions": True}
+    assert make_layout("sharded", None, False).fingerprint() == {"layout": "sharded", "shard_size": 10_000}
+    assert make_layout("sharded", 2, True).fingerprint() == {"layout": "sharded", "shard_size": 2,
+                                                             "captions": True}
+    assert make_layout("webdataset", None, False).fingerprint() == {"layout": "webdataset",
+                                                                    "shard_size": 1_000}

@@ -13,15 +13,15 @@ from flux_batch.store.parts import find_parts, merge_lock, merge_parts
 from flux_batch.scale.ranks import Worker
 
 
-def owners(n_items: int, num_shards: int, world: int, done: set[int]) -> dict[int, list[tuple]]:
-    """item -> the (shard, rank) workers that render it, each worker planning as ranks.py does."""
+def owners(n_items: int, num_slices: int, world: int, done: set[int]) -> dict[int, list[tuple]]:
+    """item -> the (slice, rank) workers that render it, each worker planning as ranks.py does."""
     found: dict[int, list[tuple]] = {i: [] for i in range(n_items) if i not in done}
-    for shard in range(num_shards):
+    for job_slice in range(num_slices):
         for rank in range(world):
-            worker = Worker(rank=rank, world=world, shard=shard, num_shards=num_shards)
-            pending = [i for i in worker.shard_items(range(n_items)) if i not in done]
+            worker = Worker(rank=rank, world=world, job_slice=job_slice, num_slices=num_slices)
+            pending = [i for i in worker.slice_items(range(n_items)) if i not in done]
             for item in worker.rank_items(pending):
-                found[item].append((shard, rank))
+                found[item].append((job_slice, rank))
     return found
 
 
@@ -44,14 +44,14 @@ def test_five_items_on_two_and_three_ranks_are_shared_round_robin_in_plan_order(
 
 def test_shards_own_plan_positions_whatever_is_done():
     items = list("abcdefg")
-    assert [Worker(shard=s, num_shards=3).shard_items(items) for s in range(3)] == [
+    assert [Worker(job_slice=s, num_slices=3).slice_items(items) for s in range(3)] == [
         ["a", "d", "g"], ["b", "e"], ["c", "f"]]
 
 
 def test_worker_from_the_launchers_environment_and_the_config():
     env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}
     worker = Worker.current(2, 4, env)
-    assert (worker.rank, worker.world, worker.local_rank, worker.shard, worker.num_shards) == (3, 8, 1, 2, 4)
+    assert (worker.rank, worker.world, worker.local_rank, worker.job_slice, worker.num_slices) == (3, 8, 1, 2, 4)
     assert worker.part == "shard-2-rank-3" and worker.label == "shard 2/4 rank 3/8"
     assert worker.device("auto", cuda_available=True) == "cuda:1"
     assert worker.device("cpu", cuda_available=True) == "cpu"

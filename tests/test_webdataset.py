@@ -140,6 +140,45 @@ KILLS = [
 ]
 
 
+def member_data_offset(tar: Path, member: str) -> int:
+    with tarfile.open(tar) as archive:
+        return archive.getmember(member).offset_data
+
+
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+def test_a_changed_tar_of_a_finished_run_renders_exactly_its_lost_samples_again(job, cli_server, damage):
+    """A complete tar changed after the run finished (cut short, or a member's bytes replaced
+    keeping its size): the next start notices, keeps the tar's whole samples, renders the lost
+    one again with the same pixels, and the run after that has nothing to do."""
+    cwd, args, reference = job
+    run = (*args, f"output.dir={damage}")
+    assert cli_server(cwd, *run).returncode == 0
+    tar = cwd / damage / "shards" / "000001.tar"  # boat.2 (k=1) then owl
+    if damage == "truncated":  # cut inside owl's image: boat.2's sample stays whole
+        lost = ("owl", 0)
+        with open(tar, "r+b") as f:
+            f.truncate(member_data_offset(tar, "000000003.png") + 10)
+    else:  # boat.2's image: as long as before, other bytes
+        lost = ("boat.2", 1)
+        offset = member_data_offset(tar, "000000002.png") + 40
+        with open(tar, "r+b") as f:
+            f.seek(offset)
+            original = f.read(8)
+            f.seek(offset)
+            f.write(bytes(b ^ 0xFF for b in original))
+
+    resumed = cli_server(cwd, *run)
+    assert resumed.returncode == 0, resumed.stdout
+    assert ("shards/000001.tar changed after it was written: 1 of its samples are gone or "
+            "damaged and render again") in resumed.stdout
+    assert "rendered 1, skipped 4 already done" in resumed.stdout
+    kept = [key for key in [("boat.2", 1), ("owl", 0)] if key != lost]
+    assert tar_samples(cwd / damage)["000001.tar"] == kept  # rewritten with its whole sample
+    assert tar_samples(cwd / damage)["000003.tar"] == [lost]  # the lost one, rendered again
+    check_finished(cwd / damage, reference)
+    assert "nothing to do, all 5 items already done" in cli_server(cwd, *run).stdout
+
+
 @pytest.mark.parametrize("point, hit, left, rendered", KILLS, ids=[k[0] for k in KILLS])
 def test_killed_inside_shard_writing_then_resumed(job, cli_server, point, hit, left, rendered):
     cwd, args, reference = job
@@ -237,7 +276,7 @@ def test_a_torn_temporary_tar_yields_exactly_its_whole_samples(tmp_path):
     never a torn one, never an error."""
     import hashlib
 
-    from flux_batch.store.tar_shards import Sample, sample_bytes, whole_samples
+    from flux_batch.store.layouts.tars import Sample, sample_bytes, whole_samples
 
     samples = []
     for n in range(3):

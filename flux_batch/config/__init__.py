@@ -9,7 +9,7 @@ the checks OmegaConf cannot express.
 from flux_batch.config.checks import (aspect_problem, guidance_problem, scheduler_problem,
                                       true_cfg_problem)
 from flux_batch.config.fields import Rule, plain, rule_of
-from flux_batch.config.load import as_dict, load, output_layout, register_schemas, shard_size
+from flux_batch.config.load import as_dict, load, output_layout, register_schemas
 from flux_batch.config.schema import (CacheConfig, CacheMethod, DatasetConfig, DType, Dequantize,
                                       FluxBatchConfig, ImageFormat, Layout, LoraConfig, ModelConfig,
                                       Offload, OutputConfig, QuantConfig, RuntimeConfig,
@@ -26,5 +26,5 @@ __all__ = [
     "ImageFormat", "Layout", "LoraConfig", "ModelConfig", "Offload", "OutputConfig", "QuantConfig",
     "Rule", "RuntimeConfig", "SamplerConfig", "Schedule", "aspect_problem", "as_dict",
     "guidance_problem", "load", "output_layout", "plain", "register_schemas", "rule_of", "scheduler_problem",
-    "shard_size", "true_cfg_problem", "validate",
+    "true_cfg_problem", "validate",
 ]

@@ -14,8 +14,8 @@ from flux_batch.config.fields import is_read, plain
 from flux_batch.config.schema import (SECTIONS, CacheConfig, DatasetConfig, FluxBatchConfig,
                                       ModelConfig, QuantConfig, SamplerConfig)
 from flux_batch.errors import ConfigError
-from flux_batch.store.layout import DEFAULT_SHARD_SIZE
-from flux_batch.store.layout import Layout as StoreLayout
+from flux_batch.store.layouts import Layout as StoreLayout
+from flux_batch.store.layouts import make_layout
 
 log = logging.getLogger("flux_batch.config")
 
@@ -76,16 +76,8 @@ def unread_settings(cfg: FluxBatchConfig) -> list[str]:
 
 
 def output_layout(output: Any) -> StoreLayout:
-    """The `output` config as the store takes it."""
-    return StoreLayout(plain(output.layout), shard_size(output), bool(output.captions))
-
-
-def shard_size(output: Any) -> int:
-    """output.shard_size, or the layout's default (0 for flat: no folders)."""
-    layout = plain(output.layout)
-    if layout == "flat":
-        return 0
-    return output.shard_size if output.shard_size is not None else DEFAULT_SHARD_SIZE[layout]
+    """The `output` config as the store takes it (output.shard_size, or the layout's default)."""
+    return make_layout(plain(output.layout), output.shard_size, bool(output.captions))
 
 
 def as_dict(cfg: FluxBatchConfig) -> dict[str, Any]:

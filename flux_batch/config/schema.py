@@ -16,11 +16,12 @@ from typing import Any, ClassVar, List, Optional
 from omegaconf import MISSING
 
 import flux_batch.config.checks as checks
-from flux_batch.config.fields import Rule, Section, check_rules, pixels, setting
+from flux_batch.config.fields import Rule, Section, check_rules, pixels, plain, setting
 from flux_batch.errors import ConfigError
 from flux_batch.model.files import model_identity
 from flux_batch.model.lora import identity as lora_identity
 from flux_batch.plan.sizes import area, default_size
+from flux_batch.store.layouts import LAYOUTS, make_layout
 
 
 class ImageFormat(str, Enum):
@@ -212,13 +213,14 @@ class OutputConfig(Section):
     # flat: images/<id>.png | sharded: images/00000/<id>.png | webdataset: shards/000000.tar
     layout: Layout = Layout.flat
     # images per folder (null: 10,000) or samples per tar shard (null: 1,000)
-    shard_size: Optional[int] = setting(None, rule=Rule(minimum=1), read_by=("sharded", "webdataset"))
+    shard_size: Optional[int] = setting(None, rule=Rule(minimum=1), read_by=tuple(
+        name for name, layout in LAYOUTS.items() if layout.default_size is not None))
     captions: bool = False  # write the prompt as <id>.txt beside each image (LoRA trainers read these)
 
     def check(self) -> None:
-        if self.captions and self.layout == "webdataset":
-            raise ConfigError("output.captions=true: output.layout=webdataset stores each prompt as "
-                              "its sample's .txt already; drop output.captions")
+        problem = make_layout(plain(self.layout), self.shard_size, self.captions).problem()
+        if problem is not None:
+            raise ConfigError(problem)
 
 
 @dataclass

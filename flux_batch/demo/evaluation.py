@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from flux_batch.errors import FluxBatchError
-from flux_batch.store.layout import MANIFEST
+from flux_batch.store.names import MANIFEST
 from flux_batch.store.manifest import read_records
 from flux_batch.store.reader import RunImages
 from flux_batch.demo.scoring import matches, psnr, read

@@ -13,15 +13,18 @@ import shutil
 import sys
 from pathlib import Path
 
-from flux_batch.errors import FluxBatchError
-from flux_batch.export.parquet import DATA, write_parquet
+from flux_batch.errors import FluxBatchError, LockedError
+from flux_batch.export import parquet, webdataset
 from flux_batch.export.samples import ExportError, read_run, samples
-from flux_batch.export.tar_shards import SHARDS, write_shards
 from flux_batch.store.atomic import fsync_dir
 from flux_batch.store.card import card
-from flux_batch.store.layout import README, RUN_INFO
+from flux_batch.store.layouts import WebDataset
+from flux_batch.store.lock import RunLock
+from flux_batch.store.names import MANIFEST, README, RUN_INFO
 
-DEFAULT_SHARD_SIZE = {"webdataset": 1000, "parquet": 1000}
+# format -> (its writer, the card's data files, its default --shard-size)
+FORMATS = {"webdataset": (webdataset.write_webdataset, webdataset.DATA_FILES, WebDataset.default_size),
+           "parquet": (parquet.write_parquet, parquet.DATA_FILES, parquet.ROWS_PER_FILE)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,13 +33,13 @@ def main(argv: list[str] | None = None) -> None:
         description="Convert a finished flux-batch run into WebDataset tar shards or Parquet "
                     "files, with a dataset card; every image is checked against its sha256.")
     parser.add_argument("run_dir", type=Path, help="a flux-batch run directory (any layout)")
-    parser.add_argument("--to", required=True, choices=("webdataset", "parquet"))
+    parser.add_argument("--to", required=True, choices=tuple(FORMATS))
     parser.add_argument("--shard-size", type=int, default=None,
                         help="samples per tar file or rows per Parquet file (default 1000)")
     parser.add_argument("-o", "--output", type=Path, help="folder to create (default: RUN_DIR-<format>)")
     a = parser.parse_args(argv)
     try:
-        out = export(a.run_dir, a.to, a.shard_size or DEFAULT_SHARD_SIZE[a.to], a.output)
+        out = export(a.run_dir, a.to, a.shard_size or FORMATS[a.to][2], a.output)
     except FluxBatchError as e:
         print(f"flux-batch-export: error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
@@ -50,25 +53,41 @@ def export(run_dir: Path, to: str, shard_size: int, out: Path | None = None) -> 
     out = (out or run_dir.with_name(f"{run_dir.name}-{to}")).resolve()
     if out.exists():
         raise ExportError(f"{out}: already exists; remove it or choose another -o")
-    records = read_run(run_dir)
-    partial = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)  # what a killed export left
+    write, data_files, _ = FORMATS[to]
+    lock = _lock_finished_run(run_dir)
     try:
-        if to == "webdataset":
-            index = write_shards(samples(run_dir, records), partial, shard_size)
-            _write_index(index, partial)
-            data_files = [f"{SHARDS}/*.tar"]
-        else:
-            write_parquet(samples(run_dir, records), partial, len(records), shard_size)
-            data_files = [f"{DATA}/*.parquet"]
-        _write_card(run_dir, partial, data_files, len(records), to, shard_size)
-        _fsync_tree(partial)  # on disk before the name says complete: a power loss tears nothing
-        os.rename(partial, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        records = read_run(run_dir)
+        partial = out.with_name(f".{out.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)  # what a killed export left
+        try:
+            write(samples(run_dir, records), partial, len(records), shard_size)
+            _write_card(run_dir, partial, data_files, len(records), to, shard_size)
+            _fsync_tree(partial)  # on disk before the name says complete: a power loss tears nothing
+            os.rename(partial, out)
+            fsync_dir(out.parent)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    finally:
+        if lock is not None:
+            lock.release()
     return out
+
+
+def _lock_finished_run(run_dir: Path) -> RunLock | None:
+    """The run lock, held while exporting: a run another process is still writing is refused
+    (its manifest lists only what is done so far), and no run starts meanwhile. None when the
+    lock cannot be taken at all (a read-only copy of a run: nobody writes it)."""
+    if not (run_dir / MANIFEST).is_file():
+        return None  # not a run: read_run names what is missing, and no lock file is made
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except LockedError as e:
+        raise ExportError(f"{e}; nothing was exported") from None
+    except OSError:
+        return None
+    return lock
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -79,16 +98,6 @@ def _fsync_tree(folder: Path) -> None:
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
     fsync_dir(folder)
-
-
-def _write_index(index: list[dict], out: Path) -> None:
-    """index.parquet: every sample's key, shard, id, k and record, when pyarrow is there."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        return
-    pq.write_table(pa.Table.from_pylist(index), out / "index.parquet")
 
 
 def _write_card(run_dir: Path, out: Path, data_files: list[str], count: int, to: str,

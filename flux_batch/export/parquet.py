@@ -9,10 +9,13 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from flux_batch.export.samples import ExportError, Sample
+from flux_batch.export.samples import ExportError
 from flux_batch.faults import crash_point
+from flux_batch.store.layouts.tars import Sample
 
 DATA = "data"
+DATA_FILES = [f"{DATA}/*.parquet"]
+ROWS_PER_FILE = 1000  # the default --shard-size
 COLUMNS = {  # record field -> (arrow type name, datasets dtype)
     "id": ("string", "string"), "k": ("int64", "int64"), "prompt": ("string", "string"),
     "seed": ("int64", "int64"), "width": ("int64", "int64"), "height": ("int64", "int64"),

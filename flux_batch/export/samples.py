@@ -3,26 +3,18 @@ against the record's sha256 before anything is written."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from flux_batch.errors import FluxBatchError
-from flux_batch.store.layout import MANIFEST
+from flux_batch.store.layouts.tars import Sample
+from flux_batch.store.names import MANIFEST
 from flux_batch.store.manifest import read_records
 from flux_batch.store.reader import RunImages
 
 
 class ExportError(FluxBatchError):
     exit_code = 2
-
-
-@dataclass(frozen=True)
-class Sample:
-    key: str  # the sample's place in the manifest, 9 digits: ids may hold dots, keys may not
-    record: dict
-    image: bytes
-    extension: str  # png, webp or jpg
 
 
 def read_run(run_dir: Path) -> list[dict]:
@@ -37,7 +29,8 @@ def read_run(run_dir: Path) -> list[dict]:
 
 def samples(run_dir: Path, records: list[dict]) -> Iterator[Sample]:
     """Each record's sample, its image read (from a file or a tar shard) and checked against
-    the record's sha256."""
+    the record's sha256; its key is its place in the manifest, 9 digits (ids may hold dots,
+    keys may not)."""
     images = RunImages(run_dir)
     for number, record in enumerate(records):
         path = run_dir / record["file_name"]
@@ -49,4 +42,4 @@ def samples(run_dir: Path, records: list[dict]) -> Iterator[Sample]:
         if hashlib.sha256(data).hexdigest() != record.get("sha256"):
             raise ExportError(f"{path}: its sha256 differs from manifest line {number + 1}: "
                               "the file changed after it was written; nothing was exported")
-        yield Sample(f"{number:09d}", record, data, path.suffix.lstrip("."))
+        yield Sample(f"{number:09d}", path.suffix.lstrip("."), data, record, record["prompt"])

@@ -4,9 +4,10 @@ Two ways to split a run, which combine:
 - ranks: the processes of one `accelerate launch` / `torchrun` (RANK, WORLD_SIZE, LOCAL_RANK in
   the environment). They start together, so they agree on the pending items after a barrier:
   rank r renders pending items r, r + W, r + 2W, ... (W ranks), in plan order.
-- shards: `runtime.shard=i runtime.num_shards=n`, independent jobs (a Slurm array) that never
-  meet and start at different times, so their split cannot depend on what is done: shard i owns
-  the items at plan positions i, i + n, i + 2n, ...; its ranks then split its pending items.
+- slices: `runtime.shard=i runtime.num_shards=n` (config keys kept from when slices were called
+  shards), independent jobs (a Slurm array) that never meet and start at different times, so
+  their split cannot depend on what is done: slice i owns the items at plan positions i, i + n,
+  i + 2n, ...; its ranks then split its pending items.
 Either way each item has exactly one owner, whatever the counts and however uneven, and the
 shares change freely between a run and its resume.
 """
@@ -31,34 +32,35 @@ class Worker:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    shard: int = 0
-    num_shards: int = 1
+    job_slice: int = 0  # runtime.shard
+    num_slices: int = 1  # runtime.num_shards
 
     @classmethod
-    def current(cls, shard: int = 0, num_shards: int = 1, environ=os.environ) -> "Worker":
-        """This process: its shard (`runtime.shard`, `runtime.num_shards`) and its rank."""
-        if not isinstance(num_shards, int) or num_shards < 1:
-            raise ConfigError(f"runtime.num_shards={num_shards}: must be an integer >= 1")
-        if not isinstance(shard, int) or not 0 <= shard < num_shards:
-            raise ConfigError(f"runtime.shard={shard}: must be between 0 and runtime.num_shards - 1 "
-                              f"({num_shards - 1})")
+    def current(cls, job_slice: int = 0, num_slices: int = 1, environ=os.environ) -> "Worker":
+        """This process: its job's slice (`runtime.shard`, `runtime.num_shards`) and its rank."""
+        if not isinstance(num_slices, int) or num_slices < 1:
+            raise ConfigError(f"runtime.num_shards={num_slices}: must be an integer >= 1")
+        if not isinstance(job_slice, int) or not 0 <= job_slice < num_slices:
+            raise ConfigError(f"runtime.shard={job_slice}: must be between 0 and runtime.num_shards - 1 "
+                              f"({num_slices - 1})")
         world = int(environ.get("WORLD_SIZE", "1") or 1)
         rank = int(environ.get("RANK", "0") or 0) if world > 1 else 0
         local_rank = int(environ.get("LOCAL_RANK", rank) or 0) if world > 1 else 0
-        return cls(rank, world, local_rank, shard, num_shards)
+        return cls(rank, world, local_rank, job_slice, num_slices)
 
     @property
     def distributed(self) -> bool:
         return self.world > 1
 
     @property
-    def sharded(self) -> bool:
-        return self.num_shards > 1
+    def sliced(self) -> bool:
+        """One of several independent jobs on the run (runtime.num_shards > 1)."""
+        return self.num_slices > 1
 
     @property
     def alone(self) -> bool:
         """The whole run in one process: it appends to metadata.jsonl itself."""
-        return not self.distributed and not self.sharded
+        return not self.distributed and not self.sliced
 
     @property
     def leader(self) -> bool:
@@ -67,27 +69,29 @@ class Worker:
 
     @property
     def part(self) -> str | None:
-        """The name of this worker's manifest part (metadata.<part>.jsonl); None when alone."""
-        names = ([f"shard-{self.shard}"] if self.sharded else []) + (
+        """The name of this worker's manifest part (metadata.<part>.jsonl); None when alone. A
+        slice's part is named `shard-<i>` on disk, as run directories made before had it."""
+        names = ([f"shard-{self.job_slice}"] if self.sliced else []) + (
             [f"rank-{self.rank}"] if self.distributed else [])
         return "-".join(names) or None
 
     @property
-    def shard_label(self) -> str:
-        return f"shard {self.shard}/{self.num_shards}" if self.sharded else ""
+    def slice_label(self) -> str:
+        """`shard 1/4`: the slice as the user named it (runtime.shard/num_shards)."""
+        return f"shard {self.job_slice}/{self.num_slices}" if self.sliced else ""
 
     @property
     def label(self) -> str:
         """`shard 1/4 rank 0/8`, naming what applies; empty when alone."""
         rank = f"rank {self.rank}/{self.world}" if self.distributed else ""
-        return " ".join(filter(None, (self.shard_label, rank)))
+        return " ".join(filter(None, (self.slice_label, rank)))
 
-    def shard_items(self, items: Sequence[T]) -> list[T]:
-        """This shard's items: every num_shards-th of the plan, from position `shard`."""
-        return list(items[self.shard::self.num_shards])
+    def slice_items(self, items: Sequence[T]) -> list[T]:
+        """This slice's items: every num_slices-th of the plan, from position `job_slice`."""
+        return list(items[self.job_slice::self.num_slices])
 
     def rank_items(self, pending: Sequence[T]) -> list[T]:
-        """This rank's items: every world-th pending item of its shard, from position `rank`."""
+        """This rank's items: every world-th pending item of its slice, from position `rank`."""
         return list(pending[self.rank::self.world])
 
     def device(self, setting: str, cuda_available: bool) -> str:
@@ -108,7 +112,7 @@ class Worker:
         return device
 
     def progress_options(self) -> dict[str, Any]:
-        """tqdm options: one bar per rank, on its own line, labelled with the rank (and shard)."""
+        """tqdm options: one bar per rank, on its own line, labelled with the rank (and slice)."""
         return {"desc": self.label or None, "position": self.local_rank}
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from flux_batch.store.atomic import write_atomic
-from flux_batch.store.layout import IMAGES, README, RUN_INFO, SHARDS, Layout
+from flux_batch.store.layouts import Layout
+from flux_batch.store.names import README, RUN_INFO
 
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
                    (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"))
@@ -67,26 +68,14 @@ seed, settings, SHA-256 of the file) is in the manifest; `run.json` holds every 
 
 
 def write_run_card(run_dir: Path, count: int, layout: Layout, extension: str) -> None:
-    """README.md of a run directory: imagefolder + metadata.jsonl for the flat and sharded
-    layouts, the tar shards for webdataset."""
+    """README.md of a run directory: the files the layout makes the dataset of (imagefolder +
+    metadata.jsonl, or the tar shards), and how to load them."""
     try:
         info = json.loads((run_dir / RUN_INFO).read_text())
     except (OSError, ValueError):  # no run.json: nothing rendered here yet, nothing to describe
         return
-    settings = info.get("settings", {})
-    if layout.tars:
-        text = card(run_dir.name, [f"{SHARDS}/*.tar"], settings, count,
-                    f"webdataset, {layout.shard_size:,} samples per tar",
-                    "\nEach sample is `<key>.png` (or .webp/.jpg), `<key>.json` (its record) and `<key>.txt` "
-                    "(its prompt). Load it with `datasets.load_dataset(\"webdataset\", data_files=...)` or "
-                    "`webdataset.WebDataset(...)`; `index/*.parquet` lists every sample with its record.\n")
-    else:
-        folders = "*/" if layout.name == "sharded" else ""
-        described = layout.name + (f", {layout.shard_size:,} per folder" if folders else "")
-        text = card(run_dir.name, ["metadata.jsonl", f"{IMAGES}/{folders}*{extension}"], settings, count,
-                    described,
-                    "\nLoad it with `datasets.load_dataset(\"imagefolder\", data_dir=...)` or from the Hub "
-                    "by its name; the `.txt` files beside the images, when present, are the prompts.\n")
+    described, how = layout.card_text()
+    text = card(run_dir.name, layout.data_files(extension), info.get("settings", {}), count, described, how)
     write_atomic(run_dir / README, text.encode("utf-8"))
 
 

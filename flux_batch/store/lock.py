@@ -6,13 +6,14 @@ import os
 from pathlib import Path
 
 from flux_batch.errors import LockedError
-from flux_batch.store.layout import LOCK
+from flux_batch.store.names import LOCK
 
 
 class RunLock:
     """An flock that dies with its process, so no stale locks. `.lock` itself is the run lock:
     held exclusively by the one process (or the rank 0 of the one launch) that has the run
-    directory to itself, shared by the shards of a sharded run. A worker's part lock
+    directory to itself, shared by the slices of a run split into jobs (runtime.shard; the
+    message still calls them shards, as users know them). A worker's part lock
     (`.lock.<part>`) is exclusive: one writer per manifest part."""
 
     def __init__(self, run_dir: Path, name: str = LOCK):
@@ -30,7 +31,7 @@ class RunLock:
                 f"{self.path.parent} is in use by another flux-batch process "
                 f"(lock file {self.path}, held by {_holder(holder, self.path)}); wait for it or stop it"
             ) from None
-        if not shared:  # shared holders are the shards; each names itself in its part lock
+        if not shared:  # shared holders are the slices; each names itself in its part lock
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

@@ -17,18 +17,10 @@ from flux_batch.errors import RunDirError
 from flux_batch.store import manifest_index
 from flux_batch.store.append_log import AppendLog
 from flux_batch.store.atomic import write_atomic
-from flux_batch.store.layout import MANIFEST, SHARDS, container, image_folders
+from flux_batch.store.layouts import files_on_disk
+from flux_batch.store.names import MANIFEST, SHARDS, container
 
 SHARDS_PREFIX = f"{SHARDS}/"
-
-
-def tar_shards_present(run_dir: Path) -> set[str]:
-    """`shards/000007.tar`, … : the complete tar shards (temporary ones start with a dot)."""
-    folder = run_dir / SHARDS
-    if not folder.is_dir():
-        return set()
-    return {f"{SHARDS_PREFIX}{name}" for name in os.listdir(folder)
-            if name.endswith(".tar") and not name.startswith(".")}
 
 
 def parse_line(path: Path, number: int, line: str | bytes) -> dict[str, Any]:
@@ -151,15 +143,28 @@ class Manifest:
         return content
 
     def _present_files(self) -> set[str]:
-        present: set[str] = set()
-        for folder in image_folders(self.run_dir):
-            prefix = f"{folder.relative_to(self.run_dir).as_posix()}/"
-            present.update(prefix + name for name in os.listdir(folder))
-        return present | tar_shards_present(self.run_dir)
+        return files_on_disk(self.run_dir)
 
     @staticmethod
     def _has_tars(present: set[str]) -> bool:
         return any(name.startswith(SHARDS_PREFIX) for name in present)
+
+    def forget(self, keys: set[tuple[str, int]], tar: str) -> None:
+        """Drop the records of `keys` stored in `tar` (samples found damaged there) from the
+        manifest, atomically, then read it again: they are pending, and no reader meets a record
+        whose sample is gone. The caller holds the merge lock."""
+        data = self.path.read_bytes()
+        lines = data[:data.rfind(b"\n") + 1].split(b"\n")[:-1]
+        needle = f"{tar}/".encode()  # only lines naming the tar are parsed
+        kept = [line for line in lines if needle not in line or not self._names(line, keys, tar)]
+        write_atomic(self.path, b"".join(line + b"\n" for line in kept))
+        self.index_path.unlink(missing_ok=True)
+        self.load()
+
+    @staticmethod
+    def _names(line: bytes, keys: set[tuple[str, int]], tar: str) -> bool:
+        record = json.loads(line)
+        return (record["id"], record["k"]) in keys and container(record["file_name"]) == tar
 
     def done(self) -> set[tuple[str, int]]:
         return set(self.files)

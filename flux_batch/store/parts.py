@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from flux_batch.errors import LockedError
-from flux_batch.store.layout import ERRORS, LOCK, MANIFEST
+from flux_batch.store.names import ERRORS, LOCK, MANIFEST
 from flux_batch.store.lock import RunLock
 from flux_batch.store.atomic import fsync_dir, write_atomic
 from flux_batch.store.append_log import whole_lines_end

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from flux_batch.store.layout import container
-from flux_batch.store.tar_shards import member_offsets
+from flux_batch.store.names import container
+from flux_batch.store.layouts.tars import member_offsets
 
 
 class RunImages:

@@ -14,18 +14,19 @@ from typing import Any
 from flux_batch.errors import RunDirError, cannot_use, write_failed
 from flux_batch.store.append_log import AppendLog
 from flux_batch.store.atomic import TMP_SUFFIX, write_atomic
-from flux_batch.store.layout import (ERRORS, IMAGES, MANIFEST, RUN_INFO, Layout, image_folders,
-                                     is_shard_folder)
+from flux_batch.store.layouts import Layout, files_on_disk
+from flux_batch.store.layouts.flat import FLAT
+from flux_batch.store.layouts.sharded import is_image_folder
 from flux_batch.store.lock import RunLock
-from flux_batch.store.manifest import Manifest, tar_shards_present
+from flux_batch.store.manifest import Manifest
+from flux_batch.store.names import ERRORS, IMAGES, MANIFEST, RUN_INFO
 from flux_batch.store.parts import merge_lock, merge_parts, part_file, part_lock
-from flux_batch.store.tar_shards import TarShards
 
 
 class RunStore:
     """Owns one run directory (or, in a scaled-out run, one worker's part of it) for a run."""
 
-    def __init__(self, run_dir: str | os.PathLike, part: str | None = None, layout: Layout = Layout()):
+    def __init__(self, run_dir: str | os.PathLike, part: str | None = None, layout: Layout = FLAT):
         self.dir = Path(run_dir)
         self.images = self.dir / IMAGES
         self.part = part
@@ -33,20 +34,19 @@ class RunStore:
         self.part_lock = RunLock(self.dir, part_lock(part)) if part else None
         self.manifest = Manifest(self.dir, append_to=part_file(MANIFEST, part))
         self.errors = AppendLog(self.dir / part_file(ERRORS, part))
-        # webdataset: this process's tar shards, named after its part (store/tar_shards.py)
-        self.tars = TarShards(self.dir, part, layout.shard_size, self.manifest) if layout.tars else None
-        self.recovered = 0  # samples of unfinished tar shards recovered at the start
+        self.output = layout.open(self)  # this process's writer of the layout's files
+        self.recovered = 0  # images a kill left unlisted, recovered at the start
         self.shared = False
 
     def open(self, shared: bool = False) -> None:
-        """Lock the run (exclusive, or shared by the shards of a sharded run) and this worker's
+        """Lock the run (exclusive, or shared by the slices of a run split into jobs) and this worker's
         part, merge the manifest parts no live worker writes, load the manifest."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.lock.acquire(shared)
             if self.part_lock:
                 self.part_lock.acquire()
-            # temp files of live shards must stay; one listing of images/ serves both
+            # temp files of live slices must stay; one listing of each folder serves both
             present = None if shared else self._remove_temp_files()
             self.merge_parts(present)
             self.shared = shared
@@ -69,24 +69,22 @@ class RunStore:
                 self.manifest.load(present=present)
                 self.prune_errors()
 
-    def repair_tars(self) -> None:
-        """Finish the tar shards a kill left (store/tar_shards.py): after the run is known to be
-        the same, before its pending items are found (recovered samples are done)."""
-        if self.tars is None:
-            return
+    def repair(self) -> None:
+        """Finish what a kill left and unlist what changed since (the layout's repair): after
+        the run is known to be the same, before its pending items are found."""
         try:
-            self.recovered = self.tars.repair(self._repairs(self.shared))
+            self.recovered = self.output.repair(self._repairs(self.shared))
         except OSError as e:
             raise cannot_use(self.dir, e) from None
 
     def _repairs(self, shared: bool):
-        """Whose unfinished tar shards this process may finish: anyone's when it holds the run
-        alone; in a sharded run, its own shard's (another shard may be restarting now, and
-        must not render items this one took over)."""
+        """Whose leftovers (unfinished tar shards) this process may finish: anyone's when it
+        holds the run alone; in a run split into slices, its own slice's (another slice's job may
+        be restarting now, and must not render items this one took over)."""
         if not shared:
             return lambda owner: True
-        shard = (self.part or "").split("-rank-")[0]
-        return lambda owner: owner is not None and (owner == shard or owner.startswith(f"{shard}-rank-"))
+        own = (self.part or "").split("-rank-")[0]
+        return lambda owner: owner is not None and (owner == own or owner.startswith(f"{own}-rank-"))
 
     def open_part(self) -> None:
         """A rank other than 0: its leader holds the run lock and read the manifest for it."""
@@ -97,8 +95,7 @@ class RunStore:
 
     def close_part(self) -> None:
         """Stop appending and free this worker's part for merging; keep the run lock."""
-        if self.tars is not None:  # a shard still open here is left for the next start to recover
-            self.tars.abandon()
+        self.output.abandon()  # a tar still open here is left for the next start to recover
         self.manifest.close()
         self.errors.close()
         if self.part_lock:
@@ -110,17 +107,11 @@ class RunStore:
 
     def _remove_temp_files(self) -> set[str]:
         """Delete the temp files a crash left; the images present, as manifest file_names
-        (one listing of images/ serves both)."""
-        present: set[str] = set()
-        for folder in [self.dir, *image_folders(self.dir)]:
-            images = folder != self.dir
-            prefix = f"{folder.relative_to(self.dir).as_posix()}/"  # once per folder: 1M names
-            for name in os.listdir(folder):
-                if name.startswith(".") and name.endswith(TMP_SUFFIX):
-                    os.unlink(folder / name)
-                elif images:
-                    present.add(prefix + name)
-        return present | tar_shards_present(self.dir)
+        (one listing of each folder serves both)."""
+        for name in os.listdir(self.dir):
+            if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                os.unlink(self.dir / name)
+        return files_on_disk(self.dir, remove_temp=True)
 
     def read_run_info(self) -> dict[str, Any] | None:
         path = self.dir / RUN_INFO
@@ -138,13 +129,13 @@ class RunStore:
             raise write_failed(self.dir, e) from None
 
     def image_path(self, file_name: str) -> Path:
-        """Where an image (or its caption) goes: directly inside images/ or one of its shard
-        folders, whatever the name says."""
+        """Where an image (or its caption) goes: directly inside images/ or one of its
+        folders (layout=sharded), whatever the name says."""
         path = (self.dir / file_name).resolve()
         images = self.images.resolve()
         # ids are validated when the prompt file is read; this is the last guard
         inside = path.parent == images or (path.parent.parent == images
-                                           and is_shard_folder(path.parent.name))
+                                           and is_image_folder(path.parent.name))
         if not inside or self.images.is_symlink() or path.parent.is_symlink():
             raise RunDirError(f"refusing to write outside {self.images}: {file_name!r}")
         return path

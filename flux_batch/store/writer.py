@@ -7,16 +7,16 @@ import hashlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from flux_batch.errors import WriteError, write_failed
 from flux_batch.faults import crash_point
 from flux_batch.plan.items import Item
 from flux_batch.samplers import infotext_sampler
 from flux_batch.store.images import EXTENSIONS, encode, infotext, to_uint8
-from flux_batch.store.layout import Layout, caption_name, image_name, sample_key
+from flux_batch.store.layouts import Layout
+from flux_batch.store.layouts.flat import FLAT
 from flux_batch.store.run_dir import RunStore
-from flux_batch.store.tar_shards import Sample
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,7 +35,7 @@ class ImageOptions:
     model_sha256: str | None = None  # the transformer file's
     shift: float | None = None
     cache: dict | None = None  # the step cache's settings (render/step_cache.py), None without
-    layout: Layout = Layout()  # where the images go (store/layout.py)
+    layout: Layout = FLAT  # where the images go (store/layouts/)
     infotext_extra: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self):
@@ -74,11 +74,8 @@ class ImageWriter:
     def record(self, item: Item) -> dict:
         """The item's manifest record (record.FIELDS, less sha256), then the row's own columns."""
         s, o = item.settings, self.options
-        extension = EXTENSIONS[o.format]
-        layout = o.layout
         record = {  # a tar shard's sample: its member's name, placed in its shard when added
-            "file_name": (f"{sample_key(item.index)}{extension}" if layout.tars else
-                          image_name(layout.name, layout.shard_size, item.index, item.file_stem, extension)),
+            "file_name": o.layout.file_name(item.index, item.file_stem, EXTENSIONS[o.format]),
             "id": item.id, "k": item.k, "prompt": item.prompt, "seed": item.seed,
             "width": s.width, "height": s.height, "steps": s.steps, "guidance": s.guidance,
             "negative_prompt": item.negative_prompt or "", "true_cfg": s.true_cfg,
@@ -103,24 +100,22 @@ class ImageWriter:
 
     def drain(self) -> None:
         """Wait for every image handed in and list it: after the last batch, or a stop request.
-        An open tar shard is closed and listed too."""
+        What the layout holds half-filled (an open tar shard) is finished and listed too."""
         while self.pending:
             self._list_finished(wait=True)
-        if self.store.tars is not None:
-            try:
-                self.store.tars.close_shard()
-            except OSError as e:
-                raise write_error(self.store, e) from None
+        try:
+            self.store.output.flush()
+        except OSError as e:
+            raise write_error(self.store, e) from None
 
     def close(self) -> None:
         """Stop the pool, waiting for writes in flight (their images are orphans, not listed:
-        called after a failure, when nothing more may enter the manifest). An open tar shard
-        stays under its temporary name: the next start recovers its samples."""
+        called after a failure, when nothing more may enter the manifest). What the layout
+        holds half-filled (an open tar shard) stays for the next start to recover."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pending.clear()
-        if self.store.tars is not None:
-            self.store.tars.abandon()
+        self.store.output.abandon()
 
     def _list_finished(self, wait: bool) -> None:
         """Append the records of the finished writes at the head of the queue (and, with
@@ -130,9 +125,9 @@ class ImageWriter:
             self._list(item, *future.result())  # re-raises the write's error here
             wait = False
 
-    def _save(self, item: Item, image: np.ndarray) -> tuple[dict, bytes | None]:
-        """Encode and write one image (on a pool thread); its record, with its sha256, and for
-        a tar shard the encoded image (added to the shard in order, on the render thread)."""
+    def _save(self, item: Item, image: np.ndarray) -> tuple[dict, Any]:
+        """Encode one image and store it as its layout does (on a pool thread); its record,
+        with its sha256, and what the layout's `list` takes."""
         o = self.options
         record = self.record(item)
         sampler = infotext_sampler(item.settings.scheduler)
@@ -140,27 +135,16 @@ class ImageWriter:
         data = encode(to_uint8(image), o.format, o.quality, parameters, record)
         record["sha256"] = hashlib.sha256(data).hexdigest()
         crash_point("image_encoded")
-        if o.layout.tars:
-            return record, data
         try:
-            self.store.save_image(record["file_name"], data)
-            crash_point("image_written")
-            if o.layout.captions:  # before the manifest line: a listed image always has its caption
-                self.store.save_caption(caption_name(record["file_name"]), item.prompt)
+            return record, self.store.output.save(record, data, item.prompt)
         except OSError as e:
             raise write_error(self.store, e) from None
-        return record, None
 
-    def _list(self, item: Item, record: dict, data: bytes | None) -> None:
-        """The manifest line of an image on disk (fsynced by save_image), appended in order; or
-        the sample into this process's open tar shard, listed when the shard is complete."""
+    def _list(self, item: Item, record: dict, saved: Any) -> None:
+        """List an image its layout has stored (an image file fsynced: its manifest line; a
+        sample: into this process's open tar shard, listed when the shard is complete), in order."""
         try:
-            if data is not None:
-                key, _, extension = record["file_name"].partition(".")
-                self.store.tars.add(Sample(key, extension, data, record, item.prompt))
-            else:
-                self.store.manifest.append(record)
-                crash_point("manifest_appended")
+            self.store.output.list(record, saved)
         except OSError as e:
             raise write_error(self.store, e) from None
         self.on_written(item)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flux_batch.errors import FluxBatchError
-from flux_batch.store.layout import MANIFEST
+from flux_batch.store.names import MANIFEST
 from flux_batch.store.manifest import read_records
 from flux_batch.store.reader import RunImages
 from flux_batch.sweep.state import SWEEP_FILE

@@ -1,11 +1,14 @@
-"""One worker's share of a run: the start and the end of a run across ranks and shards.
+"""A run's start and end in a run directory, for a process alone or one worker of a scale-out run.
 
-Start: rank 0 locks the run directory (exclusively; shared when sharded) and its own part,
-merges every manifest part no live worker writes, reads the manifest and finds this shard's
-pending items; it sends their positions to the other ranks, which lock their own parts. Each rank
-then renders every world-th pending item (see ranks.py). End: the ranks wait for each other,
-rank 0 merges their parts into metadata.jsonl and reports counts of all ranks. A process alone
-(no ranks, no shards) does the same with no peers and appends to metadata.jsonl itself.
+Start (`start`): the leader (the process alone, or rank 0 of a launch) locks the run directory
+(exclusively; shared when the run is split into slices) and its own manifest part, merges every
+manifest part no live worker writes, reads the manifest, checks the fingerprint, repairs what a
+kill or a later change left (the layout's repair) and finds its slice's pending items. In a
+launch it sends their positions to the other ranks, which lock their own parts. Each rank then
+renders every world-th pending item (scale/ranks.py). End (`end`): the ranks wait for each other,
+the leader merges their parts into metadata.jsonl and reports the counts of all ranks. A process
+alone does the same with no peers (scale/ranks.py's Group is then a no-op) and appends to
+metadata.jsonl itself.
 """
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Container
 
 from flux_batch.errors import FluxBatchError
+from flux_batch.fingerprint import check_same_run
 from flux_batch.plan.items import Item, Plan
 from flux_batch.scale.ranks import Group, Worker
-from flux_batch.fingerprint import check_same_run
-from flux_batch.store.layout import Layout
+from flux_batch.store.layouts import Layout
+from flux_batch.store.layouts.flat import FLAT
 from flux_batch.store.run_dir import RunStore
 
 
@@ -32,12 +36,14 @@ class PeerRefused(FluxBatchError):
 
 
 @dataclass
-class Share:
+class Session:
+    """One worker's part of a run, from its start to its end."""
+
     worker: Worker
     group: Group
     store: RunStore
     todo: list[Item]  # what this worker renders
-    scope: int  # items of this shard (all items when not sharded)
+    scope: int  # items of this slice (all items when the run is not split)
     pending: int  # of them not done yet, all ranks together
     previous: dict[str, Any] | None = None  # run.json as found
 
@@ -49,19 +55,14 @@ class Share:
                 f"items{span}; {self.scope - self.pending} of {self.scope} already done")
 
 
-def open_share(worker: Worker, run_dir: str | os.PathLike, plan: Plan, settings,
-               layout: Layout = Layout()) -> Share:
+def start(worker: Worker, run_dir: str | os.PathLike, plan: Plan, settings,
+          layout: Layout = FLAT) -> Session:
     group = Group(worker)
     store = RunStore(run_dir, part=worker.part, layout=layout)
     outcome: dict[str, Any] = {}
     if worker.leader:
         try:
-            store.open(shared=worker.sharded)
-            previous = store.read_run_info()
-            check_same_run(previous, settings, store.dir)
-            store.repair_tars()
-            scope, pending = _pending(worker, plan, store.manifest)
-            outcome = {"previous": previous, "scope": scope, "pending": pending}
+            outcome = _open_as_leader(worker, store, plan, settings)
         except FluxBatchError as e:
             store.close()
             group.broadcast({"error": str(e), "exit_code": e.exit_code})
@@ -79,16 +80,26 @@ def open_share(worker: Worker, run_dir: str | os.PathLike, plan: Plan, settings,
     else:
         store.open_part()
         pending = plan.items(skip=_AllBut(set(sent["pending"])))
-    return Share(worker, group, store, worker.rank_items(pending), sent["scope"], len(pending),
-                 sent["previous"])
+    return Session(worker, group, store, worker.rank_items(pending), sent["scope"], len(pending),
+                   sent["previous"])
+
+
+def _open_as_leader(worker: Worker, store: RunStore, plan: Plan, settings) -> dict[str, Any]:
+    """Lock, merge and read the run, check it is the same, repair it; what the ranks need."""
+    store.open(shared=worker.sliced)
+    previous = store.read_run_info()
+    check_same_run(previous, settings, store.dir)
+    store.repair()
+    scope, pending = _pending(worker, plan, store.manifest)
+    return {"previous": previous, "scope": scope, "pending": pending}
 
 
 def _pending(worker: Worker, plan: Plan, done: Container) -> tuple[int, list[Item]]:
-    """This shard's item count and its Items not done yet, in plan order; Items are built only
+    """This slice's item count and its Items not done yet, in plan order; Items are built only
     for those, so a finished run costs little more than reading its files."""
-    if not worker.sharded:
+    if not worker.sliced:
         return plan.total, plan.items(skip=done)
-    scope = set(worker.shard_items(plan.keys()))
+    scope = set(worker.slice_items(plan.keys()))
     return len(scope), plan.items(skip=_AllBut(scope, done))
 
 
@@ -102,17 +113,17 @@ class _AllBut:
         return key not in self.keep or key in self.done
 
 
-def finish(share: Share, counts: dict[str, Any]) -> dict[str, Any] | None:
+def end(session: Session, counts: dict[str, Any]) -> dict[str, Any] | None:
     """After this worker's renders: wait for the other ranks, merge the parts, and return the
     counts of all ranks (on rank 0; None on the others). `counts` holds rendered, failed,
     render_seconds, model_loads and model_loaded."""
-    store = share.store
+    store = session.store
     store.close_part()
-    share.group.wait_for_all()
-    everyone = share.group.gather(counts)
-    if not share.worker.leader:
+    session.group.wait_for_all()
+    everyone = session.group.gather(counts)
+    if not session.worker.leader:
         return None
-    if share.worker.part:
+    if session.worker.part:
         store.merge_parts(reload=False)  # items retried with success leave the errors log
     return {
         "rendered": sum(c["rendered"] for c in everyone),

@@ -1,0 +1,84 @@
+"""layout=flat: `images/<stem>.png`, each image its own file (with `output.captions`, the prompt
+as `images/<stem>.txt` beside it); the run directory loads as an imagefolder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flux_batch.faults import crash_point
+from flux_batch.store.atomic import TMP_SUFFIX
+from flux_batch.store.layouts.base import Layout, Output
+from flux_batch.store.names import IMAGES
+
+if TYPE_CHECKING:
+    from flux_batch.store.run_dir import RunStore
+
+LOAD_IMAGEFOLDER = ("\nLoad it with `datasets.load_dataset(\"imagefolder\", data_dir=...)` or from the Hub "
+                    "by its name; the `.txt` files beside the images, when present, are the prompts.\n")
+
+
+class Flat(Layout):
+    name = "flat"
+
+    def file_name(self, index: int, stem: str, extension: str) -> str:
+        return f"{IMAGES}/{stem}{extension}"
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"captions": True} if self.captions else {}  # absent for plain flat: older runs keep theirs
+
+    def data_files(self, extension: str) -> list[str]:
+        return ["metadata.jsonl", f"{IMAGES}/*{extension}"]
+
+    def card_text(self) -> tuple[str, str]:
+        return self.name, LOAD_IMAGEFOLDER
+
+    @staticmethod
+    def on_disk(run_dir: Path, remove_temp: bool) -> set[str]:
+        return list_folder(run_dir, run_dir / IMAGES, remove_temp)
+
+    def open(self, store: RunStore) -> Output:
+        return ImageFiles(store, self.captions)
+
+
+FLAT = Flat()  # the default layout
+
+
+class ImageFiles(Output):
+    """Each image written atomically on a pool thread (its caption after it), then its
+    manifest line appended: a listed image always has its file and caption."""
+
+    def __init__(self, store: RunStore, captions: bool):
+        self.store = store
+        self.captions = captions
+
+    def save(self, record: dict, data: bytes, prompt: str) -> None:
+        self.store.save_image(record["file_name"], data)
+        crash_point("image_written")
+        if self.captions:  # before the manifest line: a listed image always has its caption
+            self.store.save_caption(caption_name(record["file_name"]), prompt)
+
+    def list(self, record: dict, saved: None) -> None:
+        self.store.manifest.append(record)
+        crash_point("manifest_appended")
+
+
+def caption_name(image_file_name: str) -> str:
+    """`images/…/<stem>.txt` beside `images/…/<stem>.png`."""
+    return image_file_name.rsplit(".", 1)[0] + ".txt"
+
+
+def list_folder(run_dir: Path, folder: Path, remove_temp: bool) -> set[str]:
+    """The file_names in `folder` (a temp file a kill left removed, when asked), or none."""
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    prefix = f"{folder.relative_to(run_dir).as_posix()}/"  # once per folder: 1M names
+    present = set()
+    for name in names:
+        if remove_temp and name.startswith(".") and name.endswith(TMP_SUFFIX):
+            os.unlink(folder / name)
+        else:
+            present.add(prefix + name)
+    return present
