@@ -31,6 +31,7 @@ from flux_batch.plan.items import Item, Plan, RowDefaults, Settings
 from flux_batch.plan.known import KnownPlan
 from flux_batch.plan.prompts import Fields, find_prompt_file, read_rows
 from flux_batch.plan.sizes import area, default_size
+from flux_batch.render.progress import StepProgress
 from flux_batch.render.schedule import RenderOptions
 from flux_batch.render.schedule import for_run as make_schedule
 from flux_batch.scale.ranks import Worker
@@ -206,10 +207,12 @@ def _render_all(cfg: DictConfig, settings: dict[str, Any], worker: Worker, share
     crash_point("model_loaded")
     # written once the model is known to load, so a refused model leaves nothing behind
     store.write_run_info(run_info(cfg, settings, share.previous, files.record()))
-    schedule = make_schedule(pipe, files, device, todo, stop.requested, render_options(cfg))
     failures = Failures(store, summary, cfg.max_errors)
     progress = tqdm(total=len(todo), unit="img", disable=None if cfg.runtime.progress else True,
                     file=sys.stderr, dynamic_ncols=True, **worker.progress_options())
+    steps = StepProgress(progress, sum(item.settings.steps for item in todo), cfg.runtime.progress,
+                         worker.label, failed=lambda: summary.failed)
+    schedule = make_schedule(pipe, files, device, todo, stop.requested, render_options(cfg), steps)
 
     def listed(item: Item) -> None:  # an image on disk and in the manifest
         summary.rendered += 1
@@ -239,6 +242,7 @@ def _render_all(cfg: DictConfig, settings: dict[str, Any], worker: Worker, share
         writer.close()
         stop.rendering = False
         summary.render_seconds = time.perf_counter() - started
+        steps.close()
         progress.close()
     log.info("%s; the rest of rendering (writing, manifest) %.2f s", schedule.timing(),
              summary.render_seconds - schedule.model_seconds())

@@ -6,9 +6,11 @@ batch it lands in.
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Callable, Iterator
 
 
+from flux_batch import faults
 from flux_batch.faults import crash_point
 from flux_batch.plan.items import Item, Settings
 from flux_batch.render import step_cache
@@ -47,6 +49,8 @@ class Renderer:
         self.base_scheduler_config = pipe.flux_batch_scheduler_config
         self.schedulers: dict = {}
         self._vae_device = None  # where the VAE runs: asked once (diffusers walks every module)
+        self.progress = None  # progress.StepProgress, told of each step
+        self._step_delay = faults.step_delay()
 
     def _use_scheduler(self, name: str) -> None:
         from flux_batch.samplers import make_scheduler
@@ -78,7 +82,17 @@ class Renderer:
             negative, negative_pooled = encode([item.negative_prompt for item in batch])
             cfg = {"negative_prompt_embeds": negative, "negative_pooled_prompt_embeds": negative_pooled,
                    "true_cfg_scale": s.true_cfg}
-        output = self.pipe(
+        if self.progress is not None:
+            self.progress.begin(len(batch), s.steps)
+        try:
+            output = self._call(prompt_embeds, pooled_prompt_embeds, cfg, s, generators, output_type)
+        finally:
+            if self.progress is not None:
+                self.progress.end()
+        return None if self.should_stop() else output.images
+
+    def _call(self, prompt_embeds, pooled_prompt_embeds, cfg, s, generators, output_type):
+        return self.pipe(
             prompt_embeds=prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds,
             **cfg,
@@ -91,7 +105,6 @@ class Renderer:
             output_type=output_type,
             callback_on_step_end=self._check_stop,
         )
-        return None if self.should_stop() else output.images
 
     def decode(self, latents, settings: Settings) -> np.ndarray:
         """Packed latents of a batch as (B, H, W, 3) images: what FluxPipeline does after its
@@ -111,6 +124,10 @@ class Renderer:
 
     def _check_stop(self, pipe, step, timestep, callback_kwargs):
         crash_point("mid_denoise")
+        if self._step_delay:
+            time.sleep(self._step_delay)
+        if self.progress is not None:
+            self.progress.step(step + 1)
         if self.should_stop():
             pipe._interrupt = True  # FluxPipeline skips the remaining steps
         return callback_kwargs

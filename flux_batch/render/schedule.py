@@ -233,13 +233,15 @@ class RenderOptions:
 
 
 def for_run(pipe, files, device: str, items: list[Item], should_stop: Callable[[], bool],
-            options: RenderOptions) -> Schedule:
-    """The schedule `options` ask for, with its prompt encoder and batch size."""
+            options: RenderOptions, progress=None) -> Schedule:
+    """The schedule `options` ask for, with its prompt encoder and batch size; `progress`
+    (progress.StepProgress) is told of each denoising step."""
     msl = options.max_sequence_length
     identity = encoders_identity(files, pipe, device, resolve_dtype(options.dtype, device))
     disk = EmbedCache(options.embed_cache, identity) if options.embed_cache else None
     encoder = PromptEncoder(pipe, identity, msl, disk)
     render = Renderer(pipe, msl, should_stop, encoder, options.shift)
+    render.progress = progress
     sizer = batch_size.for_run(options.batch_size, pipe, [i.settings for i in items], msl, device)
     torch_compile.apply(pipe, options.compile)
     step_cache.apply(pipe.transformer, options.cache)
