@@ -15,6 +15,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from flux_batch import families
 from flux_batch.errors import ConfigError
 from flux_batch.plan.sizes import parse_aspect
 from flux_batch.render import step_cache
@@ -72,7 +73,8 @@ class ModelConfig:
     # `tiny`: the random embedded model, built on first use into the cache; `demo`: the trained
     # one shipped in the package; null for real weights
     builder: Optional[str] = None
-    variant: str = "dev"  # dev (guidance embedding) or schnell
+    family: str = "flux1"  # a name in flux_batch.families: the pipeline, encoders, GGUF layout
+    variant: str = "dev"  # one of the family's: dev (guidance embedding) or schnell for flux1
     steps: int = MISSING
     guidance: float = MISSING
     max_sequence_length: int = MISSING
@@ -343,5 +345,4 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"runtime.embed_cache={cache}: not a folder")
     if not 1 <= cfg.output.quality <= 100:
         raise ConfigError(f"output.quality={cfg.output.quality}: must be between 1 and 100")
-    if cfg.model.variant not in ("dev", "schnell"):
-        raise ConfigError(f"model.variant={cfg.model.variant}: expected dev or schnell")
+    families.check_model(cfg.model, value_of(cfg.cache.method), bool(cfg.lora), cfg.sampler.true_cfg)

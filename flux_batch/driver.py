@@ -160,7 +160,7 @@ def pipeline_for(cfg: DictConfig, device: str, previous: dict | None = None) -> 
 def load_options(cfg: DictConfig) -> LoadOptions:
     return LoadOptions(model=cfg.model.name, variant=cfg.model.variant, quant=cfg.quant.name,
                        dtype=value_of(cfg.runtime.dtype), offload=value_of(cfg.runtime.offload),
-                       dequantize=value_of(cfg.runtime.dequantize))
+                       dequantize=value_of(cfg.runtime.dequantize), family=cfg.model.family)
 
 
 def render_options(cfg: DictConfig) -> RenderOptions:

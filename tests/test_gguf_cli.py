@@ -14,10 +14,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import pixels, script
-from flux_batch.gguf import keys as flux_keys
+from flux_batch import families
 from flux_batch.gguf.checkpoint import open_checkpoint, plan
 from flux_batch.gguf.file import write_gguf
 from flux_batch.gguf.quantize import quantize_checkpoint
+
+flux_keys = families.get("flux1").keys  # FLUX.1's GGUF key table
 
 KEEP = ("x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out")
 
