@@ -97,7 +97,7 @@ def test_every_source_format_gives_the_same_file(model_cache, tmp_path):
     prefixed["first_stage_model.decoder.conv_in.weight"] = torch.ones(4, 4)  # a full checkpoint's VAE
     save_file(prefixed, tmp_path / "full.safetensors")
     sharded = tmp_path / "sharded"
-    from diffusers import FluxTransformer2DModel
+    FluxTransformer2DModel = families.get("flux1").transformer_class()
 
     model = FluxTransformer2DModel.from_pretrained(tiny_folder(model_cache))
     model.save_pretrained(sharded, max_shard_size="100KB")
@@ -145,7 +145,9 @@ def test_quantize_inspect_render_end_to_end(cli, model_cache, tmp_path):
 
 
 def test_memory_reported_is_what_diffusers_allocates(model_cache, tmp_path):
-    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+    from diffusers import GGUFQuantizationConfig
+
+    FluxTransformer2DModel = families.get("flux1").transformer_class()
 
     out = tmp_path / "q5.gguf"
     gguf_cli("quantize", tiny_folder(model_cache), out, "--type", "Q5_0", "--layout", "diffusers")

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from flux_batch.plan.items import Settings
+    from flux_batch.plan.items import Item, Settings
 
 Embedding = dict[str, "torch.Tensor"]  # one prompt's (or a batch's) tensors, by call-argument name
 
@@ -52,7 +52,9 @@ class Family:
     encoder_folders: tuple[str, ...]  # pipeline-folder folders that make the embeddings
     pipeline_files: tuple[str, ...]  # what a hub pipeline folder needs (never the transformer weights)
     embedding_names: tuple[str, ...]  # the tensors of one prompt's embedding, in cache-file order
-    keys: Any  # the GGUF key table: a module with layout_of, block_counts, fusions, BFL_PREFIX...
+    # the GGUF key table: a module with BFL_PREFIX, unprefixed, layout_of, block_counts,
+    # has_guidance, fusions, split_sizes and swap_halves (families/flux1/keys.py)
+    keys: Any
 
     # classes
 
@@ -87,10 +89,11 @@ class Family:
         """One prompt's embedding, as the pipeline's own encoder computes it."""
         raise NotImplementedError
 
-    def call_args(self, settings: Settings, embeds: Embedding, negative: Embedding | None,
+    def call_args(self, batch: list[Item], embeds: Embedding, negative: Embedding | None,
                   max_sequence_length: int) -> dict[str, Any]:
-        """The pipeline call's arguments for a batch, besides generators, output_type and the
-        step callback; `negative` only under true CFG."""
+        """The pipeline call's arguments for a batch of items (one Settings; an image-input
+        family reads each item's image), besides generators, output_type and the step
+        callback; `negative` only under true CFG."""
         raise NotImplementedError
 
     def decode(self, pipe, latents, settings: Settings, vae_device) -> np.ndarray:

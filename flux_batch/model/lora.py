@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from flux_batch import families
 from flux_batch.errors import ModelFileError
 from flux_batch.model.file_hash import file_sha256

@@ -13,7 +13,6 @@ import os
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from flux_batch import families
 from flux_batch.families import Embedding

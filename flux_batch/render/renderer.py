@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Callable, Iterator
 
-
 from flux_batch import families, faults
 from flux_batch.families import Embedding
 from flux_batch.faults import crash_point
@@ -80,7 +79,7 @@ class Renderer:
         embeds = encode([item.prompt for item in batch])
         # true CFG only where the batch has negative prompts (Settings keeps them apart)
         negative = encode([item.negative_prompt for item in batch]) if s.true_cfg > 1 else None
-        args = self.family.call_args(s, embeds, negative, self.max_sequence_length)
+        args = self.family.call_args(batch, embeds, negative, self.max_sequence_length)
         if self.progress is not None:
             self.progress.begin(len(batch), s.steps)
         try:

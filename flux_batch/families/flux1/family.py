@@ -68,8 +68,9 @@ class Flux1(Family):
         )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
-    def call_args(self, settings, embeds: Embedding, negative: Embedding | None,
+    def call_args(self, batch, embeds: Embedding, negative: Embedding | None,
                   max_sequence_length: int) -> dict[str, Any]:
+        settings = batch[0].settings
         args: dict[str, Any] = dict(embeds)
         if negative is not None:
             args.update({f"negative_{name}": tensor for name, tensor in negative.items()})
