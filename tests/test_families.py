@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from conftest import FAST, REPO, write_prompts
 
 # what only the FLUX.1 family's folder may name (and the demo's trainer, which builds FLUX.1)
@@ -11,21 +13,16 @@ FLUX1_NAMES = re.compile(r"FluxPipeline|FluxTransformer2DModel|text_encoder_2")
 ALLOWED = ("flux_batch/families/flux1/", "flux_batch/demo/train.py")
 
 
-def test_an_unknown_family_is_one_line_naming_the_known_ones(cli, tmp_path):
+@pytest.mark.parametrize("override, line", [
+    ("model.family=flux9", "model.family=flux9: unknown model family; the known ones are flux1"),
+    ("model.variant=pro", "model.variant=pro: expected dev or schnell"),  # the family's check
+], ids=["unknown-family", "unknown-variant"])
+def test_an_unknown_family_or_variant_is_one_line(cli, tmp_path, override, line):
     prompts = write_prompts(tmp_path / "p.jsonl", [{"prompt": "a red fox"}])
-    result = cli(f"dataset.path={prompts}", *FAST, "model.family=flux9", "output.dir=out", check=False)
+    result = cli(f"dataset.path={prompts}", *FAST, override, "output.dir=out", check=False)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [
-        "flux-batch: error: model.family=flux9: unknown model family; the known ones are flux1"]
+    assert result.stderr.strip().splitlines() == [f"flux-batch: error: {line}"]
     assert not (tmp_path / "out" / "run.json").exists()  # nothing written
-
-
-def test_the_variant_is_checked_by_the_family(cli, tmp_path):
-    prompts = write_prompts(tmp_path / "p.jsonl", [{"prompt": "a red fox"}])
-    result = cli(f"dataset.path={prompts}", *FAST, "model.variant=pro", "output.dir=out", check=False)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [
-        "flux-batch: error: model.variant=pro: expected dev or schnell"]
 
 
 def test_the_default_family_renders_as_before(cli, tmp_path):

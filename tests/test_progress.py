@@ -24,3 +24,39 @@ def test_slow_steps_log_progress_lines_off_a_terminal(cli, tmp_path):
     assert "rendered 2" in result.stdout
     quiet = cli(*args, "runtime.progress=false", "output.dir=quiet", env=slow)
     assert not any(LINE.search(line) for line in quiet.stdout.splitlines()), quiet.stdout
+
+
+def test_on_a_terminal_the_image_bar_names_the_step(cli, tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    from conftest import script
+
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "fox", "prompt": "a red fox"}])
+    master, terminal = pty.openpty()  # stderr is a terminal: tqdm draws its bar there
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # 160 columns
+    proc = subprocess.Popen(
+        [script("flux-batch"), "model=tiny", f"dataset.path={prompts}", "sampler.steps=4",
+         "sampler.width=32", "sampler.height=32", "runtime.progress=true"],
+        cwd=cli.cwd, env={**cli.env, "FLUX_BATCH_STEP_DELAY": "0.3"},
+        stdout=subprocess.PIPE, stderr=terminal, text=True)
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the other side closed
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    stdout, _ = proc.communicate(timeout=300)
+    os.close(master)
+    assert proc.returncode == 0, stdout
+    steps = set(re.findall(rb"step=(\d)/4", drawn))
+    assert {b"1", b"2", b"3", b"4"} <= steps, drawn[-2000:]
+    assert not any(LINE.search(line) for line in stdout.splitlines())  # the bar, not log lines
