@@ -206,6 +206,7 @@ def place(pipe, offload: bool, device: str) -> None:
 
 
 def schedule_for(pipe, row: Row, arch: dict, device: str, compile_options: dict):
+    from flux_batch.config import CacheConfig
     from flux_batch.render import compile as torch_compile
     from flux_batch.render import step_cache
     from flux_batch.render.encoder import PromptEncoder
@@ -215,7 +216,7 @@ def schedule_for(pipe, row: Row, arch: dict, device: str, compile_options: dict)
 
     torch_compile.OPTIONS = compile_options
     torch_compile.apply(pipe, row.compile)
-    step_cache.apply(pipe.transformer, step_cache.CacheOptions(**CACHES[row.cache][1]))
+    step_cache.apply(pipe.transformer, CacheConfig(**CACHES[row.cache][1]))
     encoder = PromptEncoder(pipe, ("bench", row.weights, device), arch["max_sequence_length"])
     render = Renderer(pipe, arch["max_sequence_length"], lambda: False, encoder)
     return Schedule(render, BatchSizer(row.batch), row.schedule == "phased", chunk_size=64)

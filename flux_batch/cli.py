@@ -7,12 +7,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 
 # Quiet the libraries' import-time chatter before they are imported.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import hydra  # noqa: E402
+from hydra._internal import utils as hydra_utils  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -24,6 +26,7 @@ from flux_batch.demo import tiny  # noqa: E402
 from flux_batch.driver import run  # noqa: E402
 from flux_batch.errors import EXIT_BAD_INPUT, FluxBatchError  # noqa: E402
 from flux_batch.fingerprint import run_dir_resolver  # noqa: E402
+from flux_batch.refusals import refusal_line  # noqa: E402
 from flux_batch.signals import Interrupted, hand_on  # noqa: E402
 from flux_batch.sweep.callback import JobTracker  # noqa: E402
 from flux_batch.sweep.jobs import job_dir_resolver, sweep_dir_resolver  # noqa: E402
@@ -51,15 +54,41 @@ _started = False  # whether Hydra got as far as calling the app
 
 
 def main() -> None:
-    """The `flux-batch` script. Hydra reports a config it cannot compose (unknown key, wrong
-    type, bad enum value: its message names the key) with exit status 1; here that becomes 2,
-    the status of every other refused input, so scripts can tell bad input from a failed run."""
+    """The `flux-batch` script. A config Hydra cannot compose (unknown key, wrong type, bad
+    enum value, missing group option) is one line naming the key, with exit status 2, the
+    status of every other refused input, so scripts can tell bad input from a failed run."""
     try:
-        hydra_app()
+        with one_line_refusals():
+            hydra_app()
     except SystemExit as e:
-        if e.code == 1 and not _started:
+        if e.code == 1 and not _started:  # what Hydra reports in its own words
             raise SystemExit(EXIT_BAD_INPUT) from None
         raise
+
+
+@contextmanager
+def one_line_refusals():
+    """Hydra's own error report, except for refused command lines (refusals.py). Hydra calls
+    its `run_and_report` for each step (composing, running the app) and prints what fails."""
+    hydras = hydra_utils.run_and_report
+
+    def run_and_report(func):
+        def refusing():
+            try:
+                return func()
+            except Exception as e:
+                line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else refusal_line(e, not _started)
+                if line is None:
+                    raise
+                print(f"flux-batch: error: {line}", file=sys.stderr)
+                raise SystemExit(EXIT_BAD_INPUT) from None
+        return hydras(refusing)
+
+    hydra_utils.run_and_report = run_and_report
+    try:
+        yield
+    finally:
+        hydra_utils.run_and_report = hydras
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

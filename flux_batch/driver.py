@@ -10,17 +10,17 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from flux_batch import faults
-from flux_batch.config import cache_options, output_layout, validate, value_of
+from flux_batch.config import FluxBatchConfig, load, output_layout, plain
 from flux_batch.errors import TooManyErrors
 from flux_batch.faults import crash_point
-from flux_batch.fingerprint import pixel_settings, run_info
+from flux_batch.fingerprint import cache_settings, pixel_settings, run_info
 from flux_batch.model import lora
 from flux_batch.model.cache import get_pipeline
 from flux_batch.model.device import resolve_device
@@ -72,7 +72,7 @@ class Summary:
         )
 
 
-def plan_run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> Plan | KnownPlan:
+def plan_run(cfg: FluxBatchConfig, run_dir: str | os.PathLike | None = None) -> Plan | KnownPlan:
     """The prompt file's items (first `limit` only), checked whole, or PromptFileError. With
     `run_dir`: the keys that run kept for this very file and these settings, when it has them
     (the file is then parsed only if an item is pending)."""
@@ -98,24 +98,24 @@ def plan_run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> Plan 
     return plan
 
 
-def _plan_shape(cfg: DictConfig) -> dict[str, Any]:
+def _plan_shape(cfg: FluxBatchConfig) -> dict[str, Any]:
     """The settings a plan's keys and checks depend on, besides the prompt file's bytes."""
-    return {"dataset": {k: cfg.dataset[k] for k in ("format", "prompt_field", "id_field")},
-            "sampler": OmegaConf.to_container(cfg.sampler, resolve=True, enum_to_str=True),
+    return {"dataset": {k: getattr(cfg.dataset, k) for k in ("format", "prompt_field", "id_field")},
+            "sampler": asdict(cfg.sampler),
             "seed": cfg.seed, "num_images": cfg.num_images, "limit": cfg.limit,
-            "layout": value_of(cfg.output.layout)}
+            "layout": plain(cfg.output.layout)}
 
 
-def plan_items(cfg: DictConfig) -> list[Item]:
+def plan_items(cfg: FluxBatchConfig | DictConfig) -> list[Item]:
     """Every item of the prompt file (first `limit` only), or PromptFileError."""
-    return plan_run(cfg).items()
+    return plan_run(load(cfg)).items()
 
 
-def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
-    """validate → plan → share → render → store, building each stage's objects from `cfg` here."""
+def run(cfg: FluxBatchConfig | DictConfig, run_dir: str | os.PathLike) -> Summary:
+    """check → plan → share → render → store, building each stage's objects from `cfg` here."""
     # a signal at any point ends the run through Interrupted: exit 130 / 143, manifest whole
     with StopSignals() as stop:
-        validate(cfg)
+        cfg = load(cfg)  # the one conversion: every stage below reads the typed sections
         lora.check(cfg.lora)
         plan = plan_run(cfg, run_dir)
         settings = pixel_settings(cfg)
@@ -148,40 +148,42 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Summary:
             store.close()
 
 
-def pipeline_for(cfg: DictConfig, device: str, previous: dict | None = None) -> tuple[Any, ModelFiles, bool]:
+def pipeline_for(cfg: FluxBatchConfig | DictConfig, device: str,
+                 previous: dict | None = None) -> tuple[Any, ModelFiles, bool]:
     """(pipeline, its files, whether it was loaded now): the kept one when it matches.
     `previous`: run.json as found, whose transformer hash the file must still have."""
+    cfg = load(cfg)
     files = resolve_files(cfg.model, cfg.quant, cfg.lora)
     check_same_model(previous, files)
     pipe, loaded = get_pipeline(files, load_options(cfg), device)
     return pipe, files, loaded
 
 
-def load_options(cfg: DictConfig) -> LoadOptions:
+def load_options(cfg: FluxBatchConfig | DictConfig) -> LoadOptions:
+    cfg = load(cfg)
     return LoadOptions(model=cfg.model.name, variant=cfg.model.variant, quant=cfg.quant.name,
-                       dtype=value_of(cfg.runtime.dtype), offload=value_of(cfg.runtime.offload),
-                       dequantize=value_of(cfg.runtime.dequantize), family=cfg.model.family)
+                       dtype=plain(cfg.runtime.dtype), offload=plain(cfg.runtime.offload),
+                       dequantize=plain(cfg.runtime.dequantize), family=cfg.model.family)
 
 
-def render_options(cfg: DictConfig) -> RenderOptions:
+def render_options(cfg: FluxBatchConfig) -> RenderOptions:
     r = cfg.runtime
     return RenderOptions(
-        batch_size=cfg.batch_size, schedule=value_of(r.schedule), chunk_size=r.chunk_size,
-        dtype=value_of(r.dtype), max_sequence_length=cfg.sampler.max_sequence_length,
-        shift=cfg.sampler.shift, embed_cache=r.embed_cache, compile=r.compile,
-        cache=cache_options(cfg.cache))
+        batch_size=cfg.batch_size, schedule=plain(r.schedule), chunk_size=r.chunk_size,
+        dtype=plain(r.dtype), max_sequence_length=cfg.sampler.max_sequence_length,
+        shift=cfg.sampler.shift, embed_cache=r.embed_cache, compile=r.compile, cache=cfg.cache)
 
 
-def image_options(cfg: DictConfig, files: ModelFiles) -> ImageOptions:
+def image_options(cfg: FluxBatchConfig, files: ModelFiles) -> ImageOptions:
     return ImageOptions(
-        format=value_of(cfg.output.format), quality=cfg.output.quality, model=cfg.model.name,
+        format=plain(cfg.output.format), quality=cfg.output.quality, model=cfg.model.name,
         quant=cfg.quant.name, model_label=Path(files.transformer).name.removesuffix(".gguf"),
         loras=files.loras, model_sha256=files.transformer_sha256, shift=cfg.sampler.shift,
-        cache=cache_options(cfg.cache).settings(), layout=output_layout(cfg.output))
+        cache=cache_settings(cfg.cache), layout=output_layout(cfg.output))
 
 
-def _write_card(cfg: DictConfig, store: RunStore, count: int) -> None:
-    write_run_card(store.dir, count, output_layout(cfg.output), EXTENSIONS[value_of(cfg.output.format)])
+def _write_card(cfg: FluxBatchConfig, store: RunStore, count: int) -> None:
+    write_run_card(store.dir, count, output_layout(cfg.output), EXTENSIONS[plain(cfg.output.format)])
 
 
 def _count_all_ranks(share: Share, summary: Summary) -> None:
@@ -195,7 +197,7 @@ def _count_all_ranks(share: Share, summary: Summary) -> None:
             setattr(summary, key, value)
 
 
-def _render_all(cfg: DictConfig, settings: dict[str, Any], worker: Worker, share: Share,
+def _render_all(cfg: FluxBatchConfig, settings: dict[str, Any], worker: Worker, share: Share,
                 summary: Summary, stop: StopSignals) -> None:
     from tqdm import tqdm
 

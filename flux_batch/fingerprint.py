@@ -15,68 +15,52 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from flux_batch.config import cache_options, shard_size, value_of
+from flux_batch.config import FluxBatchConfig, as_dict, plain, shard_size
+from flux_batch.config.fields import pixel_entries
+from flux_batch.config.schema import SECTIONS
 from flux_batch.errors import RunDirError
-from flux_batch.model.lora import identity as lora_identity
-from flux_batch.model.files import model_identity
-from flux_batch.plan.sizes import area, default_size
 
 VERSIONED_PACKAGES = ("flux-batch", "torch", "diffusers", "transformers", "gguf", "hydra-core")
 
 
-def pixel_settings(cfg: DictConfig) -> dict[str, Any]:
-    """What changes pixels. Not limit, batch_size, offload, device or progress settings."""
-    s = cfg.sampler
-    image = {"format": value_of(cfg.output.format)}
-    if image["format"] != "png":
-        image["quality"] = cfg.output.quality
-    try:
-        width, height = default_size(s)
-    except ValueError:  # a bad sampler.aspect: validate() names it; naming the run dir must not fail first
-        width, height = str(s.aspect), None
-    settings = {
-        "model": {"name": cfg.model.name, "variant": cfg.model.variant, **model_identity(cfg.model)},
-        "quant": cfg.quant.name,
-        "sampler": {
-            # the scheduler sits under "name", its key before schedulers were selectable
-            "name": s.scheduler, "steps": s.steps, "guidance": float(s.guidance),
-            "width": width, "height": height, "max_sequence_length": s.max_sequence_length,
-            **_optional_sampler_settings(s),
-        },
-        "seed": cfg.seed,
-        "dtype": value_of(cfg.runtime.dtype),
-        "image": image,
-    }
-    if cfg.lora:
-        settings["lora"] = lora_identity(cfg.lora)
-    output = {}  # the run directory's shape; absent for the default, so earlier runs keep theirs
-    if value_of(cfg.output.layout) != "flat":
-        output.update(layout=value_of(cfg.output.layout), shard_size=shard_size(cfg.output))
-    if cfg.output.captions:
-        output["captions"] = True
-    if output:
+def pixel_settings(cfg: FluxBatchConfig | DictConfig) -> dict[str, Any]:
+    """What changes pixels: the settings whose fields declare it (config/schema.py), and the
+    output layout's. Not limit, batch_size, offload, device or progress settings. `cfg`: the
+    typed config, or Hydra's composed one (the run-dir resolvers name a run before it is checked)."""
+    settings: dict[str, Any] = {}
+    for group, key, value, spread in _entries(cfg):
+        target = settings if group == "" else settings.setdefault(group, {})
+        if spread:
+            target.update(value)
+        else:
+            target[key] = value
+    if output := layout_settings(cfg.output):
         settings["output"] = output
-    cache = cache_options(cfg.cache).settings()
-    if cache is not None:  # absent without caching: runs made before caching keep their fingerprint
-        settings["cache"] = cache
     return settings
 
 
-def _optional_sampler_settings(s: DictConfig) -> dict[str, Any]:
-    """Settings that enter the fingerprint only when they differ from the default, so that a
-    run made before they existed keeps its fingerprint (and its directory)."""
+def _entries(cfg: Any):
+    yield from pixel_entries(cfg, "")
+    for key in SECTIONS:
+        yield from pixel_entries(getattr(cfg, key), key)
+
+
+def layout_settings(output: Any) -> dict[str, Any]:
+    """The run directory's shape; empty for the default, so earlier runs keep their fingerprint."""
     found: dict[str, Any] = {}
-    if s.shift is not None:
-        found["shift"] = float(s.shift)
-    if s.true_cfg != 1:
-        found["true_cfg"] = float(s.true_cfg)
-    if s.negative_prompt.strip():
-        found["negative_prompt"] = s.negative_prompt.strip()
-    if s.aspect is not None or s.megapixels is not None:  # rows' own aspects fit this area
-        found["area"] = area(s)
+    if plain(output.layout) != "flat":
+        found.update(layout=plain(output.layout), shard_size=shard_size(output))
+    if output.captions:
+        found["captions"] = True
     return found
+
+
+def cache_settings(cache: Any) -> dict[str, Any] | None:
+    """The step cache's knobs that change pixels, as the manifest records them; None for none."""
+    found = {key: value for _, key, value, _ in pixel_entries(cache, "cache")}
+    return found or None
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -87,7 +71,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
 
-def default_run_dir(cfg: DictConfig) -> str:
+def default_run_dir(cfg: FluxBatchConfig | DictConfig) -> str:
     """outputs/<dataset>-<model>-<quant>-<8 hex of the fingerprint>, relative to the cwd."""
     digest = fingerprint(pixel_settings(cfg))[:8]
     dataset = slug(Path(str(cfg.dataset.path)).stem)
@@ -132,7 +116,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def run_info(cfg: DictConfig, settings: dict[str, Any], previous: dict[str, Any] | None,
+def run_info(cfg: FluxBatchConfig, settings: dict[str, Any], previous: dict[str, Any] | None,
              files: dict[str, Any] | None = None) -> dict[str, Any]:
     """run.json: `files` holds the model files' names and SHA-256s (model/files.py)."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -140,7 +124,7 @@ def run_info(cfg: DictConfig, settings: dict[str, Any], previous: dict[str, Any]
         "fingerprint": fingerprint(settings),
         "settings": settings,
         **({"files": files} if files is not None else {}),
-        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "config": as_dict(cfg),
         "versions": versions(),
         "created": (previous or {}).get("created", now),
         "last_started": now,

@@ -1,13 +1,15 @@
 """Config composition through Hydra's compose API: groups, defaults, schemas, fingerprint."""
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError
+
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from flux_batch.cli import register_configs
-from flux_batch.config import validate
+from flux_batch.config import CacheConfig, CacheMethod, load, validate
 from flux_batch.errors import ConfigError
 from flux_batch.fingerprint import default_run_dir, pixel_settings
 
@@ -120,3 +122,24 @@ def test_pixel_settings_identify_local_files_by_name_and_size(tmp_path):
     cfg = compose_cfg("model=flux-dev", f"model.transformer={gguf}", f"model.base={tmp_path}")
     identity = pixel_settings(cfg)["model"]
     assert identity["transformer"] == {"name": "flux1-dev-Q8_0.gguf", "size": 16}
+
+
+def test_the_typed_config_is_built_once_and_read_only():
+    cfg = load(compose_cfg("cache=fbcache", "sampler.steps=5"))
+    assert isinstance(cfg.cache, CacheConfig) and cfg.cache.method == CacheMethod.fbcache
+    assert (cfg.sampler.steps, cfg.cache.threshold) == (5, 0.08)  # the schema's default, held once
+    assert load(cfg) is cfg
+    with pytest.raises(FrozenInstanceError):
+        cfg.sampler.steps = 3
+
+
+def test_model_family_defaults_to_flux1_and_stays_out_of_the_fingerprint():
+    assert load(compose_cfg()).model.family == "flux1"
+    assert default_run_dir(compose_cfg("model.family=other")) == default_run_dir(compose_cfg())
+    with pytest.raises(ConfigError, match="model.family=: must name a model family"):
+        load(compose_cfg("model.family="))
+
+
+def test_a_key_added_with_plus_is_refused_naming_it():
+    with pytest.raises(ConfigError, match="^output.x: no such key; output has dir, format"):
+        load(compose_cfg("+output.x=1"))

@@ -118,6 +118,7 @@ def test_pipeline_decides_for_each_item(demo_pipe):
     neighbours, which is why flux-batch decides per item."""
     from diffusers import FirstBlockCacheConfig
 
+    from flux_batch.config import CacheConfig
     from flux_batch.render import step_cache
 
     transformer = demo_pipe.transformer
@@ -128,7 +129,7 @@ def test_pipeline_decides_for_each_item(demo_pipe):
         theirs_in_two = draw(demo_pipe, [ITEMS[0], ITEMS[3]], [1, 4])
     finally:
         transformer.disable_cache()
-    step_cache.apply(transformer, step_cache.CacheOptions("fbcache", threshold=0.2))
+    step_cache.apply(transformer, CacheConfig("fbcache", threshold=0.2))
     try:
         step_cache.reset(transformer)
         ours_alone = draw(demo_pipe, ITEMS[:1], [1])

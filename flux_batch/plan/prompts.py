@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from flux_batch import record as record_fields
-from flux_batch.config import aspect_problem, guidance_problem, scheduler_problem, true_cfg_problem
+from flux_batch.config import FluxBatchConfig, SamplerConfig, rule_of
 from flux_batch.errors import PromptFileError
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -25,10 +25,13 @@ MAX_SEED = 2**63 - 1
 # wrong column or a binary file, and would be copied into every image and manifest line.
 MAX_PROMPT_CHARS = 20_000
 
-# Per-row settings a prompt file may carry, and how each is checked.
-INT_OVERRIDES = {"num_images": 1, "seed": 0, "width": 16, "height": 16, "steps": 1}
+# Per-row settings a prompt file may carry, each checked by the rule of its config field
+# (config/schema.py): the rule the config's own value is checked by.
+INT_OVERRIDES = ("num_images", "seed", "width", "height", "steps")
 FLOAT_OVERRIDES = ("guidance",)
 TEXT_OVERRIDES = ("negative_prompt", "scheduler", "aspect")
+RULES = {name: rule_of(FluxBatchConfig if name in ("num_images", "seed") else SamplerConfig, name)
+         for name in (*INT_OVERRIDES, *FLOAT_OVERRIDES, "true_cfg", "scheduler", "aspect")}
 # Manifest keys a leftover column of the prompt file may not take over.
 
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".txt": "txt"}
@@ -249,21 +252,21 @@ def _to_row(line: int, record: dict[str, Any], fields: Fields) -> tuple[Row | No
     if not by_lower:  # only a prompt and an id: the common row, with nothing more to check
         return (None, errors) if errors else (Row(line, prompt.strip(), row_id), [])
     overrides: dict[str, Any] = {}
-    for name, minimum in INT_OVERRIDES.items():
+    for name in INT_OVERRIDES:
         value = take(name)
         if value is not None:
-            parsed, error = _parse_int(name, value, minimum)
+            parsed, error = _parse_int(name, value, _least(RULES[name]))
             errors.extend([error] if error else [])
             overrides[name] = parsed
     for name in FLOAT_OVERRIDES:
         value = take(name)
         if value is not None:
-            parsed, error = _parse_number(name, value, guidance_problem)
+            parsed, error = _parse_number(name, value, RULES[name].problem)
             errors.extend([error] if error else [])
             overrides[name] = parsed
     for name in ("width", "height"):
-        if isinstance(overrides.get(name), int) and overrides[name] % 16:
-            errors.append(f"{name}={overrides[name]} is not a multiple of 16")
+        if isinstance(overrides.get(name), int) and overrides[name] % RULES[name].multiple:
+            errors.append(f"{name}={overrides[name]} is not a multiple of {RULES[name].multiple}")
     errors.extend(_sampler_overrides(take, overrides))
 
     extra = {key: record[key] for key in by_lower.values()}
@@ -288,18 +291,23 @@ def _sampler_overrides(take, overrides: dict[str, Any]) -> list[str]:
             overrides[name] = value.strip()
     value = take("true_cfg")
     if value is not None:
-        parsed, error = _parse_number("true_cfg", value, true_cfg_problem)
+        parsed, error = _parse_number("true_cfg", value, RULES["true_cfg"].problem)
         errors.extend([error] if error else [])
         overrides["true_cfg"] = parsed
     scheduler = overrides.get("scheduler")
-    if scheduler is not None and (problem := scheduler_problem(scheduler)) is not None:
+    if scheduler is not None and (problem := RULES["scheduler"].problem(scheduler)) is not None:
         errors.append(f"scheduler={scheduler!r}: {problem}")
     if "aspect" in overrides:
-        if (problem := aspect_problem(overrides["aspect"])) is not None:
+        if (problem := RULES["aspect"].problem(overrides["aspect"])) is not None:
             errors.append(f"aspect: {problem}")
         if "width" in overrides or "height" in overrides:
             errors.append("aspect and width/height both set: give one or the other")
     return errors
+
+
+def _least(rule) -> int:
+    """The least integer a rule accepts: a positive multiple (of 16) is at least that multiple."""
+    return rule.minimum if rule.minimum is not None else rule.multiple
 
 
 def _parse_int(name: str, value: Any, minimum: int) -> tuple[int | None, str | None]:

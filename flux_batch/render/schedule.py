@@ -21,11 +21,12 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator
 
 
 from flux_batch import families
+from flux_batch.config import CacheConfig
 from flux_batch.model.device import resolve_dtype
 from flux_batch.plan.items import Item
 from flux_batch.render import batch_size, step_cache
@@ -34,7 +35,6 @@ from flux_batch.render.batch_size import BatchSizer, is_out_of_memory
 from flux_batch.render.embed_cache import EmbedCache
 from flux_batch.render.encoder import PromptEncoder, encoders_identity
 from flux_batch.render.renderer import Renderer, batches
-from flux_batch.render.step_cache import CacheOptions
 
 if TYPE_CHECKING:  # numpy is imported where images are made: a finished run needs none
     import numpy as np
@@ -230,7 +230,8 @@ class RenderOptions:
     shift: float | None = None  # a fixed sigma shift, or None for the model's
     embed_cache: str | None = None  # folder of prompt embeddings kept between runs
     compile: bool = False
-    cache: CacheOptions = CacheOptions()  # step caching: changes pixels, in the fingerprint
+    # step caching: the config's `cache` section; changes pixels, in the fingerprint
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
 
 def for_run(pipe, files, device: str, items: list[Item], should_stop: Callable[[], bool],

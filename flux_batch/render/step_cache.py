@@ -19,49 +19,15 @@ for the next job of a sweep and are replaced when that job asks for another sett
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-METHODS = ("none", "fbcache", "taylorseer")
+# The options are the config's `cache` section (config.CacheConfig): `method` and the knobs
+# each method reads, checked when the config is built.
 
 
-@dataclass(frozen=True)
-class CacheOptions:
-    """One `cache` config: the method and its knobs (each method reads its own)."""
-
-    method: str = "none"
-    threshold: float = 0.08  # fbcache
-    interval: int = 2  # taylorseer: a full step every `interval` steps after the warm-up
-    warmup: int = 3  # taylorseer: steps computed in full before the first prediction
-    order: int = 1  # taylorseer: order of the Taylor expansion
-
-    def settings(self) -> dict[str, Any] | None:
-        """The knobs that change pixels: for the fingerprint and the manifest; None for none."""
-        if self.method == "fbcache":
-            return {"method": "fbcache", "threshold": float(self.threshold)}
-        if self.method == "taylorseer":
-            return {"method": "taylorseer", "interval": self.interval, "warmup": self.warmup,
-                    "order": self.order}
-        return None
-
-
-def problem(options: CacheOptions) -> tuple[str, str] | None:
-    """(key, why) for a well-typed but unusable cache setting, or None."""
-    import math
-
-    if options.method not in METHODS:
-        return "cache.method", f"expected one of {', '.join(METHODS)}"
-    if options.method == "fbcache" and not (math.isfinite(options.threshold) and options.threshold >= 0):
-        return "cache.threshold", "must be a finite number >= 0"
-    if options.method == "taylorseer":
-        for key, minimum in (("interval", 1), ("warmup", 1), ("order", 1)):
-            if getattr(options, key) < minimum:
-                return f"cache.{key}", f"must be an integer >= {minimum}"
-    return None
-
-
-def apply(transformer, options: CacheOptions) -> None:
-    """Install `options`' hooks on the transformer (replacing another setting's)."""
+def apply(transformer, options: Any) -> None:
+    """Install the hooks of `options` (a config.CacheConfig) on the transformer, replacing
+    another setting's."""
     if getattr(transformer, "_flux_batch_cache", None) == options:
         return
     remove(transformer)

@@ -1,0 +1,93 @@
+"""The composed config as the run reads it: built once, checked, with a warning for each
+setting its section's chosen method (layout) does not read."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from flux_batch.config.fields import is_read, plain
+from flux_batch.config.schema import (SECTIONS, CacheConfig, DatasetConfig, FluxBatchConfig,
+                                      ModelConfig, QuantConfig, SamplerConfig)
+from flux_batch.errors import ConfigError
+from flux_batch.store.layout import DEFAULT_SHARD_SIZE
+from flux_batch.store.layout import Layout as StoreLayout
+
+log = logging.getLogger("flux_batch.config")
+
+
+def register_schemas() -> None:
+    """The schemas into Hydra's ConfigStore, where the YAML files' defaults find them."""
+    cs = ConfigStore.instance()
+    cs.store(name="flux_batch_schema", node=FluxBatchConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="quant", name="quant_schema", node=QuantConfig)
+    cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
+    cs.store(group="cache", name="cache_schema", node=CacheConfig)
+    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+
+
+def load(cfg: DictConfig | FluxBatchConfig) -> FluxBatchConfig:
+    """The typed config of Hydra's composed one (as given when it is typed already): every
+    interpolation resolved, every value checked (ConfigError names the key), one warning
+    logged for each setting that has no effect."""
+    if isinstance(cfg, FluxBatchConfig):
+        return cfg
+    _refuse_added_keys(cfg)
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:  # e.g. a key added with +key=…, which no section has
+        raise ConfigError(f"{e.full_key}: {str(e.msg).splitlines()[0]}") from None
+    for line in unread_settings(typed):
+        log.warning(line)
+    return typed
+
+
+def _refuse_added_keys(cfg: DictConfig) -> None:
+    """A key added with `+key=value`: Hydra takes it, no section reads it."""
+    for key, schema in (("", FluxBatchConfig), *SECTIONS.items()):
+        node = cfg[key] if key else cfg
+        names = [f.name for f in dataclasses.fields(schema)]
+        for name in node.keys():
+            if name not in names:
+                owner = key or "the config"
+                raise ConfigError(f"{key + '.' if key else ''}{name}: no such key; {owner} has "
+                                  f"{', '.join(names)}")
+
+
+def unread_settings(cfg: FluxBatchConfig) -> list[str]:
+    """A line for each knob set away from its default that the chosen method does not read."""
+    found = []
+    for key in ("cache", "output"):
+        section = getattr(cfg, key)
+        chooser = type(section).CHOOSER
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if not is_read(section, f) and value != f.default:
+                readers = f.metadata["read_by"]
+                found.append(f"{key}.{f.name}={plain(value)} has no effect: {key}.{chooser}="
+                             f"{plain(getattr(section, chooser))} does not read it (only "
+                             f"{' and '.join(readers)} {'does' if len(readers) == 1 else 'do'})")
+    return found
+
+
+def output_layout(output: Any) -> StoreLayout:
+    """The `output` config as the store takes it."""
+    return StoreLayout(plain(output.layout), shard_size(output), bool(output.captions))
+
+
+def shard_size(output: Any) -> int:
+    """output.shard_size, or the layout's default (0 for flat: no folders)."""
+    layout = plain(output.layout)
+    if layout == "flat":
+        return 0
+    return output.shard_size if output.shard_size is not None else DEFAULT_SHARD_SIZE[layout]
+
+
+def as_dict(cfg: FluxBatchConfig) -> dict[str, Any]:
+    """The config as plain data (enums as strings), as run.json records it."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
