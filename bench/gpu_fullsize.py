@@ -124,11 +124,11 @@ def build_components(arch: dict, device: str, dtype, work: Path) -> dict:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from flux_batch.demo import tiny
+    from flux_batch.families.flux1 import tiny as flux1_tiny
 
     tokenizers = work / "tokenizers"
-    clip_tokenizer = tiny._clip_tokenizer(tokenizers / "tokenizer")
-    t5_tokenizer = tiny._t5_tokenizer(tokenizers / "tokenizer_2")
+    clip_tokenizer = flux1_tiny.clip_tokenizer(tokenizers / "tokenizer")
+    t5_tokenizer = flux1_tiny.t5_tokenizer(tokenizers / "tokenizer_2")
     t5 = dict({"vocab_size": len(t5_tokenizer)}, **arch["t5"])
     clip = dict({"vocab_size": len(clip_tokenizer)}, **arch["clip"])
     previous = torch.get_default_dtype()

@@ -32,6 +32,7 @@ from flux_batch.plan.items import Item, Plan, RowDefaults, Settings
 from flux_batch.plan.known import KnownPlan
 from flux_batch.plan.prompts import Fields, find_prompt_file, read_rows
 from flux_batch.plan.sizes import area, default_size
+from flux_batch.render.progress import StepProgress
 from flux_batch.render.schedule import RenderOptions
 from flux_batch.render.schedule import for_run as make_schedule
 from flux_batch.scale.ranks import Worker
@@ -163,7 +164,7 @@ def load_options(cfg: FluxBatchConfig | DictConfig) -> LoadOptions:
     cfg = load(cfg)
     return LoadOptions(model=cfg.model.name, variant=cfg.model.variant, quant=cfg.quant.name,
                        dtype=plain(cfg.runtime.dtype), offload=plain(cfg.runtime.offload),
-                       dequantize=plain(cfg.runtime.dequantize))
+                       dequantize=plain(cfg.runtime.dequantize), family=cfg.model.family)
 
 
 def render_options(cfg: FluxBatchConfig) -> RenderOptions:
@@ -209,10 +210,12 @@ def _render_all(cfg: FluxBatchConfig, settings: dict[str, Any], worker: Worker, 
     crash_point("model_loaded")
     # written once the model is known to load, so a refused model leaves nothing behind
     store.write_run_info(run_info(cfg, settings, share.previous, files.record()))
-    schedule = make_schedule(pipe, files, device, todo, stop.requested, render_options(cfg))
     failures = Failures(store, summary, cfg.max_errors)
     progress = tqdm(total=len(todo), unit="img", disable=None if cfg.runtime.progress else True,
                     file=sys.stderr, dynamic_ncols=True, **worker.progress_options())
+    steps = StepProgress(progress, sum(item.settings.steps for item in todo), cfg.runtime.progress,
+                         worker.label, failed=lambda: summary.failed)
+    schedule = make_schedule(pipe, files, device, todo, stop.requested, render_options(cfg), steps)
 
     def listed(item: Item) -> None:  # an image on disk and in the manifest
         summary.rendered += 1
@@ -242,6 +245,7 @@ def _render_all(cfg: FluxBatchConfig, settings: dict[str, Any], worker: Worker, 
         writer.close()
         stop.rendering = False
         summary.render_seconds = time.perf_counter() - started
+        steps.close()
         progress.close()
     log.info("%s; the rest of rendering (writing, manifest) %.2f s", schedule.timing(),
              summary.render_seconds - schedule.model_seconds())

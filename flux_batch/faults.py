@@ -105,4 +105,17 @@ def image(pixels, point: str = "pipeline_image"):
     return pixels
 
 
+def free_memory(measured: int) -> int:
+    """The free memory `runtime.dequantize` counts: `FLUX_BATCH_FREE_MEMORY=<bytes>` when set,
+    so a test can make any model not fit."""
+    told = os.environ.get("FLUX_BATCH_FREE_MEMORY")
+    return int(told) if told else measured
+
+
+def step_delay() -> float:
+    """Seconds each denoising step sleeps: `FLUX_BATCH_STEP_DELAY=<seconds>`, so a test sees a
+    tiny model render as slowly as a large one (progress lines, stops mid-item). 0 when unset."""
+    return float(os.environ.get("FLUX_BATCH_STEP_DELAY") or 0)
+
+
 configure(os.environ.get("FLUX_BATCH_CRASH", ""))

@@ -1,7 +1,7 @@
 """The sampler choices: flow-matching Euler with diffusers' sigma schedules, and Heun.
 
 `sampler.scheduler` picks one; `sampler.shift` (when set) replaces the model's
-resolution-dependent shift with a fixed one. FluxPipeline hands the scheduler custom sigmas
+resolution-dependent shift with a fixed one. The FLUX pipelines hand the scheduler custom sigmas
 and a shift `mu`, which diffusers' FlowMatchHeunDiscreteScheduler does not accept, so Heun
 runs through a subclass whose set_timesteps does.
 """
@@ -52,7 +52,7 @@ _HEUN_CLASS = None
 
 
 def flux_heun_class():
-    """FlowMatchHeunDiscreteScheduler with the dynamic shift FluxPipeline asks for (built on
+    """FlowMatchHeunDiscreteScheduler with the dynamic shift the FLUX pipelines ask for (built on
     first use, so importing this module does not import diffusers)."""
     global _HEUN_CLASS
     if _HEUN_CLASS is None:

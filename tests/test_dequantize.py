@@ -72,3 +72,19 @@ def test_a_containers_memory_limit_bounds_what_auto_counts_as_free(tmp_path):
     limit.write_text("max\n")  # no limit set
     assert _cgroup_room([(str(limit), str(usage))]) == 2**62
     assert _cgroup_room([(str(tmp_path / "none"), str(usage))]) == 2**62
+
+
+def test_once_refuses_in_one_line_when_the_weights_do_not_fit(cli, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", ROWS)
+    result = cli(f"dataset.path={prompts}", *FAST, "runtime.dequantize=once", "output.dir=out",
+                 check=False, env={"FLUX_BATCH_FREE_MEMORY": str(2**20)})  # 1 MiB free
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("flux-batch: error: runtime.dequantize=once: ")
+    assert "1048576 bytes (0.00 GiB) are free" in lines[0] and "auto" in lines[0] and "never" in lines[0]
+    assert "dequantized" not in result.stdout  # refused before dequantizing
+    assert not (tmp_path / "out" / "metadata.jsonl").exists()
+    fits = cli(f"dataset.path={prompts}", *FAST, "runtime.dequantize=once", "output.dir=out",
+               env={"FLUX_BATCH_FREE_MEMORY": str(2**40)})
+    assert "GGUF layers once (runtime.dequantize=once)" in fits.stdout

@@ -14,10 +14,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import pixels, run_script
-from flux_batch.gguf import keys as flux_keys
+from flux_batch import families
 from flux_batch.gguf.checkpoint import open_checkpoint, plan
 from flux_batch.gguf.file import write_gguf
 from flux_batch.gguf.quantize import quantize_checkpoint
+
+flux_keys = families.get("flux1").keys  # FLUX.1's GGUF key table
 
 KEEP = ("x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out")
 
@@ -94,7 +96,7 @@ def test_every_source_format_gives_the_same_file(model_cache, tmp_path):
     prefixed["first_stage_model.decoder.conv_in.weight"] = torch.ones(4, 4)  # a full checkpoint's VAE
     save_file(prefixed, tmp_path / "full.safetensors")
     sharded = tmp_path / "sharded"
-    from diffusers import FluxTransformer2DModel
+    FluxTransformer2DModel = families.get("flux1").transformer_class()
 
     model = FluxTransformer2DModel.from_pretrained(tiny_folder(model_cache))
     model.save_pretrained(sharded, max_shard_size="100KB")
@@ -142,7 +144,9 @@ def test_quantize_inspect_render_end_to_end(cli, model_cache, tmp_path):
 
 
 def test_memory_reported_is_what_diffusers_allocates(model_cache, tmp_path):
-    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+    from diffusers import GGUFQuantizationConfig
+
+    FluxTransformer2DModel = families.get("flux1").transformer_class()
 
     out = tmp_path / "q5.gguf"
     gguf_cli("quantize", tiny_folder(model_cache), out, "--type", "Q5_0", "--layout", "diffusers")

@@ -11,7 +11,9 @@ from flux_wide import WIDE_CONFIG
 
 def thin_state_dict(**overrides) -> dict[str, torch.Tensor]:
     """Random tensors with the names and first dimensions of a full-width FLUX transformer."""
-    from diffusers import FluxTransformer2DModel
+    from flux_batch import families
+
+    FluxTransformer2DModel = families.get("flux1").transformer_class()
 
     with torch.device("meta"):
         model = FluxTransformer2DModel(**{**WIDE_CONFIG, **overrides})

@@ -69,7 +69,9 @@ def test_the_same_tensors_as_diffusers_reader_with_quantized_weights_left_in_the
 
 
 def test_identical_pixels_through_the_pipeline(tiny_q8):
-    from diffusers import FluxPipeline
+    from flux_batch import families
+
+    FluxPipeline = families.get("flux1").pipeline_class()
 
     base, gguf = tiny_q8
     pipe = FluxPipeline.from_pretrained(base, transformer=load(gguf, base, lean=False),

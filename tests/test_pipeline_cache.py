@@ -62,14 +62,16 @@ def test_prompt_embeddings_are_encoded_once_per_prompt_and_settings(model_cache)
     pipe, files, _ = pipeline_for(cfg, "cpu")
     identity = encoders_identity(files, pipe, "cpu", "torch.float32")
     first = PromptEncoder(pipe, identity, 32)
-    embeds, pooled = first(["a unique prompt for this test", "another unique prompt"])
+    batch = first(["a unique prompt for this test", "another unique prompt"])
+    embeds, pooled = batch["prompt_embeds"], batch["pooled_prompt_embeds"]
     assert (first.misses, first.hits) == (2, 0)
     assert embeds.shape[:2] == (2, 32) and pooled.shape[0] == 2
 
     again = PromptEncoder(pipe, identity, 32)
-    embeds_again, pooled_again = again(["another unique prompt", "a unique prompt for this test"])
+    batch = again(["another unique prompt", "a unique prompt for this test"])
+    embeds_again, pooled_again = batch["prompt_embeds"], batch["pooled_prompt_embeds"]
     assert (again.misses, again.hits) == (0, 2)
     assert torch.equal(embeds_again[0], embeds[1]) and torch.equal(pooled_again[1], pooled[0])
 
     longer = PromptEncoder(pipe, identity, 16)  # max_sequence_length is in the key
-    assert longer(["another unique prompt"])[0].shape[1] == 16 and longer.misses == 1
+    assert longer(["another unique prompt"])["prompt_embeds"].shape[1] == 16 and longer.misses == 1

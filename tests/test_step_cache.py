@@ -90,7 +90,9 @@ def test_a_sweep_over_cache_settings(cli):
 @pytest.fixture(scope="module")
 def demo_pipe():
     import torch
-    from diffusers import FluxPipeline
+    from flux_batch import families
+
+    FluxPipeline = families.get("flux1").pipeline_class()
 
     from flux_batch import demo
     from flux_batch.model.load import load_transformer

@@ -85,10 +85,6 @@ def device_problem(value: Any) -> str | None:
     return None if _DEVICE.match(value) else "expected auto, cpu, cuda, cuda:N or mps"
 
 
-def variant_problem(value: Any) -> str | None:
-    return None if value in ("dev", "schnell") else "expected dev or schnell"
-
-
 def offload_problem(value: Any) -> str | None:
     if value == "sequential":
         return ("diffusers' sequential CPU offload does not work with GGUF-quantized transformers "

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, List, Optional
 from omegaconf import MISSING
 
 import flux_batch.config.checks as checks
+from flux_batch import families
 from flux_batch.config.fields import Rule, Section, check_rules, pixels, plain, setting
 from flux_batch.errors import ConfigError
 from flux_batch.model.files import model_identity
@@ -81,9 +82,10 @@ class ModelConfig(Section):
     # `tiny`: the random embedded model, built on first use into the cache; `demo`: the trained
     # one shipped in the package; null for real weights
     builder: Optional[str] = None
-    # dev (guidance embedding) or schnell
-    variant: str = setting("dev", rule=Rule(problem=checks.variant_problem), pixels=pixels())
-    family: str = "flux1"  # the model family (its architecture); not in the fingerprint
+    # one of the family's variants (flux1: dev, with a guidance embedding, or schnell), which
+    # checks it (families/)
+    variant: str = setting("dev", pixels=pixels())
+    family: str = "flux1"  # the model family (flux_batch.families); not in the fingerprint
     steps: int = MISSING
     guidance: float = MISSING
     max_sequence_length: int = MISSING
@@ -94,6 +96,7 @@ class ModelConfig(Section):
     def check(self) -> None:
         if not self.family:
             raise ConfigError("model.family=: must name a model family")
+        families.get(self.family).check_variant(self.variant)  # an unknown family names the known
 
 
 @dataclass
@@ -274,6 +277,9 @@ class FluxBatchConfig(Section):
     def check(self) -> None:
         for i, entry in enumerate(self.lora):
             check_rules(entry, f"lora.{i}.")
+        # what the family lacks (a cache method, LoRA, true CFG) is refused in one line
+        families.get(self.model.family).check_features(
+            plain(self.cache.method), bool(self.lora), self.sampler.true_cfg)
 
 
 # The sections of the config, by key.

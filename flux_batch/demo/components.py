@@ -11,7 +11,7 @@ import json
 import string
 from pathlib import Path
 
-from flux_batch.demo.tiny import MODEL_INDEX  # noqa: F401 (the demo folder's model_index.json)
+from flux_batch.families.flux1.tiny import MODEL_INDEX  # noqa: F401 (the demo folder's model_index.json)
 from flux_batch.demo.shapes import vocabulary
 
 CLIP_TOKENS = 77  # CLIP's context, as in FLUX
@@ -110,9 +110,9 @@ def vae(scaling_factor: float = 1.0, shift_factor: float = 0.0):
 
 
 def transformer():
-    from diffusers import FluxTransformer2DModel
+    from flux_batch import families
 
-    return FluxTransformer2DModel(**TRANSFORMER)
+    return families.get("flux1").transformer_class()(**TRANSFORMER)
 
 
 def scheduler():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from flux_batch.gguf import keys as flux_keys
+from flux_batch import families
 
 
 class CheckpointError(ValueError):
@@ -36,7 +36,8 @@ class Checkpoint:
         self.source = source
         self._handles: dict[Path, object] = {}
         self.names = list(where)
-        self.layout = flux_keys.layout_of(self.names)
+        self.keys = families.key_table(self.names)  # the family's BFL <-> diffusers table
+        self.layout = self.keys.layout_of(self.names)
         if self.layout is None:
             raise CheckpointError(f"{source}: no FLUX transformer tensors found (expected "
                                   "img_in/double_blocks or x_embedder/transformer_blocks names)")
@@ -85,9 +86,10 @@ def _safetensors_keys(path: Path) -> list[str]:
 
 def _file_tensors(path: Path) -> dict[str, tuple[Path, str]]:
     keys = _safetensors_keys(path)
-    prefixed = [k for k in keys if k.startswith(flux_keys.BFL_PREFIX)]
+    prefix = families.key_table(keys).BFL_PREFIX
+    prefixed = [k for k in keys if k.startswith(prefix)]
     if prefixed:  # a full checkpoint: keep the transformer only
-        return {k[len(flux_keys.BFL_PREFIX):]: (path, k) for k in prefixed}
+        return {k[len(prefix):]: (path, k) for k in prefixed}
     return {k: (path, k) for k in keys}
 
 
@@ -112,8 +114,9 @@ def _folder_tensors(folder: Path) -> dict[str, tuple[Path, str]]:
 
 def plan(ckpt: Checkpoint, layout: str) -> list[PlannedTensor]:
     """The tensors of `ckpt` named in `layout` ('bfl' or 'diffusers'), each read on demand."""
-    n_double, n_single = flux_keys.block_counts(ckpt.names, ckpt.layout)
-    table = flux_keys.fusions(n_double, n_single, flux_keys.has_guidance(ckpt.names))
+    keys = ckpt.keys
+    n_double, n_single = keys.block_counts(ckpt.names, ckpt.layout)
+    table = keys.fusions(n_double, n_single, keys.has_guidance(ckpt.names))
     source_names = [f.bfl for f in table] if ckpt.layout == "bfl" else [p for f in table for p in f.parts]
     unknown = sorted(set(ckpt.names) - set(source_names))
     if unknown:
@@ -129,7 +132,7 @@ def plan(ckpt: Checkpoint, layout: str) -> list[PlannedTensor]:
     return [t for f in table for t in _split(ckpt, f)]
 
 
-def _fuse(ckpt: Checkpoint, fused: flux_keys.Fused) -> PlannedTensor:
+def _fuse(ckpt: Checkpoint, fused) -> PlannedTensor:
     shapes = [ckpt.shape(p) for p in fused.parts]
     shape = (sum(s[0] for s in shapes), *shapes[0][1:])
 
@@ -137,20 +140,20 @@ def _fuse(ckpt: Checkpoint, fused: flux_keys.Fused) -> PlannedTensor:
         import torch
 
         tensor = torch.cat([ckpt.get(p) for p in fused.parts], dim=0)
-        return flux_keys.swap_halves(tensor) if fused.swap else tensor
+        return ckpt.keys.swap_halves(tensor) if fused.swap else tensor
 
     return PlannedTensor(fused.bfl, shape, load)
 
 
-def _split(ckpt: Checkpoint, fused: flux_keys.Fused) -> list[PlannedTensor]:
+def _split(ckpt: Checkpoint, fused) -> list[PlannedTensor]:
     shape = ckpt.shape(fused.bfl)
-    sizes = flux_keys.split_sizes(fused, shape[0], ckpt.hidden_size)
+    sizes = ckpt.keys.split_sizes(fused, shape[0], ckpt.hidden_size)
     offsets = [sum(sizes[:i]) for i in range(len(sizes))]
 
     def load(i: int):
         tensor = ckpt.get(fused.bfl)
         if fused.swap:
-            tensor = flux_keys.swap_halves(tensor)
+            tensor = ckpt.keys.swap_halves(tensor)
         return tensor[offsets[i]:offsets[i] + sizes[i]].clone()
 
     return [PlannedTensor(part, (size, *shape[1:]), lambda i=i: load(i))

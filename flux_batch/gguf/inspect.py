@@ -1,10 +1,10 @@
-"""What a FLUX GGUF file holds: layout, variant, size, tensor types, memory when loaded."""
+"""What a FLUX GGUF file holds: family, layout, variant, size, tensor types, memory when loaded."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from flux_batch.gguf import keys as flux_keys
+from flux_batch import families
 from flux_batch.gguf.file import open_reader
 
 UNQUANTIZED = ("F32", "F16")  # diffusers loads these as plain tensors in the compute dtype
@@ -19,11 +19,13 @@ def summarize(path: str | os.PathLike) -> dict:
     path = Path(path)
     reader = open_reader(path)
     names = [t.name for t in reader.tensors]
-    prefixed = any(name.startswith(flux_keys.BFL_PREFIX) for name in names)
+    family = families.for_tensors(names)
+    keys = (family or families.get(families.DEFAULT)).keys
+    prefixed = any(name.startswith(keys.BFL_PREFIX) for name in names)
     shapes = {name: tuple(int(d) for d in reversed(t.shape))
-              for name, t in zip(flux_keys.unprefixed(names), reader.tensors)}
-    layout = flux_keys.layout_of(shapes)
-    n_double, n_single = flux_keys.block_counts(shapes, layout) if layout else (0, 0)
+              for name, t in zip(keys.unprefixed(names), reader.tensors)}
+    layout = keys.layout_of(shapes)
+    n_double, n_single = keys.block_counts(shapes, layout) if layout else (0, 0)
     hidden = shapes.get("img_in.weight" if layout == "bfl" else "x_embedder.weight", (None,))[0]
     types: dict[str, dict[str, int]] = {}
     for t in reader.tensors:
@@ -40,9 +42,10 @@ def summarize(path: str | os.PathLike) -> dict:
         "name": _field(reader, "general.name"),
         "file_type": _file_type(_field(reader, "general.file_type")),
         "quantization_version": _field(reader, "general.quantization_version"),
+        "family": family.name if family else None,
         "layout": layout,
-        "prefix": flux_keys.BFL_PREFIX if prefixed else None,
-        "variant": ("dev" if flux_keys.has_guidance(shapes) else "schnell") if layout else None,
+        "prefix": keys.BFL_PREFIX if prefixed else None,
+        "variant": ("dev" if keys.has_guidance(shapes) else "schnell") if layout else None,
         "double_blocks": n_double,
         "single_blocks": n_single,
         "hidden_size": hidden,
@@ -109,7 +112,8 @@ def render(info: dict) -> str:
     ]
     if info["layout"]:
         guidance = "guidance_in present" if info["variant"] == "dev" else "no guidance_in"
-        lines.append(f"model         FLUX.1 {info['variant']} ({guidance}), {info['double_blocks']} double + "
+        label = families.get(info["family"]).label if info.get("family") else "FLUX"
+        lines.append(f"model         {label} {info['variant']} ({guidance}), {info['double_blocks']} double + "
                      f"{info['single_blocks']} single blocks, hidden size {info['hidden_size']}")
     lines.append(f"parameters    {count_text(info['parameters'])} ({info['parameters']:,}) in "
                  f"{info['tensors']} tensors")

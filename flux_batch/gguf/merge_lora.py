@@ -10,9 +10,10 @@ a time, under the same type policy as `quantize`.
 LoRA files are read as the renderer reads them: diffusers' `lora_state_dict` turns Kohya
 (sd-scripts, over BFL block names), XLabs and other layouts into diffusers' PEFT names, so what
 renders with `lora=[…]` bakes here. Deltas on diffusers modules are fused into a BFL-layout
-file's tensors with the same table the converter uses (gguf/keys.py). A LoRA with text-encoder
-weights, or with keys that reach no tensor of SRC, is refused in one line: baking only part of
-it would render something else than the run-time LoRA.
+file's tensors with the same table the converter uses (the family's key table, e.g.
+families/flux1/keys.py). A LoRA with text-encoder weights, or with keys that reach no tensor of
+SRC, is refused in one line: baking only part of it would render something else than the
+run-time LoRA.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from flux_batch.gguf import keys as flux_keys
+from flux_batch import families
 from flux_batch.gguf.checkpoint import PlannedTensor
 from flux_batch.gguf.file import WriteStats, open_reader, write_gguf
 
@@ -84,8 +85,9 @@ def merge_lora(src: str | os.PathLike, out: str | os.PathLike, loras: list[LoraS
     from gguf.quants import dequantize
 
     reader = open_reader(src)
-    tensors = {t.name.removeprefix(flux_keys.BFL_PREFIX): t for t in reader.tensors}
-    layout = flux_keys.layout_of(tensors)
+    keys = families.key_table(t.name for t in reader.tensors)
+    tensors = {t.name.removeprefix(keys.BFL_PREFIX): t for t in reader.tensors}
+    layout = keys.layout_of(tensors)
     if layout is None:
         raise ValueError(f"{src}: not a FLUX transformer GGUF")
     added: dict[str, torch.Tensor] = {}
@@ -119,7 +121,8 @@ def _placed(deltas: dict, tensors: dict, layout: str, spec: LoraSpec) -> dict:
         placed = {f"{module}.weight": delta for module, delta in deltas.items()}
     else:
         names = list(tensors)
-        table = flux_keys.fusions(*flux_keys.block_counts(names, "bfl"), flux_keys.has_guidance(names))
+        keys = families.key_table(names)
+        table = keys.fusions(*keys.block_counts(names, "bfl"), keys.has_guidance(names))
         hidden = torch_shape(tensors["img_in.weight"])[0]
         placed = {}
         for fused in table:
@@ -127,10 +130,10 @@ def _placed(deltas: dict, tensors: dict, layout: str, spec: LoraSpec) -> dict:
             if not fused.bfl.endswith(".weight") or not any(p in deltas for p in parts):
                 continue
             shape = torch_shape(tensors[fused.bfl])
-            sizes = flux_keys.split_sizes(fused, shape[0], hidden)
+            sizes = keys.split_sizes(fused, shape[0], hidden)
             pieces = [deltas.get(p, torch.zeros(size, shape[1])) for p, size in zip(parts, sizes)]
             delta = torch.cat(pieces, dim=0)
-            placed[fused.bfl] = flux_keys.swap_halves(delta) if fused.swap else delta
+            placed[fused.bfl] = keys.swap_halves(delta) if fused.swap else delta
         reached = {p.removesuffix(".weight") for f in table if f.bfl in placed for p in f.parts}
         deltas = {m: d for m, d in deltas.items() if m not in reached}
         if deltas:

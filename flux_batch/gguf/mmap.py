@@ -58,16 +58,17 @@ def diffusers_layout(tensors: dict) -> dict:
     (diffusers' loader then converts it its own way)."""
     import torch
 
-    from flux_batch.gguf import keys as flux_keys
+    from flux_batch import families
 
-    names = [name.removeprefix(flux_keys.BFL_PREFIX) for name in tensors]
-    layout = flux_keys.layout_of(names)
+    keys = families.key_table(tensors)  # the family's BFL <-> diffusers table
+    names = [name.removeprefix(keys.BFL_PREFIX) for name in tensors]
+    layout = keys.layout_of(names)
     if layout == "diffusers":
         return dict(zip(names, tensors.values()))
     if layout != "bfl":
         return tensors
     bfl = dict(zip(names, tensors.values()))
-    table = flux_keys.fusions(*flux_keys.block_counts(names, "bfl"), flux_keys.has_guidance(names))
+    table = keys.fusions(*keys.block_counts(names, "bfl"), keys.has_guidance(names))
     if {fused.bfl for fused in table} != bfl.keys() or "img_in.weight" not in bfl:
         return tensors
     hidden = bfl["img_in.weight"].shape[0]
@@ -75,7 +76,7 @@ def diffusers_layout(tensors: dict) -> dict:
     for fused in table:
         tensor = bfl[fused.bfl]
         if fused.swap:  # the final norm's shift, scale -> scale, shift: a copy, as in diffusers
-            tensor = flux_keys.swap_halves(tensor)
-        sizes = flux_keys.split_sizes(fused, tensor.shape[0], hidden)
+            tensor = keys.swap_halves(tensor)
+        sizes = keys.split_sizes(fused, tensor.shape[0], hidden)
         converted.update(zip(fused.parts, torch.split(tensor, sizes, dim=0)))
     return converted

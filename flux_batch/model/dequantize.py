@@ -8,6 +8,7 @@ and makes the layer a plain `nn.Linear` (whose forward is the same `F.linear`): 
 and so the pixels, are those of `never`. The cost is memory: the weights at compute dtype
 instead of packed (Q8_0 to bf16: about twice; to float32: about four times).
 
+`once` refuses in one line, before dequantizing, when that does not fit (ConfigError).
 `auto` dequantizes when that fits with a margin: in the GPU's free memory, or on a CPU in the
 available RAM (and what a container's cgroup memory limit leaves), and never under model
 offload (the weights would cross the bus larger).
@@ -16,6 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
+
+from flux_batch import faults
+from flux_batch.errors import ConfigError
 
 log = logging.getLogger("flux_batch.model")
 
@@ -41,8 +45,11 @@ def added_bytes(model) -> int:
 
 
 def wanted(mode: str, model, device: str, offloaded: bool) -> bool:
-    """Whether to dequantize: `once` always, `never` never, `auto` when it fits."""
+    """Whether to dequantize: `never` never, `auto` when it fits, `once` when it fits and
+    otherwise ConfigError (asked for, it must not exhaust the memory halfway through)."""
     if mode != "auto":
+        if mode == "once" and not offloaded and gguf_layers(model):
+            _check_fits(model, device)  # where auto would look (under offload it never does)
         return mode == "once"
     if offloaded or not gguf_layers(model):
         return False
@@ -51,6 +58,17 @@ def wanted(mode: str, model, device: str, offloaded: bool) -> bool:
     log.info("runtime.dequantize=auto: %.2f GiB more needed, %.2f GiB free: %s", need / 2**30,
              free / 2**30, "dequantizing once" if need < free else "dequantizing at every step")
     return need < free
+
+
+def _check_fits(model, device: str) -> None:
+    need = int(added_bytes(model) * MARGIN + RESERVE)
+    free = _free_memory(device)
+    if need >= free:
+        raise ConfigError(
+            f"runtime.dequantize=once: the dequantized weights need {need} bytes more "
+            f"({need / 2**30:.2f} GiB, margin included) but {free} bytes ({free / 2**30:.2f} GiB) "
+            f"are free on {device}; use runtime.dequantize=auto (dequantizes only when it fits) "
+            "or never")
 
 
 def dequantize(model) -> int:
@@ -81,8 +99,8 @@ def _free_memory(device: str) -> int:
     if device.startswith("cuda"):
         import torch
 
-        return torch.cuda.mem_get_info(torch.device(device))[0]
-    return min(_available_ram(), _cgroup_room())
+        return faults.free_memory(torch.cuda.mem_get_info(torch.device(device))[0])
+    return faults.free_memory(min(_available_ram(), _cgroup_room()))
 
 
 def _available_ram() -> int:

@@ -11,19 +11,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from flux_batch import demo
+from flux_batch import demo, families
 from flux_batch.demo import tiny
 from flux_batch.errors import ConfigError, ModelFileError
 from flux_batch.gguf.file import WRITABLE_TYPES, check_gguf_file
 from flux_batch.gguf.inspect import loading_problem
-from flux_batch.gguf.keys import unprefixed
 from flux_batch.model import lora
 from flux_batch.model.file_hash import file_sha256
 from flux_batch.model.hub import HUB_ID, fetch_hub_file, fetch_pipeline_folder
-
-
-
-
 
 
 @dataclass(frozen=True)
@@ -117,7 +112,7 @@ def _resolve_base(m: DictConfig) -> str:
         return base
     if not HUB_ID.match(base):
         raise _missing("model.base folder", base, m.how_to_get)
-    return fetch_pipeline_folder("model.base", base, m.how_to_get)
+    return fetch_pipeline_folder("model.base", base, family_of(m).pipeline_files, m.how_to_get)
 
 
 def _resolve_transformer(m: DictConfig) -> str:
@@ -134,26 +129,19 @@ def _resolve_transformer(m: DictConfig) -> str:
     return local
 
 
-GUIDANCE_TENSORS = ("guidance_in.", "time_text_embed.guidance_embedder.")  # BFL, diffusers names
-
-
 def _check_gguf_variant(m: DictConfig, path: str) -> None:
-    """A dev GGUF has a guidance embedding, a schnell one has none: refuse the wrong one
-    before loading anything, so a dev file is never run with schnell's settings."""
+    """A GGUF of another variant than the config's is refused before anything loads (the
+    family tells them apart: a FLUX.1 dev file has a guidance embedding, schnell's none)."""
     from gguf import GGUFReader
 
-    names = unprefixed(tensor.name for tensor in GGUFReader(path).tensors)
-    has_guidance = any(name.startswith(GUIDANCE_TENSORS) for name in names)
-    if has_guidance != (m.variant == "dev"):
-        found = "FLUX.1-dev-style (it has a guidance embedding)" if has_guidance else \
-            "FLUX.1-schnell-style (it has no guidance embedding)"
-        wanted = "a dev" if m.variant == "dev" else "a schnell"
-        other = ("tiny" if has_guidance else "tiny-schnell") if m.builder in ("tiny", "demo") else \
-            ("flux-dev" if has_guidance else "flux-schnell")
-        raise ModelFileError(
-            f"model.transformer={path}: this GGUF is {found}, but model={m.name} needs {wanted} "
-            f"file; use model={other} with it, or a matching GGUF"
-        )
+    family = family_of(m)
+    names = [t.name.removeprefix(family.keys.BFL_PREFIX) for t in GGUFReader(path).tensors]
+    family.check_file(path, names, m)
+
+
+def family_of(m) -> families.Family:
+    """The family of a model config (one made without model.family is FLUX.1's)."""
+    return families.get(getattr(m, "family", families.DEFAULT))
 
 
 def check_weights_file(path: str, key: str) -> None:

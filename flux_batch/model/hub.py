@@ -8,11 +8,6 @@ from flux_batch.errors import ModelFileError
 
 HUB_ID = re.compile(r"^[\w-][\w.-]*/[\w.-]+$")
 _HUB_FILE = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)/(?P<file>[^/].*)$")
-# what a pipeline folder needs besides the transformer (never the 24 GB transformer weights)
-BASE_FILES = [
-    "model_index.json", "scheduler/*", "text_encoder/*", "text_encoder_2/*", "tokenizer/*",
-    "tokenizer_2/*", "vae/*", "transformer/config.json",
-]
 
 
 def is_hub_file(spec: str, suffix: str) -> bool:
@@ -36,12 +31,13 @@ def fetch_hub_file(key: str, spec: str, suffix: str, hint: str = "") -> str | No
         ) from None
 
 
-def fetch_pipeline_folder(key: str, hub_id: str, hint: str = "") -> str:
-    """Configs, text encoders, tokenizers and VAE of a hub pipeline (no pickled weights)."""
+def fetch_pipeline_folder(key: str, hub_id: str, patterns, hint: str = "") -> str:
+    """The files of a hub pipeline that match `patterns` (its family's `pipeline_files`:
+    configs, text encoders, tokenizers and VAE, never the transformer's weights), no pickles."""
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(hub_id, allow_patterns=BASE_FILES,
+        return snapshot_download(hub_id, allow_patterns=list(patterns),
                                  ignore_patterns=["*.bin", "*.pt", "*.ckpt", "*.pth"])
     except Exception as e:  # offline, gated, or unknown id
         raise ModelFileError(

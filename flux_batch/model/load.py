@@ -1,5 +1,6 @@
-"""Loading the pipeline: the GGUF transformer through `from_single_file`, the rest through
-`FluxPipeline.from_pretrained`, exactly as the reference script does; then LoRAs and placement.
+"""Loading the pipeline: the GGUF transformer through `from_single_file`, the rest through the
+family's pipeline class's `from_pretrained`, exactly as the reference script does; then LoRAs
+and placement.
 
 Only GGUF and safetensors weights are read: nothing is unpickled and no remote code runs.
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from flux_batch import families
 from flux_batch.errors import ConfigError, ModelFileError
+from flux_batch.families import Family
 from flux_batch.gguf import mmap as gguf_mmap
 from flux_batch.model import dequantize, lora
 from flux_batch.model.device import resolve_dtype
@@ -22,33 +25,35 @@ class LoadOptions:
     """How to load a model's files: the settings that make two pipelines different objects."""
 
     model: str  # the model's config name, for messages
-    variant: str  # dev (guidance embedding) or schnell
+    variant: str  # one of the family's: dev (guidance embedding) or schnell for flux1
     quant: str  # the quant's config name, for the log
     dtype: str  # auto, float32, bfloat16 or float16
     offload: str  # none, model or auto
     dequantize: str = "never"  # never, once or auto (model/dequantize.py)
+    family: str = families.DEFAULT  # model.family
 
 
 def load_pipeline(files: ModelFiles, options: LoadOptions, device: str):
-    """The FluxPipeline with its GGUF-quantized transformer (and LoRAs), placed on `device`."""
+    """The family's pipeline with its GGUF-quantized transformer (and LoRAs), placed on `device`."""
     import diffusers
     import transformers
-    from diffusers import FluxPipeline
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    family = families.get(options.family)
     dtype = resolve_dtype(options.dtype, device)
     log.info("loading transformer %s (%s, compute %s)", files.transformer, options.quant, dtype)
-    transformer = load_transformer(files.transformer, files.base, dtype)
-    _check_variant(files, options, transformer)
+    transformer = load_transformer(files.transformer, files.base, dtype, family=family)
+    family.check_transformer(transformer, files.transformer, options.model, options.variant)
     try:  # use_safetensors: a folder holding only pickled .bin weights is refused, not unpickled
-        pipe = FluxPipeline.from_pretrained(files.base, transformer=transformer, dtype=dtype,
-                                            use_safetensors=True)
+        pipe = family.pipeline_class().from_pretrained(files.base, transformer=transformer,
+                                                       dtype=dtype, use_safetensors=True)
     except (ValueError, OSError) as e:
         raise ModelFileError(
             f"model.base={files.base}: cannot be loaded as a FLUX pipeline with safetensors "
             f"weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from None
+    pipe.flux_batch_family = family.name  # families.of_pipeline reads it
     lora.apply(pipe, files.loras)  # adapters before placement, so offload hooks see them
     offloaded = _place(pipe, options.offload, device)
     if dequantize.wanted(options.dequantize, pipe.transformer, device, offloaded):
@@ -59,17 +64,18 @@ def load_pipeline(files: ModelFiles, options: LoadOptions, device: str):
     return pipe
 
 
-def load_transformer(transformer: str, base: str, dtype, lean: bool = True):
+def load_transformer(transformer: str, base: str, dtype, lean: bool = True, family: Family | None = None):
     """The GGUF transformer through diffusers' GGUF layers. `lean`: read a local file through
     its memory mapping (gguf_mmap) instead of diffusers' reader, which copies every tensor;
     the same tensors either way. A URL is left to diffusers, which downloads it."""
-    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+    from diffusers import GGUFQuantizationConfig
 
+    family = family or families.get(families.DEFAULT)
     try:
         source = transformer
         if lean and not transformer.startswith(("http://", "https://")):
             source = gguf_mmap.state_dict(transformer)
-        return FluxTransformer2DModel.from_single_file(
+        return family.transformer_class().from_single_file(
             source,
             quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
             config=base,
@@ -81,16 +87,6 @@ def load_transformer(transformer: str, base: str, dtype, lean: bool = True):
             f"model.transformer={transformer}: cannot be loaded as a FLUX transformer "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from None
-
-
-def _check_variant(files: ModelFiles, options: LoadOptions, transformer) -> None:
-    has_guidance = bool(transformer.config.guidance_embeds)
-    if has_guidance != (options.variant == "dev"):
-        kind = "dev (guidance embedding)" if has_guidance else "schnell (no guidance embedding)"
-        raise ModelFileError(
-            f"model.transformer={files.transformer}: this is a {kind} transformer, but "
-            f"model={options.model} expects {options.variant}"
-        )
 
 
 def _place(pipe, offload: str, device: str) -> bool:

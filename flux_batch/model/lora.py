@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-
+from flux_batch import families
 from flux_batch.errors import ModelFileError
 from flux_batch.model.file_hash import file_sha256
 from flux_batch.model.hub import fetch_hub_file, is_hub_file
@@ -123,7 +123,7 @@ def _adapted_layers(pipe, adapter: str) -> int:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     count = 0
-    for component in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2):
+    for component in (pipe.transformer, *families.of_pipeline(pipe).text_encoders(pipe)):
         for module in component.modules():
             if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "lora_A", {}):
                 count += 1

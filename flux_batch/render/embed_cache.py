@@ -1,9 +1,9 @@
 """Prompt embeddings on disk (`runtime.embed_cache=DIR`), so later runs and sweeps skip T5.
 
 One safetensors file per (text encoders, max_sequence_length, prompt), named by the SHA-256 of
-the three: `DIR/<2 hex>/<64 hex>.safetensors`, holding `prompt_embeds` and
-`pooled_prompt_embeds` exactly as the encoders returned them (a cached embedding renders the
-same pixels as a fresh one). Files are written to a temporary name, fsynced and renamed, so a
+the three: `DIR/<2 hex>/<64 hex>.safetensors`, holding the tensors of the family's embedding
+under their names (FLUX.1: `prompt_embeds` and `pooled_prompt_embeds`) exactly as the encoders
+returned them (a cached embedding renders the same pixels as a fresh one). Files are written to a temporary name, fsynced and renamed, so a
 reader sees a whole entry or none; an entry that cannot be read is encoded again and replaced.
 The cache is an optimisation: when its folder cannot be written, the run goes on without it.
 
@@ -23,9 +23,10 @@ from flux_batch.store.atomic import write_atomic
 log = logging.getLogger(__name__)
 
 class EmbedCache:
-    def __init__(self, folder: str | os.PathLike, encoders: str):
+    def __init__(self, folder: str | os.PathLike, encoders: str, names: tuple[str, ...]):
         self.folder = Path(folder).expanduser()
         self.encoders = encoders
+        self.names = names  # the family's embedding_names
         self.writable = True
         self.loaded = 0
         self.saved = 0
@@ -36,7 +37,7 @@ class EmbedCache:
         return self.folder / digest[:2] / f"{digest}.safetensors"
 
     def load(self, prompt: str, max_sequence_length: int):
-        """(embeds, pooled) on the CPU, or None when absent or unreadable."""
+        """The embedding (a dict of tensors) on the CPU, or None when absent or unreadable."""
         from safetensors import safe_open
 
         path = self.path(prompt, max_sequence_length)
@@ -46,21 +47,21 @@ class EmbedCache:
             with safe_open(path, framework="pt") as f:
                 if (f.metadata() or {}).get("prompt") != prompt:
                     raise ValueError("it holds another prompt")
-                pair = (f.get_tensor("prompt_embeds"), f.get_tensor("pooled_prompt_embeds"))
+                embedding = {name: f.get_tensor(name) for name in self.names}
         except Exception as e:  # a torn or damaged file: encode again, never fail the run
             log.warning("embedding cache entry %s is unreadable (%s); encoding the prompt again",
                         path, str(e).splitlines()[0] if str(e) else type(e).__name__)
             return None
         self.loaded += 1
-        return pair
+        return embedding
 
-    def save(self, prompt: str, max_sequence_length: int, pair) -> None:
+    def save(self, prompt: str, max_sequence_length: int, embedding) -> None:
         if not self.writable:
             return
         from safetensors.torch import save
 
         path = self.path(prompt, max_sequence_length)
-        data = save({"prompt_embeds": pair[0].contiguous(), "pooled_prompt_embeds": pair[1].contiguous()},
+        data = save({name: embedding[name].contiguous() for name in self.names},
                     metadata={"prompt": prompt, "max_sequence_length": str(max_sequence_length),
                               "encoders": self.encoders})
         try:

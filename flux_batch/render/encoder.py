@@ -13,22 +13,25 @@ import os
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
+from flux_batch import families
+from flux_batch.families import Embedding
 
 PROMPT_CACHE_BYTES = 1 << 30  # embeddings kept in host memory, first come first kept
 
 
 class PromptEncoder:
-    """Text embeddings of prompts, computed one prompt at a time and kept in a process-wide
-    cache keyed by the text encoders' identity, the prompt and max_sequence_length; with a
-    `disk` cache (embed_cache.EmbedCache) also kept between processes."""
+    """Text embeddings of prompts, computed one prompt at a time by the pipeline's family and
+    kept in a process-wide cache keyed by the text encoders' identity, the prompt and
+    max_sequence_length; with a `disk` cache (embed_cache.EmbedCache) also kept between
+    processes. An embedding is a dict of tensors named as the pipeline call takes them."""
 
-    _store: dict[tuple, tuple[Any, Any]] = {}
+    _store: dict[tuple, Embedding] = {}
     _bytes = 0
 
     def __init__(self, pipe, identity: str, max_sequence_length: int, disk=None):
         self.pipe = pipe
+        self.family = families.of_pipeline(pipe)
         self.identity = identity  # encoders_identity()
         self.max_sequence_length = max_sequence_length
         self.disk = disk
@@ -36,21 +39,19 @@ class PromptEncoder:
         self.misses = 0  # encoded by the text encoders
         self.seconds = 0.0  # spent encoding
 
-    def __call__(self, prompts: list[str]):
-        """(prompt_embeds, pooled_prompt_embeds) for a batch, as FluxPipeline takes them."""
+    def __call__(self, prompts: list[str]) -> Embedding:
+        """The embeddings of a batch, as the family's pipeline call takes them."""
         return self.stack([self.embedding(p) for p in prompts])
 
-    def stack(self, pairs: list[tuple]):
-        """Per-prompt (embeds, pooled) pairs as one batch on the pipeline's device."""
+    def stack(self, embeddings: list[Embedding]) -> Embedding:
+        """Per-prompt embeddings as one batch on the pipeline's device."""
         import torch
 
         device = self.pipe._execution_device
-        embeds = torch.cat([e for e, _ in pairs]).to(device)
-        pooled = torch.cat([p for _, p in pairs]).to(device)
-        return embeds, pooled
+        return {name: torch.cat([e[name] for e in embeddings]).to(device) for name in embeddings[0]}
 
-    def embedding(self, prompt: str):
-        """(embeds, pooled) of one prompt, on the CPU: from memory, from disk, or encoded."""
+    def embedding(self, prompt: str) -> Embedding:
+        """One prompt's embedding, on the CPU: from memory, from disk, or encoded."""
         key = (self.identity, self.max_sequence_length, prompt)
         cached = PromptEncoder._store.get(key)
         if cached is None and self.disk is not None:
@@ -62,22 +63,19 @@ class PromptEncoder:
             return cached
         self.misses += 1
         started = time.perf_counter()
-        embeds, pooled, _ = self.pipe.encode_prompt(
-            prompt=[prompt], prompt_2=None, num_images_per_prompt=1,
-            max_sequence_length=self.max_sequence_length,
-        )
-        pair = (embeds.detach().cpu(), pooled.detach().cpu())  # copying is exact
+        encoded = self.family.encode(self.pipe, prompt, self.max_sequence_length)
+        embedding = {name: t.detach().cpu() for name, t in encoded.items()}  # copying is exact
         self.seconds += time.perf_counter() - started
-        self._keep(key, pair)
+        self._keep(key, embedding)
         if self.disk is not None:
-            self.disk.save(prompt, self.max_sequence_length, pair)
-        return pair
+            self.disk.save(prompt, self.max_sequence_length, embedding)
+        return embedding
 
     @staticmethod
-    def _keep(key: tuple, pair: tuple) -> None:
-        size = sum(t.numel() * t.element_size() for t in pair)
+    def _keep(key: tuple, embedding: Embedding) -> None:
+        size = sum(t.numel() * t.element_size() for t in embedding.values())
         if PromptEncoder._bytes + size <= PROMPT_CACHE_BYTES:  # full: keep the earliest ones,
-            PromptEncoder._store[key] = pair  # so a sweep cycling through many prompts still hits
+            PromptEncoder._store[key] = embedding  # so a sweep cycling through many prompts still hits
             PromptEncoder._bytes += size
 
 
@@ -89,21 +87,22 @@ def encoders_identity(files, pipe, device: str, dtype) -> str:
     loras = ()
     if files.loras and adapts_text_encoders(pipe):
         loras = tuple((lora.sha256, lora.scale) for lora in files.loras)
-    return encoders_digest(files.base, str(dtype), device, loras)
+    return encoders_digest(files.base, str(dtype), device, loras,
+                           families.of_pipeline(pipe).encoder_folders)
 
 
-ENCODER_FOLDERS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 SMALL_FILE = 16 << 20  # files below this size are hashed by content
 
 
-def encoders_digest(base: str, dtype: str, device: str, loras: tuple = ()) -> str:
+def encoders_digest(base: str, dtype: str, device: str, loras: tuple = (),
+                    folders: tuple[str, ...] | None = None) -> str:
     """SHA-256 naming the text encoders of a pipeline folder without reading their weights: the
     contents of their small files (configs, tokenizers), the size, modification time and
     resolved name of the large ones (in the Hugging Face cache that name is the file's content
     hash), dtype, device type, the LoRAs that adapt them, and the library versions that compute
     the embeddings."""
     h = hashlib.sha256()
-    for folder in ENCODER_FOLDERS:
+    for folder in folders or families.get(families.DEFAULT).encoder_folders:
         root = Path(base) / folder
         for path in sorted(root.rglob("*")) if root.is_dir() else []:
             if not path.is_file():
@@ -121,9 +120,8 @@ def encoders_digest(base: str, dtype: str, device: str, loras: tuple = ()) -> st
 
 
 def adapts_text_encoders(pipe) -> bool:
-    """Whether a LoRA adapter sits on a layer of CLIP or T5."""
+    """Whether a LoRA adapter sits on a layer of a text encoder."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    encoders = [m for m in (pipe.text_encoder, pipe.text_encoder_2) if m is not None]
+    encoders = families.of_pipeline(pipe).text_encoders(pipe)
     return any(isinstance(module, BaseTunerLayer) for encoder in encoders for module in encoder.modules())
-

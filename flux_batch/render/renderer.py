@@ -6,9 +6,11 @@ batch it lands in.
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Callable, Iterator
 
-
+from flux_batch import families, faults
+from flux_batch.families import Embedding
 from flux_batch.faults import crash_point
 from flux_batch.plan.items import Item, Settings
 from flux_batch.render import step_cache
@@ -31,14 +33,15 @@ def batches(items: list[Item], batch_size: int | Callable[[], int]) -> Iterator[
 
 
 class Renderer:
-    """Runs a FluxPipeline on batches of items and returns float images in [0, 1]."""
+    """Runs a family's pipeline on batches of items and returns float images in [0, 1]."""
 
     def __init__(self, pipe, max_sequence_length: int, should_stop: Callable[[], bool],
-                 encode: Callable[[list[str]], tuple], shift: float | None = None):
+                 encode: Callable[[list[str]], Embedding], shift: float | None = None):
         self.pipe = pipe
+        self.family = families.of_pipeline(pipe)  # what the call takes, how latents decode
         self.max_sequence_length = max_sequence_length
         self.should_stop = should_stop
-        self.encode = encode  # prompts -> (prompt_embeds, pooled_prompt_embeds)
+        self.encode = encode  # prompts -> the batch's embedding (encoder.PromptEncoder)
         self.shift = shift
         # the model's own scheduler config, kept on the pipeline: a pipeline reused by a later
         # run holds the scheduler this run swapped in, not the model's
@@ -47,6 +50,8 @@ class Renderer:
         self.base_scheduler_config = pipe.flux_batch_scheduler_config
         self.schedulers: dict = {}
         self._vae_device = None  # where the VAE runs: asked once (diffusers walks every module)
+        self.progress = None  # progress.StepProgress, told of each step
+        self._step_delay = faults.step_delay()
 
     def _use_scheduler(self, name: str) -> None:
         from flux_batch.samplers import make_scheduler
@@ -60,7 +65,7 @@ class Renderer:
         one plain pipeline call, which encodes, denoises and decodes."""
         return self.denoise(batch, self.encode, output_type="np")
 
-    def denoise(self, batch: list[Item], encode: Callable[[list[str]], tuple] | None = None,
+    def denoise(self, batch: list[Item], encode: Callable[[list[str]], Embedding] | None = None,
                 output_type: str = "latent"):
         """The pipeline call for a batch; with output_type="latent" it stops before the VAE
         and returns the packed latents, which `decode` turns into the same images."""
@@ -71,48 +76,36 @@ class Renderer:
         self._use_scheduler(s.scheduler)
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
         step_cache.reset(self.pipe.transformer)  # a batch never sees another batch's cache
-        prompt_embeds, pooled_prompt_embeds = encode([item.prompt for item in batch])
+        embeds = encode([item.prompt for item in batch])
         # true CFG only where the batch has negative prompts (Settings keeps them apart)
-        cfg = {}
-        if s.true_cfg > 1:
-            negative, negative_pooled = encode([item.negative_prompt for item in batch])
-            cfg = {"negative_prompt_embeds": negative, "negative_pooled_prompt_embeds": negative_pooled,
-                   "true_cfg_scale": s.true_cfg}
-        output = self.pipe(
-            prompt_embeds=prompt_embeds,
-            pooled_prompt_embeds=pooled_prompt_embeds,
-            **cfg,
-            width=s.width,
-            height=s.height,
-            num_inference_steps=s.steps,
-            guidance_scale=s.guidance,
-            generator=generators,
-            max_sequence_length=self.max_sequence_length,
-            output_type=output_type,
-            callback_on_step_end=self._check_stop,
-        )
+        negative = encode([item.negative_prompt for item in batch]) if s.true_cfg > 1 else None
+        args = self.family.call_args(batch, embeds, negative, self.max_sequence_length)
+        if self.progress is not None:
+            self.progress.begin(len(batch), s.steps)
+        try:
+            output = self.pipe(**args, generator=generators, output_type=output_type,
+                               callback_on_step_end=self._check_stop)
+        finally:
+            if self.progress is not None:
+                self.progress.end()
         return None if self.should_stop() else output.images
 
     def decode(self, latents, settings: Settings) -> np.ndarray:
-        """Packed latents of a batch as (B, H, W, 3) images: what FluxPipeline does after its
-        denoising loop, step for step, so a phased run renders the pipeline's own pixels."""
-        import torch
-
-        pipe = self.pipe
-        with torch.no_grad():
-            latents = pipe._unpack_latents(latents, settings.height, settings.width,
-                                           pipe.vae_scale_factor)
-            latents = (latents / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
-            if self._vae_device is None:
-                self._vae_device = _vae_device(pipe)
-            latents = latents.to(self._vae_device)
-            image = pipe.vae.decode(latents, return_dict=False)[0]
-            return pipe.image_processor.postprocess(image, output_type="np")
+        """Packed latents of a batch as (B, H, W, 3) images: what the pipeline does after its
+        denoising loop, step for step (the family's decode), so a phased run renders the
+        pipeline's own pixels."""
+        if self._vae_device is None:
+            self._vae_device = _vae_device(self.pipe)
+        return self.family.decode(self.pipe, latents, settings, self._vae_device)
 
     def _check_stop(self, pipe, step, timestep, callback_kwargs):
         crash_point("mid_denoise")
+        if self._step_delay:
+            time.sleep(self._step_delay)
+        if self.progress is not None:
+            self.progress.step(step + 1)
         if self.should_stop():
-            pipe._interrupt = True  # FluxPipeline skips the remaining steps
+            pipe._interrupt = True  # the pipeline skips the remaining steps
         return callback_kwargs
 
 

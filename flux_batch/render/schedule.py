@@ -1,6 +1,6 @@
 """When each model runs: one plain pipeline call per batch, or phased by chunks of items.
 
-per_item: each batch is one FluxPipeline call (encode, denoise, decode), as the reference loop
+per_item: each batch is one pipeline call (encode, denoise, decode), as the reference loop
 makes it; under model CPU offload every call moves the text encoders, the transformer and the
 VAE onto the accelerator and off again.
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator
 
 
+from flux_batch import families
 from flux_batch.config import CacheConfig
 from flux_batch.model.device import resolve_dtype
 from flux_batch.plan.items import Item
@@ -125,7 +126,7 @@ class Schedule:
                 log.exception("encoding a batch of %d failed", len(batch))
                 yield Rendered(batch, error=e)
         self.seconds["encode"] += time.perf_counter() - started
-        release(pipe, pipe.text_encoder, pipe.text_encoder_2)
+        release(pipe, *self.render.family.text_encoders(pipe))
 
         def encode(prompts):
             return self.encoder.stack([held[p] for p in prompts])
@@ -199,7 +200,7 @@ def release(pipe, *modules) -> None:
 
 @contextmanager
 def models_kept(pipe):
-    """FluxPipeline offloads every model at the end of each call; inside this block the models
+    """The pipeline offloads every model at the end of each call; inside this block the models
     stay where they are, so the transformer loads once for all the batches of a chunk."""
     if not _hooks(pipe):
         yield
@@ -234,13 +235,16 @@ class RenderOptions:
 
 
 def for_run(pipe, files, device: str, items: list[Item], should_stop: Callable[[], bool],
-            options: RenderOptions) -> Schedule:
-    """The schedule `options` ask for, with its prompt encoder and batch size."""
+            options: RenderOptions, progress=None) -> Schedule:
+    """The schedule `options` ask for, with its prompt encoder and batch size; `progress`
+    (progress.StepProgress) is told of each denoising step."""
     msl = options.max_sequence_length
     identity = encoders_identity(files, pipe, device, resolve_dtype(options.dtype, device))
-    disk = EmbedCache(options.embed_cache, identity) if options.embed_cache else None
+    names = families.of_pipeline(pipe).embedding_names
+    disk = EmbedCache(options.embed_cache, identity, names) if options.embed_cache else None
     encoder = PromptEncoder(pipe, identity, msl, disk)
     render = Renderer(pipe, msl, should_stop, encoder, options.shift)
+    render.progress = progress
     sizer = batch_size.for_run(options.batch_size, pipe, [i.settings for i in items], msl, device)
     torch_compile.apply(pipe, options.compile)
     step_cache.apply(pipe.transformer, options.cache)

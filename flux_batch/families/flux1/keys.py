@@ -1,4 +1,5 @@
-"""FLUX transformer tensor names: the Black Forest Labs layout and the diffusers layout.
+"""FLUX.1 transformer tensor names: the Black Forest Labs layout and the diffusers layout (the
+family's GGUF key table, read by the GGUF tools through `families`).
 
 One table, `fusions`, says how each BFL tensor is made of diffusers tensors: concatenated
 along the first dimension (the fused qkv of double blocks; q, k, v and the MLP input in

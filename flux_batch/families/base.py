@@ -1,0 +1,122 @@
+"""What a model family is to flux-batch: the one interface the driver, the loader, the renderer,
+the prompt encoder and the GGUF tools reach a family's specifics through.
+
+A family (FLUX.1 today; FLUX.2, Chroma and Kontext to come) owns:
+- its diffusers pipeline and transformer classes, and how its pipeline folder looks (which
+  folders hold the text encoders, which files a hub pipeline needs);
+- its variants (FLUX.1: dev with a guidance embedding, schnell without) and how a GGUF file or
+  a loaded transformer is told to be of the wrong one, before anything renders;
+- how one prompt becomes its embedding: a dict of named tensors, named as the pipeline call
+  takes them (FLUX.1: prompt_embeds and pooled_prompt_embeds; a family with one text encoder
+  and no pooled embedding has one name), which the embedding cache stores under those names;
+- what the pipeline call takes, and how its packed latents become pixels;
+- its GGUF key table (the BFL and diffusers tensor names, and how they fuse);
+- which features it supports; a config asking for another is refused in one line.
+
+Everything else (batching, seeds, placement, offload, dequantizing, the schedules, caches,
+output) is the same for every family and stays out of here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flux_batch.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from flux_batch.plan.items import Item, Settings
+
+Embedding = dict[str, "torch.Tensor"]  # one prompt's (or a batch's) tensors, by call-argument name
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a family's pipeline can do, beyond rendering a prompt."""
+
+    cache_methods: frozenset[str]  # cache.method values its transformer supports (none among them)
+    lora: bool  # LoRA files load into its pipeline
+    true_cfg: bool  # true classifier-free guidance with negative prompts
+    image_inputs: bool = False  # an input image per item (Kontext's, in a later issue)
+
+
+class Family:
+    """A model family; subclasses set the class attributes and implement the methods."""
+
+    name: str  # the model.family value
+    label: str  # for messages: "FLUX.1"
+    variants: tuple[str, ...]  # model.variant values
+    features: Features
+    encoder_folders: tuple[str, ...]  # pipeline-folder folders that make the embeddings
+    pipeline_files: tuple[str, ...]  # what a hub pipeline folder needs (never the transformer weights)
+    embedding_names: tuple[str, ...]  # the tensors of one prompt's embedding, in cache-file order
+    # the GGUF key table: a module with BFL_PREFIX, unprefixed, layout_of, block_counts,
+    # has_guidance, fusions, split_sizes and swap_halves (families/flux1/keys.py)
+    keys: Any
+
+    # classes
+
+    def pipeline_class(self):
+        raise NotImplementedError
+
+    def transformer_class(self):
+        raise NotImplementedError
+
+    # variants and files
+
+    def check_variant(self, variant: str) -> None:
+        """ConfigError when model.variant is not one of this family's."""
+        if variant not in self.variants:
+            raise ConfigError(f"model.variant={variant}: expected {' or '.join(self.variants)}")
+
+    def check_file(self, path: str, names: list[str], model) -> None:
+        """ModelFileError when the GGUF at `path` (its unprefixed tensor `names`) is not of the
+        variant `model` (the model config) asks for; before anything loads."""
+
+    def check_transformer(self, transformer, path: str, model_name: str, variant: str) -> None:
+        """ModelFileError when a loaded transformer is not of `variant`."""
+
+    def text_encoders(self, pipe) -> list:
+        """The pipeline's text encoder modules (offloaded early by the phased schedule, adapted
+        by LoRAs)."""
+        raise NotImplementedError
+
+    # prompts, the call, the latents
+
+    def encode(self, pipe, prompt: str, max_sequence_length: int) -> Embedding:
+        """One prompt's embedding, as the pipeline's own encoder computes it."""
+        raise NotImplementedError
+
+    def call_args(self, batch: list[Item], embeds: Embedding, negative: Embedding | None,
+                  max_sequence_length: int) -> dict[str, Any]:
+        """The pipeline call's arguments for a batch of items (one Settings; an image-input
+        family reads each item's image), besides generators, output_type and the step
+        callback; `negative` only under true CFG."""
+        raise NotImplementedError
+
+    def decode(self, pipe, latents, settings: Settings, vae_device) -> np.ndarray:
+        """The packed latents of a pipeline call with output_type="latent" as (B, H, W, 3)
+        floats: what the pipeline does after its denoising loop, step for step."""
+        raise NotImplementedError
+
+    # features
+
+    def check_features(self, cache_method: str, loras: bool, true_cfg: float) -> None:
+        """ConfigError naming the key when a config asks for what this family lacks."""
+        f = self.features
+        if cache_method not in f.cache_methods:
+            raise ConfigError(f"cache={cache_method}: not available for model.family={self.name} "
+                              f"({self.label}); it has {', '.join(sorted(f.cache_methods))}")
+        if loras and not f.lora:
+            raise ConfigError(f"lora: model.family={self.name} ({self.label}) does not load LoRAs")
+        if true_cfg > 1 and not f.true_cfg:
+            raise ConfigError(f"sampler.true_cfg={true_cfg}: model.family={self.name} "
+                              f"({self.label}) has no true classifier-free guidance")
+
+    # the embedded tiny model
+
+    def save_tiny_pipeline(self, folder, variant: str) -> None:
+        """A random pipeline folder of this family, small enough for any CPU (demo/tiny.py)."""
+        raise NotImplementedError
