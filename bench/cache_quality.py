@@ -12,6 +12,7 @@ and position accuracy and the PSNR against cache=none's images, both from
 Target: a setting at >= 1.5x denoise speed with no attribute more than 2 points below
 cache=none.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,9 +49,20 @@ def render(out: Path, overrides: list[str], batch_size: int, env: dict) -> tuple
     """(process seconds, denoise seconds, log) of one whole flux-batch run."""
     started = time.perf_counter()
     result = subprocess.run(
-        [str(BIN / "flux-batch"), "model=demo", f"dataset.path={ROOT}/flux_batch/prompts/demo-eval.jsonl",
-         "num_images=2", f"batch_size={batch_size}", f"output.dir={out}", "runtime.progress=false",
-         *overrides], capture_output=True, text=True, env=env)
+        [
+            str(BIN / "flux-batch"),
+            "model=demo",
+            f"dataset.path={ROOT}/flux_batch/prompts/demo-eval.jsonl",
+            "num_images=2",
+            f"batch_size={batch_size}",
+            f"output.dir={out}",
+            "runtime.progress=false",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     seconds = time.perf_counter() - started
     log = result.stdout + result.stderr
     if result.returncode != 0:
@@ -61,8 +73,12 @@ def render(out: Path, overrides: list[str], batch_size: int, env: dict) -> tuple
 
 def evaluate(run: Path, reference: Path, env: dict) -> dict:
     out = run.with_suffix(".eval.json")
-    subprocess.run([str(BIN / "flux-batch-eval"), str(run), "--reference", str(reference), "-o", str(out)],
-                   check=True, capture_output=True, env=env)
+    subprocess.run(
+        [str(BIN / "flux-batch-eval"), str(run), "--reference", str(reference), "-o", str(out)],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     return json.loads(out.read_text())
 
 
@@ -80,8 +96,9 @@ def main() -> None:
     for r in range(a.repeat):
         order = list(SETTINGS) if r % 2 == 0 else list(reversed(SETTINGS))  # alternate the order
         for name in order:
-            seconds, denoise, log = render(work / f"r{r}" / name.replace(" ", "-"), SETTINGS[name],
-                                           a.batch_size, env)
+            seconds, denoise, log = render(
+                work / f"r{r}" / name.replace(" ", "-"), SETTINGS[name], a.batch_size, env
+            )
             times[name].append((seconds, denoise))
             if m := re.search(r"fbcache skipped the remaining blocks in (\d+)%", log):
                 skipped[name] = f"{m[1]}%"
@@ -91,9 +108,12 @@ def main() -> None:
     base_wall = statistics.median(s for s, _ in times["none"])
     base_denoise = statistics.median(d for _, d in times["none"])
     base_eval = evaluate(reference, reference, env)["accuracy"]
-    rows = ["| cache | denoise s | denoise speed-up | images/s (whole run) | vs none | skipped | "
-            + " | ".join(ATTRIBUTES) + " | PSNR vs none, mean / min | target |",
-            "|---|---:|---:|---:|---:|---:|" + "---:|" * len(ATTRIBUTES) + "---|---|"]
+    rows = [
+        "| cache | denoise s | denoise speed-up | images/s (whole run) | vs none | skipped | "
+        + " | ".join(ATTRIBUTES)
+        + " | PSNR vs none, mean / min | target |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(ATTRIBUTES) + "---|---|",
+    ]
     for name in SETTINGS:
         wall = statistics.median(s for s, _ in times[name])
         denoise = statistics.median(d for _, d in times[name])
@@ -107,20 +127,31 @@ def main() -> None:
         speed = base_denoise / denoise
         met = "-" if name == "none" else ("met" if speed >= 1.5 and max(drops) <= 2 else "not met")
         cells = [f"{100 * result[x]['accuracy']:.1f}" for x in ATTRIBUTES]
-        rows.append(f"| {name} | {denoise:.2f} | {speed:.2f}x | {n / wall:.2f} | {base_wall / wall:.2f}x | "
-                    f"{skipped.get(name, '-')} | " + " | ".join(cells) + f" | {psnr} | {met} |")
+        rows.append(
+            f"| {name} | {denoise:.2f} | {speed:.2f}x | {n / wall:.2f} | {base_wall / wall:.2f}x | "
+            f"{skipped.get(name, '-')} | " + " | ".join(cells) + f" | {psnr} | {met} |"
+        )
     end_load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    body = "\n".join([
-        f"The demo model, 36 evaluation prompts x 2 seeds = {n} images per run, 12 steps, batch size "
-        f"{a.batch_size}, torch threads {a.threads}; medians of {a.repeat} runs per setting, the "
-        "settings alternating within each repeat. `denoise s` is the run's own denoise time, `images/s` "
-        "the whole process's (Python, imports, model load, rendering, writing). Accuracy in percent "
-        "of the 72 images, from `flux-batch-eval --reference` on the first repeat. `skipped`: the share "
-        "of item-steps in which First Block Cache skipped the remaining blocks. Target: >= 1.5x denoise "
-        f"speed with no attribute more than 2 points below cache=none. Load average at the end: {end_load}.",
-        "", *rows])
-    write_section("cache_quality", "Step caching on the demo model: speed against quality", body,
-                  ("torch", "diffusers"), start_load)
+    body = "\n".join(
+        [
+            f"The demo model, 36 evaluation prompts x 2 seeds = {n} images per run, 12 steps, batch size "
+            f"{a.batch_size}, torch threads {a.threads}; medians of {a.repeat} runs per setting, the "
+            "settings alternating within each repeat. `denoise s` is the run's own denoise time, `images/s` "
+            "the whole process's (Python, imports, model load, rendering, writing). Accuracy in percent "
+            "of the 72 images, from `flux-batch-eval --reference` on the first repeat. `skipped`: the share "
+            "of item-steps in which First Block Cache skipped the remaining blocks. Target: >= 1.5x denoise "
+            f"speed with no attribute more than 2 points below cache=none. Load average at the end: {end_load}.",
+            "",
+            *rows,
+        ]
+    )
+    write_section(
+        "cache_quality",
+        "Step caching on the demo model: speed against quality",
+        body,
+        ("torch", "diffusers"),
+        start_load,
+    )
 
 
 if __name__ == "__main__":

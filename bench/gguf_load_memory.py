@@ -12,6 +12,7 @@ its peak resident memory (VmHWM) and its anonymous memory (RssAnon: its own allo
 the file's pages), sampled every 10 ms by this script, after loading and after one forward
 pass, whose output must be identical.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,11 @@ def child(reader: str, gguf: str, base: str, out: str) -> None:
 
 def measure(reader: str, gguf: Path, base: Path, out: Path) -> dict:
     """Run one reader in a fresh process, sampling its RssAnon during the load."""
-    process = subprocess.Popen([sys.executable, __file__, "--child", reader, str(gguf), str(base),
-                                str(out)], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--child", reader, str(gguf), str(base), str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     peak = {"load": 0}
     phase = "load"
 
@@ -94,8 +98,7 @@ def measure(reader: str, gguf: Path, base: Path, out: Path) -> dict:
 def f16_bytes(gguf: Path) -> int:
     from gguf import GGMLQuantizationType, GGUFReader
 
-    return sum(int(t.n_bytes) for t in GGUFReader(gguf).tensors
-               if t.tensor_type == GGMLQuantizationType.F16)
+    return sum(int(t.n_bytes) for t in GGUFReader(gguf).tensors if t.tensor_type == GGMLQuantizationType.F16)
 
 
 def build(work: Path, kind: str) -> tuple[Path, Path]:
@@ -127,45 +130,51 @@ def main() -> None:
         f16 = f16_bytes(gguf)
         results = {name: measure(name, gguf, base, Path(work) / f"{name}.npy") for name in READERS}
         same = np.array_equal(np.load(Path(work) / "copy.npy"), np.load(Path(work) / "mapped.npy"))
-    rows = ["| reader | peak RSS while loading MiB | peak RssAnon while loading MiB | "
-            "after loading: RssAnon / RssFile MiB | after one forward: RssAnon / RssFile MiB | "
-            "load s |", "|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| reader | peak RSS while loading MiB | peak RssAnon while loading MiB | "
+        "after loading: RssAnon / RssFile MiB | after one forward: RssAnon / RssFile MiB | "
+        "load s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, r in results.items():
         imported = r["imported"]["RssAnon"]
         rows.append(
             f"| {name} | {mib(r['loaded']['VmHWM'])} | {mib(r['peak_anon']['load'])} | "
             f"{mib(r['loaded']['RssAnon'])} / {mib(r['loaded']['RssFile'])} | "
             f"{mib(r['forward']['RssAnon'])} / {mib(r['forward']['RssFile'])} | "
-            f"{r['load_seconds']:.1f} |")
+            f"{r['load_seconds']:.1f} |"
+        )
     copy, mapped = results["copy"], results["mapped"]
-    body = "\n".join([
-        f"The full-width random FLUX transformer (hidden 3072, 1 double + 1 single block), "
-        f"{options.type}, BFL layout: a {mib(size)} MiB GGUF file. One fresh process per "
-        f"reader; after imports each holds about {mib(imported)} MiB of its own memory. "
-        "RSS counts the file's pages a process has touched (shared with the page cache); "
-        "RssAnon only its own allocations.",
-        "",
-        *rows,
-        "",
-        f"Peak RSS while loading: {mib(copy['loaded']['VmHWM'])} → "
-        f"{mib(mapped['loaded']['VmHWM'])} MiB "
-        f"({mapped['loaded']['VmHWM'] / copy['loaded']['VmHWM']:.2f}×); above the imports, "
-        f"{(copy['loaded']['VmHWM'] - copy['imported']['VmRSS']) / size:.2f}× → "
-        f"{(mapped['loaded']['VmHWM'] - mapped['imported']['VmRSS']) / size:.2f}× the file. "
-        f"Forward outputs identical: {'yes' if same else 'NO'}.",
-        "",
-        f"Of the {mib(mapped['peak_anon']['load'] - mapped['imported']['RssAnon'])} MiB the "
-        f"mapped reader allocates beyond its imports, {mib(2 * f16)} MiB are the F16 tensors "
-        f"(input and output layers, {mib(f16)} MiB in this file), which diffusers keeps as plain "
-        "tensors and converts to the float32 compute dtype; the rest "
-        f"({mib(mapped['peak_anon']['load'] - mapped['imported']['RssAnon'] - 2 * f16)} MiB) is "
-        "model set-up both readers pay (the copy reader: "
-        f"{mib(copy['peak_anon']['load'] - copy['imported']['RssAnon'] - 2 * f16 - size)} MiB "
-        "beyond the file's copy and the same conversions). Quantized weights stay in the "
-        "file's pages until a forward pass reads them (RssFile after one forward), shared "
-        "with the page cache. A full FLUX.1 file holds proportionally far fewer F16 tensors "
-        "(0.5% of its parameters against 12% here).",
-    ])
+    body = "\n".join(
+        [
+            f"The full-width random FLUX transformer (hidden 3072, 1 double + 1 single block), "
+            f"{options.type}, BFL layout: a {mib(size)} MiB GGUF file. One fresh process per "
+            f"reader; after imports each holds about {mib(imported)} MiB of its own memory. "
+            "RSS counts the file's pages a process has touched (shared with the page cache); "
+            "RssAnon only its own allocations.",
+            "",
+            *rows,
+            "",
+            f"Peak RSS while loading: {mib(copy['loaded']['VmHWM'])} → "
+            f"{mib(mapped['loaded']['VmHWM'])} MiB "
+            f"({mapped['loaded']['VmHWM'] / copy['loaded']['VmHWM']:.2f}×); above the imports, "
+            f"{(copy['loaded']['VmHWM'] - copy['imported']['VmRSS']) / size:.2f}× → "
+            f"{(mapped['loaded']['VmHWM'] - mapped['imported']['VmRSS']) / size:.2f}× the file. "
+            f"Forward outputs identical: {'yes' if same else 'NO'}.",
+            "",
+            f"Of the {mib(mapped['peak_anon']['load'] - mapped['imported']['RssAnon'])} MiB the "
+            f"mapped reader allocates beyond its imports, {mib(2 * f16)} MiB are the F16 tensors "
+            f"(input and output layers, {mib(f16)} MiB in this file), which diffusers keeps as plain "
+            "tensors and converts to the float32 compute dtype; the rest "
+            f"({mib(mapped['peak_anon']['load'] - mapped['imported']['RssAnon'] - 2 * f16)} MiB) is "
+            "model set-up both readers pay (the copy reader: "
+            f"{mib(copy['peak_anon']['load'] - copy['imported']['RssAnon'] - 2 * f16 - size)} MiB "
+            "beyond the file's copy and the same conversions). Quantized weights stay in the "
+            "file's pages until a forward pass reads them (RssFile after one forward), shared "
+            "with the page cache. A full FLUX.1 file holds proportionally far fewer F16 tensors "
+            "(0.5% of its parameters against 12% here).",
+        ]
+    )
     write_section("gguf_load_memory", "GGUF loading memory", body, ("torch", "diffusers", "gguf"), load)
 
 

@@ -7,6 +7,7 @@ Runs the installed script in a subprocess per type and samples its anonymous res
 memory-mapped source file) every 20 ms. Compared with the largest tensor of the source
 (bf16) and the output file: streaming keeps the peak near one tensor, not the model.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -53,21 +54,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gguf-memory-") as work:
         source = flux_wide.build_transformer(Path(work) / "transformer")
         model_bytes = sum(f.stat().st_size for f in source.glob("*.safetensors"))
-        largest = max(2 * t.shape[0] * (t.shape[1] if len(t.shape) > 1 else 1)
-                      for t in plan(open_checkpoint(source), "bfl"))
+        largest = max(
+            2 * t.shape[0] * (t.shape[1] if len(t.shape) > 1 else 1)
+            for t in plan(open_checkpoint(source), "bfl")
+        )
         baseline, _ = peak_of([sys.executable, "-c", "import torch, safetensors, gguf, diffusers"])
-        rows = ["| type | peak RssAnon MiB | of which imports MiB | output MiB | seconds |",
-                "|---|---:|---:|---:|---:|"]
+        rows = [
+            "| type | peak RssAnon MiB | of which imports MiB | output MiB | seconds |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for kind in TYPES:
             out = Path(work) / f"{kind}.gguf"
             peak, seconds = peak_of([script, "quantize", str(source), str(out), "--type", kind, "--quiet"])
-            rows.append(f"| {kind} | {peak / 2**20:.0f} | {baseline / 2**20:.0f} | "
-                        f"{out.stat().st_size / 2**20:.0f} | {seconds:.1f} |")
+            rows.append(
+                f"| {kind} | {peak / 2**20:.0f} | {baseline / 2**20:.0f} | "
+                f"{out.stat().st_size / 2**20:.0f} | {seconds:.1f} |"
+            )
             print(rows[-1], flush=True)
             out.unlink()
-    body = (f"Source: the full-width random FLUX transformer, {model_bytes / 2**20:.0f} MiB of bf16 "
-            f"safetensors; its largest tensor (fused single-block linear1) is "
-            f"{largest / 2**20:.0f} MiB in bf16.\n\n" + "\n".join(rows))
+    body = (
+        f"Source: the full-width random FLUX transformer, {model_bytes / 2**20:.0f} MiB of bf16 "
+        f"safetensors; its largest tensor (fused single-block linear1) is "
+        f"{largest / 2**20:.0f} MiB in bf16.\n\n" + "\n".join(rows)
+    )
     write_section("gguf_memory", "GGUF quantization memory", body, ("torch", "safetensors", "gguf"), load)
 
 

@@ -14,6 +14,7 @@ flux_batch.gguf.quantize in the BFL layout, then:
 Random weights are uniform, not the heavy-tailed weights of a trained model, so real errors
 are larger; the ranking of the types is what carries over.
 """
+
 from __future__ import annotations
 
 import gc
@@ -34,7 +35,7 @@ from bench.results import machine, write_section  # noqa: E402
 from flux_batch.gguf.checkpoint import open_checkpoint, plan  # noqa: E402
 from flux_batch.gguf.quantize import quantize_checkpoint  # noqa: E402
 
-NOTE = ("Bits/weight counts the whole file: with one double and one single block, the F16 input and output layers hold 12% of the parameters (0.5% in FLUX.1-dev's 19 + 38 blocks), so a full model comes close to the type's own rate (Q8_0 8.5, Q5_1 6.0, Q5_0 5.5, Q4_1 5.0, Q4_0 4.5).")
+NOTE = "Bits/weight counts the whole file: with one double and one single block, the F16 input and output layers hold 12% of the parameters (0.5% in FLUX.1-dev's 19 + 38 blocks), so a full model comes close to the type's own rate (Q8_0 8.5, Q5_1 6.0, Q5_0 5.5, Q4_1 5.0, Q4_0 4.5)."
 TYPES = ["BF16", "F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]  # F32 is the reference itself
 
 
@@ -59,8 +60,10 @@ def main() -> None:
         want = flux_wide.forward(flux_wide.load_reference(transformer))
         gc.collect()
         source = {t.name: t for t in plan(open_checkpoint(transformer), "bfl")}
-        rows = ["| type | bits/weight | file MiB | size vs BF16 | weight rel. RMSE | output rel. L2 | quantize s |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
+        rows = [
+            "| type | bits/weight | file MiB | size vs BF16 | weight rel. RMSE | output rel. L2 | quantize s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         bf16_size = None
         for kind in TYPES:
             out = work / f"{kind}.gguf"
@@ -75,16 +78,19 @@ def main() -> None:
             output = flux_wide.relative_l2(flux_wide.forward(model), want)
             del model
             gc.collect()
-            rows.append(f"| {kind} | {bits:.2f} | {size / 2**20:.0f} | {size / bf16_size:.3f} | "
-                        f"{weight_error(out, source):.2e} | {output:.2e} | {seconds:.1f} |")
+            rows.append(
+                f"| {kind} | {bits:.2f} | {size / 2**20:.0f} | {size / bf16_size:.3f} | "
+                f"{weight_error(out, source):.2e} | {output:.2e} | {seconds:.1f} |"
+            )
             print(rows[-1], flush=True)
             out.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    body = ("Full-width random FLUX.1-dev transformer (hidden 3072, 1 double + 1 single block, "
-            "545.5 M parameters), BFL layout. " + NOTE + "\n\n" + "\n".join(rows))
-    write_section("gguf_quality", "GGUF quality per type", body,
-                  ("torch", "diffusers", "gguf"), load)
+    body = (
+        "Full-width random FLUX.1-dev transformer (hidden 3072, 1 double + 1 single block, "
+        "545.5 M parameters), BFL layout. " + NOTE + "\n\n" + "\n".join(rows)
+    )
+    write_section("gguf_quality", "GGUF quality per type", body, ("torch", "diffusers", "gguf"), load)
 
 
 if __name__ == "__main__":

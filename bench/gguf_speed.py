@@ -7,6 +7,7 @@ fused qkv, MLP in and out: 113 M values) with both implementations, in the same 
 one after the other, best of 3 per tensor (the machine is shared; the best run is the one
 least disturbed). MB/s counts float32 input bytes. Both outputs are compared byte for byte.
 """
+
 from __future__ import annotations
 
 import sys
@@ -41,8 +42,10 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     tensors = [(torch.randn(*s, generator=g) * 0.02).to(torch.bfloat16).float() for s in SHAPES]
     mb = sum(t.numel() * 4 for t in tensors) / 1e6
-    rows = ["| type | gguf.quants MB/s | flux-batch MB/s | speed-up | identical bytes |",
-            "|---|---:|---:|---:|---|"]
+    rows = [
+        "| type | gguf.quants MB/s | flux-batch MB/s | speed-up | identical bytes |",
+        "|---|---:|---:|---:|---|",
+    ]
     for kind in TYPES:
         ref_s = ours_s = 0.0
         same = True
@@ -50,15 +53,20 @@ def main() -> None:
             array = t.numpy()
             # each lambda is called (and done with) before the loop moves on: bind them anyway
             s1, expected = best_seconds(
-                lambda array=array, kind=kind: gguf.quants.quantize(array, gguf.GGMLQuantizationType[kind]))
+                lambda array=array, kind=kind: gguf.quants.quantize(array, gguf.GGMLQuantizationType[kind])
+            )
             s2, got = best_seconds(lambda t=t, kind=kind: quantize(t, kind))
             ref_s, ours_s = ref_s + s1, ours_s + s2
             same &= np.asarray(got).tobytes() == np.asarray(expected).tobytes()
-        rows.append(f"| {kind} | {mb / ref_s:.0f} | {mb / ours_s:.0f} | {ref_s / ours_s:.1f}x | "
-                    f"{'yes' if same else 'NO'} |")
+        rows.append(
+            f"| {kind} | {mb / ref_s:.0f} | {mb / ours_s:.0f} | {ref_s / ours_s:.1f}x | "
+            f"{'yes' if same else 'NO'} |"
+        )
         print(rows[-1], flush=True)
-    body = (f"{mb:.0f} MB of float32 weights per type (shapes {', '.join('x'.join(map(str, s)) for s in SHAPES)}), "
-            f"best of {REPEATS} per tensor.\n\n" + "\n".join(rows))
+    body = (
+        f"{mb:.0f} MB of float32 weights per type (shapes {', '.join('x'.join(map(str, s)) for s in SHAPES)}), "
+        f"best of {REPEATS} per tensor.\n\n" + "\n".join(rows)
+    )
     write_section("gguf_speed", "GGUF quantization speed", body, ("torch", "numpy", "gguf"), load)
 
 

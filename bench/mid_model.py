@@ -5,6 +5,7 @@ encoders, tokenizers, VAE and scheduler around a wider transformer (hidden 512, 
     build(folder) -> folder with transformer/ (config + float32 safetensors) and
                      transformer-Q8_0.gguf, transformer-BF16.gguf
 """
+
 from __future__ import annotations
 
 import shutil
@@ -31,14 +32,25 @@ def build(folder: Path) -> Path:
     shutil.copytree(tiny_base, folder, ignore=shutil.ignore_patterns("*.gguf", "transformer"))
     torch.manual_seed(0)
     FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=DOUBLE_BLOCKS, num_single_layers=SINGLE_BLOCKS,
-        attention_head_dim=HEAD_DIM, num_attention_heads=HIDDEN_HEADS, joint_attention_dim=32,
-        pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(8, 28, 28),
+        patch_size=1,
+        in_channels=64,
+        num_layers=DOUBLE_BLOCKS,
+        num_single_layers=SINGLE_BLOCKS,
+        attention_head_dim=HEAD_DIM,
+        num_attention_heads=HIDDEN_HEADS,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(8, 28, 28),
     ).save_pretrained(folder / "transformer")
     weights = load_file(folder / "transformer" / "diffusion_pytorch_model.safetensors")
     for qtype in TYPES:
-        write_gguf(folder / f"transformer-{qtype}.gguf", weights, qtype,
-                   metadata={"general.name": "flux-batch bench mid-size"})
+        write_gguf(
+            folder / f"transformer-{qtype}.gguf",
+            weights,
+            qtype,
+            metadata={"general.name": "flux-batch bench mid-size"},
+        )
     return folder
 
 

@@ -7,6 +7,7 @@ from_pretrained), renders each JSONL row's `prompt` with a CPU generator seeded 
 saves a PNG per row, and prints `loop seconds: X` (the rendering loop alone). On CUDA it uses
 enable_model_cpu_offload(), as the reference script does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,12 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32
     transformer = FluxTransformer2DModel.from_single_file(
-        a.transformer, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
-        config=a.base, subfolder="transformer", dtype=dtype)
+        a.transformer,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+        config=a.base,
+        subfolder="transformer",
+        dtype=dtype,
+    )
     pipe = FluxPipeline.from_pretrained(a.base, transformer=transformer, dtype=dtype)
     if cuda:
         pipe.enable_model_cpu_offload()
@@ -42,9 +47,15 @@ def main() -> None:
     rows = [json.loads(line) for line in open(a.prompts)]
     started = time.perf_counter()
     for row in rows:
-        image = pipe(row["prompt"], width=a.width, height=a.height, num_inference_steps=a.steps,
-                     guidance_scale=a.guidance, max_sequence_length=a.max_sequence_length,
-                     generator=torch.Generator("cpu").manual_seed(row["seed"])).images[0]
+        image = pipe(
+            row["prompt"],
+            width=a.width,
+            height=a.height,
+            num_inference_steps=a.steps,
+            guidance_scale=a.guidance,
+            max_sequence_length=a.max_sequence_length,
+            generator=torch.Generator("cpu").manual_seed(row["seed"]),
+        ).images[0]
         image.save(out / f"{row['id']}.png")
     print(f"loop seconds: {time.perf_counter() - started:.3f}")
 

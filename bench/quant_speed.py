@@ -13,6 +13,7 @@ of the seconds and of each round's ratio to float32. Peak memory is the process'
 resident set (VmHWM), which includes imports and loading; the weights' own bytes are listed
 beside it. Target: `Q8_0 once` within 1.05x of float32.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,12 @@ def measure(folder: str, variant: str, steps: int, batch: int) -> dict:
         model = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer")
     else:
         model = FluxTransformer2DModel.from_single_file(
-            f"{folder}/transformer-{variant.split()[0]}.gguf", config=folder, subfolder="transformer",
-            quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), dtype=torch.float32)
+            f"{folder}/transformer-{variant.split()[0]}.gguf",
+            config=folder,
+            subfolder="transformer",
+            quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32),
+            dtype=torch.float32,
+        )
         if variant.endswith(" once"):
             from flux_batch.model.dequantize import dequantize
 
@@ -57,8 +62,12 @@ def measure(folder: str, variant: str, steps: int, batch: int) -> dict:
         hidden_states=torch.randn(batch, tokens, 64, generator=g),
         encoder_hidden_states=torch.randn(batch, text, 32, generator=g),
         pooled_projections=torch.randn(batch, 32, generator=g),
-        timestep=torch.full((batch,), 0.5), guidance=torch.full((batch,), 3.5),
-        img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3), return_dict=False)
+        timestep=torch.full((batch,), 0.5),
+        guidance=torch.full((batch,), 3.5),
+        img_ids=torch.zeros(tokens, 3),
+        txt_ids=torch.zeros(text, 3),
+        return_dict=False,
+    )
     with torch.no_grad():
         model(**inputs)
         started = time.perf_counter()
@@ -89,36 +98,54 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="flux-batch-quant-"))
     os.environ.setdefault("FLUX_BATCH_CACHE", str(work / "cache"))
     folder = mid_model.build(work / "mid")
-    rows = ["| batch | transformer | s/step | vs float32 | weights MiB | peak RSS MiB |",
-            "|---:|---|---:|---:|---:|---:|"]
+    rows = [
+        "| batch | transformer | s/step | vs float32 | weights MiB | peak RSS MiB |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
     verdicts = []
     for batch in (int(b) for b in a.batch_sizes.split(",")):
         runs: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
         for r in range(a.repeat):  # alternating order: drift in the machine's speed cancels out
-            for variant in (VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS))):
-                out = subprocess.run([sys.executable, __file__, "--child", str(folder), variant,
-                                      str(a.steps), str(batch)], capture_output=True, text=True)
+            for variant in VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS)):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", str(folder), variant, str(a.steps), str(batch)],
+                    capture_output=True,
+                    text=True,
+                )
                 if out.returncode != 0:
                     raise SystemExit(f"{variant}: {out.stderr[-2000:]}")
                 runs[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(batch, r, {v: round(x[-1]["seconds_per_step"], 3) for v, x in runs.items()}, flush=True)
         for variant, found in runs.items():
-            ratio = statistics.median(f["seconds_per_step"] / base["seconds_per_step"]
-                                      for f, base in zip(found, runs["float32"]))
+            ratio = statistics.median(
+                f["seconds_per_step"] / base["seconds_per_step"] for f, base in zip(found, runs["float32"])
+            )
             seconds = statistics.median(f["seconds_per_step"] for f in found)
-            rows.append(f"| {batch} | {variant} | {seconds:.3f} | {ratio:.2f} | "
-                        f"{found[0]['weight_bytes'] / 2**20:.0f} | "
-                        f"{statistics.median(f['peak_rss'] for f in found) / 2**20:.0f} |")
+            rows.append(
+                f"| {batch} | {variant} | {seconds:.3f} | {ratio:.2f} | "
+                f"{found[0]['weight_bytes'] / 2**20:.0f} | "
+                f"{statistics.median(f['peak_rss'] for f in found) / 2**20:.0f} |"
+            )
             if variant == "Q8_0 once":
                 verdicts.append(f"batch {batch}: {ratio:.2f}x, {'met' if ratio <= 1.05 else 'NOT met'}")
     end_load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    body = (f"Mid-size random transformer ({mid_model.parameters(folder) / 1e6:.0f} M parameters, "
-            f"hidden {mid_model.HIDDEN_HEADS * mid_model.HEAD_DIM}), 128x128, {a.steps} timed steps "
-            f"after one warm-up, torch threads: {a.threads or 'default'}, medians of {a.repeat} "
-            f"alternating rounds; load average at the end {end_load}.\n\n" + "\n".join(rows)
-            + "\n\nTarget `Q8_0 once` within 1.05x of float32 s/step: " + "; ".join(verdicts) + ".")
-    write_section("quant_speed", "Q8_0 vs unquantized transformer (CPU)", body,
-                  ("torch", "diffusers", "gguf"), start_load)
+    body = (
+        f"Mid-size random transformer ({mid_model.parameters(folder) / 1e6:.0f} M parameters, "
+        f"hidden {mid_model.HIDDEN_HEADS * mid_model.HEAD_DIM}), 128x128, {a.steps} timed steps "
+        f"after one warm-up, torch threads: {a.threads or 'default'}, medians of {a.repeat} "
+        f"alternating rounds; load average at the end {end_load}.\n\n"
+        + "\n".join(rows)
+        + "\n\nTarget `Q8_0 once` within 1.05x of float32 s/step: "
+        + "; ".join(verdicts)
+        + "."
+    )
+    write_section(
+        "quant_speed",
+        "Q8_0 vs unquantized transformer (CPU)",
+        body,
+        ("torch", "diffusers", "gguf"),
+        start_load,
+    )
 
 
 if __name__ == "__main__":

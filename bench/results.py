@@ -2,6 +2,7 @@
 
 Each benchmark owns one section, delimited by HTML comments, replaced when it runs again.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -36,25 +37,28 @@ def versions(*packages: str) -> str:
     return ", ".join(found)
 
 
-def write_section(name: str, title: str, body: str, packages: tuple[str, ...], start_load: str,
-                  path: Path = RESULTS) -> None:
+def write_section(
+    name: str, title: str, body: str, packages: tuple[str, ...], start_load: str, path: Path = RESULTS
+) -> None:
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    section = "\n".join([
-        f"<!-- {name}:begin -->",
-        f"## {title}",
-        "",
-        f"- command: `{command}`",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {start_load}",
-        f"- versions: {versions(*packages)}",
-        "",
-        body.rstrip(),
-        f"<!-- {name}:end -->",
-    ])
+    section = "\n".join(
+        [
+            f"<!-- {name}:begin -->",
+            f"## {title}",
+            "",
+            f"- command: `{command}`",
+            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+            f"- machine: {start_load}",
+            f"- versions: {versions(*packages)}",
+            "",
+            body.rstrip(),
+            f"<!-- {name}:end -->",
+        ]
+    )
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if begin in text and end in text:
-        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)

@@ -15,6 +15,7 @@ webdataset in tar shards of 1,000 samples (each a real tar of small stand-in ima
 index file), and writes the "resume_scan_<layout>" section. Targets: under 2 s for 100,000 items, under 5 s for 1,000,000,
 without loading a model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,12 @@ def finished_run(cwd: Path, items: int, layout: str = "flat") -> list[str]:
     with open(prompts, "w") as f:
         for i in range(items):
             f.write(json.dumps({"id": f"item-{i:07d}", "prompt": f"a photo of object number {i}"}) + "\n")
-    args = [f"dataset.path={prompts}", f"output.dir=run{items}", "runtime.progress=false",
-            f"output.layout={layout}"]
+    args = [
+        f"dataset.path={prompts}",
+        f"output.dir=run{items}",
+        "runtime.progress=false",
+        f"output.layout={layout}",
+    ]
     flux_batch(cwd, *args, "limit=1")
     run_dir = cwd / f"run{items}"
     first = json.loads((run_dir / "metadata.jsonl").read_text().splitlines()[0])
@@ -95,8 +100,12 @@ def _finished_tars(run_dir: Path, items: int, first: dict, per_tar: int = 1000) 
             with open(temp_path(run_dir / name), "wb") as tar:
                 for i in range(number * per_tar, min(items, (number + 1) * per_tar)):
                     image = i.to_bytes(8, "big") * 8
-                    record = dict(first, id=f"item-{i:07d}", prompt=f"a photo of object number {i}",
-                                  sha256=hashlib.sha256(image).hexdigest())
+                    record = dict(
+                        first,
+                        id=f"item-{i:07d}",
+                        prompt=f"a photo of object number {i}",
+                        sha256=hashlib.sha256(image).hexdigest(),
+                    )
                     sample = Sample(sample_key(i), "png", image, record, record["prompt"])
                     record = placed(record, name, f"{sample.key}.png")
                     tar.write(sample_bytes(sample, record))
@@ -107,8 +116,9 @@ def _finished_tars(run_dir: Path, items: int, first: dict, per_tar: int = 1000) 
             (run_dir / "index" / f"{number:06d}.parquet").touch()
 
 
-def best(cwd: Path, args: list[str], repeat: int, code: str | None = None,
-         before=lambda: None) -> tuple[float, str]:
+def best(
+    cwd: Path, args: list[str], repeat: int, code: str | None = None, before=lambda: None
+) -> tuple[float, str]:
     runs = []
     for _ in range(repeat):
         before()
@@ -136,37 +146,47 @@ def main() -> None:
             times["baseline 1"] = best(cwd, small_args, options.repeat, code)
             times["baseline large"] = best(cwd, large_args, options.repeat, code)
         times["1"] = best(cwd, small_args, options.repeat)
-        times["no index"] = best(cwd, large_args, options.repeat,
-                                 before=lambda: index.unlink(missing_ok=True))
+        times["no index"] = best(
+            cwd, large_args, options.repeat, before=lambda: index.unlink(missing_ok=True)
+        )
         times["large"] = best(cwd, large_args, options.repeat)
     finally:
         shutil.rmtree(cwd, ignore_errors=True)
     assert all("nothing to do" in line for _, line in times.values()), times
     n = f"{options.items:,}"
-    rows = ["| finished run | seconds to find nothing to do (best of %d) |" % options.repeat,
-            "|---|---|"]
+    rows = ["| finished run | seconds to find nothing to do (best of %d) |" % options.repeat, "|---|---|"]
     if options.baseline:
-        rows += [f"| before (`{options.baseline}`): 1 item | {times['baseline 1'][0]:.2f} |",
-                 f"| before: {n} items | {times['baseline large'][0]:.2f} |"]
-    rows += [f"| 1 item (fixed cost: Python, Hydra, imports) | {times['1'][0]:.2f} |",
-             f"| {n} items, no key index (first start after a kill or a hand edit) | "
-             f"{times['no index'][0]:.2f} |",
-             f"| {n} items | {times['large'][0]:.2f} |"]
+        rows += [
+            f"| before (`{options.baseline}`): 1 item | {times['baseline 1'][0]:.2f} |",
+            f"| before: {n} items | {times['baseline large'][0]:.2f} |",
+        ]
+    rows += [
+        f"| 1 item (fixed cost: Python, Hydra, imports) | {times['1'][0]:.2f} |",
+        f"| {n} items, no key index (first start after a kill or a hand edit) | {times['no index'][0]:.2f} |",
+        f"| {n} items | {times['large'][0]:.2f} |",
+    ]
     large = times["large"][0]
     no_index = times["no index"][0]
     target = 2 if options.items <= 100_000 else 5
     verdict = lambda seconds: "met" if seconds < target else "NOT met"  # noqa: E731
-    body = "\n".join([
-        f"Layout: {options.layout}.", "", *rows, "",
-        f"Target under {target} s for a finished run of {n} items: **{verdict(large)}** ({large:.2f} s, "
-        f"{large - times['1'][0]:.2f} s above the fixed cost). The first start after a kill or "
-        f"a hand edit, which parses the whole manifest: {verdict(no_index)} ({no_index:.2f} s). "
-        "No model is loaded in any case.",
-    ])
+    body = "\n".join(
+        [
+            f"Layout: {options.layout}.",
+            "",
+            *rows,
+            "",
+            f"Target under {target} s for a finished run of {n} items: **{verdict(large)}** ({large:.2f} s, "
+            f"{large - times['1'][0]:.2f} s above the fixed cost). The first start after a kill or "
+            f"a hand edit, which parses the whole manifest: {verdict(no_index)} ({no_index:.2f} s). "
+            "No model is loaded in any case.",
+        ]
+    )
     if options.baseline:
         before = times["baseline large"][0]
-        body += (f"\n\nAgainst the version before, in this run: {large / before:.2f}× its time with "
-                 f"the index, {times['no index'][0] / before:.2f}× without.")
+        body += (
+            f"\n\nAgainst the version before, in this run: {large / before:.2f}× its time with "
+            f"the index, {times['no index'][0] / before:.2f}× without."
+        )
     name = "resume_scan" if options.layout == "flat" else f"resume_scan_{options.layout}"
     title = "Resume scan of a finished run" + ("" if options.layout == "flat" else f" ({options.layout})")
     write_section(name, title, body, ("hydra-core",), start_load)

@@ -10,6 +10,7 @@ gives each rank one CPU thread (OMP_NUM_THREADS=1), so one process is measured b
 torch's default threads (one per core) and with one thread. Runs alternate so that load from
 other work falls on all alike; the best of --repeat counts. Checks that the pixels agree.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,22 @@ def free_port() -> int:
 def command(processes: int) -> list[str]:
     if processes == 1:
         return [str(BIN / "flux-batch")]
-    return [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port()), str(BIN / "flux-batch")]
+    return [
+        str(BIN / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(BIN / "flux-batch"),
+    ]
 
 
 # label -> (processes, environment)
@@ -60,9 +74,13 @@ def render(cwd: Path, label: str, args: list[str], run_dir: str) -> tuple[float,
     processes, env = CONFIGS[label]
     shutil.rmtree(cwd / run_dir, ignore_errors=True)
     started = time.perf_counter()
-    result = subprocess.run([*command(processes), *args, f"output.dir={run_dir}"], cwd=cwd,
-                            capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+    result = subprocess.run(
+        [*command(processes), *args, f"output.dir={run_dir}"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+    )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{processes} process(es) failed:\n{result.stderr[-3000:]}")
@@ -87,13 +105,27 @@ def main() -> None:
     cwd = Path(tempfile.mkdtemp(prefix="flux-batch-scale-"))
     os.environ.setdefault("FLUX_BATCH_CACHE", str(cwd / "cache"))
     prompts = cwd / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"item-{i:03d}", "prompt": f"a photo of object {i}"}) + "\n"
-                               for i in range(options.items)))
-    args = [f"dataset.path={prompts}", "model=tiny", f"sampler.width={options.size}", f"sampler.height={options.size}",
-            f"sampler.steps={options.steps}", "runtime.progress=false"]
+    prompts.write_text(
+        "".join(
+            json.dumps({"id": f"item-{i:03d}", "prompt": f"a photo of object {i}"}) + "\n"
+            for i in range(options.items)
+        )
+    )
+    args = [
+        f"dataset.path={prompts}",
+        "model=tiny",
+        f"sampler.width={options.size}",
+        f"sampler.height={options.size}",
+        f"sampler.steps={options.steps}",
+        "runtime.progress=false",
+    ]
     try:
-        subprocess.run([str(BIN / "flux-batch"), *args, "limit=1", "output.dir=warm"], cwd=cwd,
-                       check=True, capture_output=True)  # builds the tiny model once
+        subprocess.run(
+            [str(BIN / "flux-batch"), *args, "limit=1", "output.dir=warm"],
+            cwd=cwd,
+            check=True,
+            capture_output=True,
+        )  # builds the tiny model once
         runs: dict[str, list[tuple[float, float, str]]] = {label: [] for label in CONFIGS}
         loads = []
         for _ in range(options.repeat):
@@ -106,18 +138,23 @@ def main() -> None:
     whole = {p: min(r[0] for r in runs[p]) for p in runs}
     per_image = {p: min(r[1] for r in runs[p]) for p in runs}
     base = "1 process, 1 thread"
-    body = "\n".join([
-        f"{options.items} items, tiny model, {options.size}x{options.size}, {options.steps} steps, "
-        f"best of {options.repeat} (1-minute load average after each run: "
-        f"{', '.join(f'{x:.1f}' for x in loads)}).",
-        "",
-        f"| run | whole command, s | render phase, s/image | images/s (render) | render speed vs {base} | whole command vs {base} |",
-        "|---|---|---|---|---|---|",
-        *(f"| {p} | {whole[p]:.1f} | {per_image[p]:.3f} | {1 / per_image[p]:.2f} | "
-          f"{per_image[base] / per_image[p]:.2f}x | {whole[base] / whole[p]:.2f}x |" for p in CONFIGS),
-        "",
-        f"Pixels of all runs identical: **{'yes' if same else 'NO'}**.",
-    ])
+    body = "\n".join(
+        [
+            f"{options.items} items, tiny model, {options.size}x{options.size}, {options.steps} steps, "
+            f"best of {options.repeat} (1-minute load average after each run: "
+            f"{', '.join(f'{x:.1f}' for x in loads)}).",
+            "",
+            f"| run | whole command, s | render phase, s/image | images/s (render) | render speed vs {base} | whole command vs {base} |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {p} | {whole[p]:.1f} | {per_image[p]:.3f} | {1 / per_image[p]:.2f} | "
+                f"{per_image[base] / per_image[p]:.2f}x | {whole[base] / whole[p]:.2f}x |"
+                for p in CONFIGS
+            ),
+            "",
+            f"Pixels of all runs identical: **{'yes' if same else 'NO'}**.",
+        ]
+    )
     write_section("scale_out", "Scale-out: 1 process vs 2 ranks", body, ("torch", "accelerate"), start_load)
 
 

@@ -6,6 +6,7 @@ sweep (nothing to do) and the resume of a sweep killed in its third job.
 
 Prints a Markdown table for bench/RESULTS.md. Ratios are what to compare across machines.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,15 +20,23 @@ import time
 from pathlib import Path
 
 AXES = ("sampler.guidance=2.5,3.5", "sampler.steps=2,4")
-JOBS = [("sampler.guidance=2.5", "sampler.steps=2"), ("sampler.guidance=2.5", "sampler.steps=4"),
-        ("sampler.guidance=3.5", "sampler.steps=2"), ("sampler.guidance=3.5", "sampler.steps=4")]
+JOBS = [
+    ("sampler.guidance=2.5", "sampler.steps=2"),
+    ("sampler.guidance=2.5", "sampler.steps=4"),
+    ("sampler.guidance=3.5", "sampler.steps=2"),
+    ("sampler.guidance=3.5", "sampler.steps=4"),
+]
 
 
 def flux_batch(cwd: Path, *args: str, env: dict | None = None) -> float:
     exe = Path(sys.executable).parent / "flux-batch"
     started = time.perf_counter()
-    subprocess.run([str(exe), *args, "runtime.progress=false"], cwd=cwd, capture_output=True,
-                   env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    subprocess.run(
+        [str(exe), *args, "runtime.progress=false"],
+        cwd=cwd,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
     return time.perf_counter() - started
 
 
@@ -39,12 +48,17 @@ def main() -> None:
     os.environ.setdefault("FLUX_BATCH_CACHE", str(work / "cache"))
     try:
         prompts = work / "p.jsonl"
-        prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"prompt number {i}"}) + "\n"
-                                   for i in range(args.prompts)))
+        prompts.write_text(
+            "".join(
+                json.dumps({"id": f"p{i}", "prompt": f"prompt number {i}"}) + "\n"
+                for i in range(args.prompts)
+            )
+        )
         common = (f"dataset.path={prompts}", "model=tiny")
         flux_batch(work, *common, "limit=1", "output.dir=warmup")  # builds the tiny model
-        separate = sum(flux_batch(work, *common, *job, f"output.dir=separate/{i}")
-                       for i, job in enumerate(JOBS))
+        separate = sum(
+            flux_batch(work, *common, *job, f"output.dir=separate/{i}") for i, job in enumerate(JOBS)
+        )
         sweep = ("-m", *AXES, *common, "hydra.sweep.dir=sweep")
         fresh = flux_batch(work, *sweep)
         loads = sum(j["model_loads"] for j in json.loads((work / "sweep" / "sweep.json").read_text())["jobs"])
@@ -61,8 +75,10 @@ def main() -> None:
     print(f"| one multirun, fresh (model loaded {loads} time(s)) | {fresh:.1f} | 1.00 |")
     print(f"| the same 4 runs as 4 commands | {separate:.1f} | {separate / fresh:.2f} |")
     print(f"| the multirun again (nothing to do) | {rerun:.1f} | {rerun / fresh:.2f} |")
-    print(f"| killed in job 3, then resumed: the kill / the resume | {killed:.1f} / {resumed:.1f} | "
-          f"{killed / fresh:.2f} / {resumed / fresh:.2f} |")
+    print(
+        f"| killed in job 3, then resumed: the kill / the resume | {killed:.1f} / {resumed:.1f} | "
+        f"{killed / fresh:.2f} / {resumed / fresh:.2f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ The driver's own work is what flux-batch does beyond the models: reading and pla
 prompt file (timed in this process), and writing, hashing, PNG encoding and the manifest (the
 run's log line "the rest of rendering"). Its share is of the whole process's wall time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,21 +43,27 @@ from bench import mid_model  # noqa: E402
 from bench.results import machine, write_section  # noqa: E402
 
 BIN = Path(sys.executable).parent
-SIZES = {"tiny": (64, 4, 3.5, 32), "mid": (128, 4, 3.5, 32),  # side, steps, guidance, T5 tokens
-         "demo": (64, 12, 2.5, 12)}
+SIZES = {
+    "tiny": (64, 4, 3.5, 32),
+    "mid": (128, 4, 3.5, 32),  # side, steps, guidance, T5 tokens
+    "demo": (64, 12, 2.5, 12),
+}
 
 
 def write_prompts(path: Path, n: int) -> None:
     with open(path, "w") as f:
         for i in range(n):
-            f.write(json.dumps({"id": f"p{i:05d}", "prompt": f"a photo of object number {i}",
-                                "seed": 1000 + i}) + "\n")
+            f.write(
+                json.dumps({"id": f"p{i:05d}", "prompt": f"a photo of object number {i}", "seed": 1000 + i})
+                + "\n"
+            )
 
 
 def timed(args: list[str], cwd: Path) -> tuple[float, str]:
     started = time.perf_counter()
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        args, cwd=cwd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -96,26 +103,58 @@ def bench_model(name: str, work: Path, n: int, batch_sizes: list[int], repeat: i
     side, steps, guidance, tokens = SIZES[name]
     prompts = work / f"{name}.jsonl"
     write_prompts(prompts, n)
-    plain = [sys.executable, str(ROOT / "bench" / "plain_loop.py"), base, gguf, str(prompts), "",
-             "--width", str(side), "--height", str(side), "--steps", str(steps),
-             "--guidance", str(guidance), "--max-sequence-length", str(tokens)]
-    model = ["model=demo"] if name == "demo" else ["model=tiny", f"model.base={base}", f"model.transformer={gguf}"]
+    plain = [
+        sys.executable,
+        str(ROOT / "bench" / "plain_loop.py"),
+        base,
+        gguf,
+        str(prompts),
+        "",
+        "--width",
+        str(side),
+        "--height",
+        str(side),
+        "--steps",
+        str(steps),
+        "--guidance",
+        str(guidance),
+        "--max-sequence-length",
+        str(tokens),
+    ]
+    model = (
+        ["model=demo"]
+        if name == "demo"
+        else ["model=tiny", f"model.base={base}", f"model.transformer={gguf}"]
+    )
     runs: dict = {}  # "plain" or batch size -> [(process s, loop s, out dir, own work s, schedule)]
     for r in range(repeat):
         order = ["plain", *batch_sizes]
-        for who in (order if r % 2 == 0 else order[::-1]):
+        for who in order if r % 2 == 0 else order[::-1]:
             if who == "plain":
                 out = work / f"{name}-plain-{r}"
                 seconds, log = timed(plain[:5] + [str(out)] + plain[6:], work)
                 runs.setdefault("plain", []).append(
-                    (seconds, float(re.search(r"loop seconds: ([\d.]+)", log)[1]), out, 0.0, ""))
+                    (seconds, float(re.search(r"loop seconds: ([\d.]+)", log)[1]), out, 0.0, "")
+                )
                 continue
             out = work / f"{name}-fb{who}-{r}"
-            seconds, log = timed([str(BIN / "flux-batch"), f"dataset.path={prompts}", f"output.dir={out}",
-                                  *model, f"sampler.width={side}", f"sampler.height={side}",
-                                  f"sampler.steps={steps}", f"sampler.guidance={guidance}",
-                                  f"sampler.max_sequence_length={tokens}", f"batch_size={who}",
-                                  "runtime.progress=false", "runtime.device=cpu"], work)
+            seconds, log = timed(
+                [
+                    str(BIN / "flux-batch"),
+                    f"dataset.path={prompts}",
+                    f"output.dir={out}",
+                    *model,
+                    f"sampler.width={side}",
+                    f"sampler.height={side}",
+                    f"sampler.steps={steps}",
+                    f"sampler.guidance={guidance}",
+                    f"sampler.max_sequence_length={tokens}",
+                    f"batch_size={who}",
+                    "runtime.progress=false",
+                    "runtime.device=cpu",
+                ],
+                work,
+            )
             per_image = float(re.search(r"\(([\d.]+) s/image", log)[1])
             rest = float(re.search(r"the rest of rendering \(writing, manifest\) ([\d.-]+) s", log)[1])
             schedule = re.search(r"INFO\] (\w+) schedule", log)[1]
@@ -125,7 +164,9 @@ def bench_model(name: str, work: Path, n: int, batch_sizes: list[int], repeat: i
     same = identical(runs["plain"][0][2], runs[1][0][2] if 1 in runs else None)
     p_seconds = median(x[0] for x in runs["plain"])
     p_loop = median(x[1] for x in runs["plain"])
-    rows = [f"| {name} | plain loop | {p_seconds:.1f} | {n / p_seconds:.2f} | 1.00 | {p_loop:.1f} | 1.00 | - | - |"]
+    rows = [
+        f"| {name} | plain loop | {p_seconds:.1f} | {n / p_seconds:.2f} | 1.00 | {p_loop:.1f} | 1.00 | - | - |"
+    ]
     ratios = {}
     for b in batch_sizes:
         seconds, loop = median(x[0] for x in runs[b]), median(x[1] for x in runs[b])
@@ -134,7 +175,8 @@ def bench_model(name: str, work: Path, n: int, batch_sizes: list[int], repeat: i
         own = planning + median(x[3] for x in runs[b])
         rows.append(
             f"| {name} | flux-batch, batch {b} ({runs[b][0][4]}) | {seconds:.1f} | {n / seconds:.2f} | "
-            f"{ratios[b]:.2f} | {loop:.1f} | {loop_ratio:.2f} | {own:.2f} | {100 * own / seconds:.1f}% |")
+            f"{ratios[b]:.2f} | {loop:.1f} | {loop_ratio:.2f} | {own:.2f} | {100 * own / seconds:.1f}% |"
+        )
     return rows, same, verdicts(name, ratios, n)
 
 
@@ -142,11 +184,15 @@ def verdicts(name: str, ratios: dict, n: int) -> list[str]:
     """Batch size 1 at least the plain loop (demo, mid); tiny at batch 8 at least 1.5x."""
     found = []
     if name in ("demo", "mid") and 1 in ratios:
-        found.append(f"- {name} target (batch size 1 at least the plain loop, whole process): "
-                     f"{ratios[1]:.2f}x: **{'met' if ratios[1] >= 1 else 'NOT met'}**.")
+        found.append(
+            f"- {name} target (batch size 1 at least the plain loop, whole process): "
+            f"{ratios[1]:.2f}x: **{'met' if ratios[1] >= 1 else 'NOT met'}**."
+        )
     if name == "tiny" and 8 in ratios:
-        found.append(f"- tiny target (batch size 8 at least 1.5x the plain loop over 200 prompts, whole "
-                     f"process; {n} prompts here): {ratios[8]:.2f}x: **{'met' if ratios[8] >= 1.5 else 'NOT met'}**.")
+        found.append(
+            f"- tiny target (batch size 8 at least 1.5x the plain loop over 200 prompts, whole "
+            f"process; {n} prompts here): {ratios[8]:.2f}x: **{'met' if ratios[8] >= 1.5 else 'NOT met'}**."
+        )
     return found
 
 
@@ -154,9 +200,13 @@ def identical(plain_dir: Path, fb_dir: Path | None) -> str:
     if fb_dir is None:
         return "not compared (batch size 1 not run)"
     records = [json.loads(line) for line in (fb_dir / "metadata.jsonl").read_text().splitlines()]
-    diffs = [np.abs(np.asarray(Image.open(plain_dir / f"{r['id']}.png"), dtype=int)
-                    - np.asarray(Image.open(fb_dir / r["file_name"]).convert("RGB"), dtype=int)).max()
-             for r in records]
+    diffs = [
+        np.abs(
+            np.asarray(Image.open(plain_dir / f"{r['id']}.png"), dtype=int)
+            - np.asarray(Image.open(fb_dir / r["file_name"]).convert("RGB"), dtype=int)
+        ).max()
+        for r in records
+    ]
     return "identical, bit for bit" if max(diffs) == 0 else f"differ by up to {max(diffs)}/255"
 
 
@@ -166,10 +216,14 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=36)
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="OMP_NUM_THREADS for every command (0: torch's own choice)")
-    parser.add_argument("--section", default="throughput",
-                        help="the bench/RESULTS.md section to write (another name keeps the default one)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="OMP_NUM_THREADS for every command (0: torch's own choice)"
+    )
+    parser.add_argument(
+        "--section",
+        default="throughput",
+        help="the bench/RESULTS.md section to write (another name keeps the default one)",
+    )
     a = parser.parse_args()
     if a.threads:
         os.environ["OMP_NUM_THREADS"] = str(a.threads)
@@ -177,26 +231,35 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="flux-batch-throughput-"))
     os.environ.setdefault("FLUX_BATCH_CACHE", str(work / "cache"))
     batch_sizes = [int(b) for b in a.batch_sizes.split(",")]
-    header = ["| model | renderer | process s | images/s | vs plain | loop s | loop vs plain | driver's own work s | of process wall |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    header = [
+        "| model | renderer | process s | images/s | vs plain | loop s | loop vs plain | driver's own work s | of process wall |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     rows, notes = [], []
     for name in a.models.split(","):
         model_rows, same, met = bench_model(name, work, a.prompts, batch_sizes, a.repeat)
         rows += model_rows
         notes += [f"- {name}: batch size 1 against the plain loop: {same}.", *met]
     end_load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    body = "\n".join([
-        f"{a.prompts} prompts per model, each command a whole process (Python, imports, model load, "
-        f"rendering, writing); seconds are medians of {a.repeat} alternating repeats, `vs plain` the "
-        "median of the per-repeat ratios; torch threads: "
-        f"{a.threads or 'torch default (one per core)'}. `loop` is the rendering loop alone (the plain "
-        "loop's own timer; flux-batch's s/image times images). Load average at the end: "
-        f"{end_load}.", "", *header, *rows, "", *notes])
+    body = "\n".join(
+        [
+            f"{a.prompts} prompts per model, each command a whole process (Python, imports, model load, "
+            f"rendering, writing); seconds are medians of {a.repeat} alternating repeats, `vs plain` the "
+            "median of the per-repeat ratios; torch threads: "
+            f"{a.threads or 'torch default (one per core)'}. `loop` is the rendering loop alone (the plain "
+            "loop's own timer; flux-batch's s/image times images). Load average at the end: "
+            f"{end_load}.",
+            "",
+            *header,
+            *rows,
+            "",
+            *notes,
+        ]
+    )
     title = "Throughput: flux-batch vs the plain loop"
     if a.section != "throughput":
         title += f" ({a.models}, {a.prompts} prompts)"
-    write_section(a.section, title, body,
-                  ("torch", "diffusers"), start_load)
+    write_section(a.section, title, body, ("torch", "diffusers"), start_load)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 Target: a pooled run writing PNG takes no more than 1.05x the wall time of the same run writing
 JPEG (parts 2 and 3).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,10 @@ def frames(n: int) -> list[np.ndarray]:
     y, x = np.mgrid[0:SIDE, 0:SIDE] / SIDE
     out = []
     for i in range(n):
-        base = np.stack([0.5 + 0.4 * np.sin(6 * x + i), 0.5 + 0.4 * np.cos(5 * y - i),
-                         0.5 + 0.3 * np.sin(9 * (x + y))], axis=-1)
+        base = np.stack(
+            [0.5 + 0.4 * np.sin(6 * x + i), 0.5 + 0.4 * np.cos(5 * y - i), 0.5 + 0.3 * np.sin(9 * (x + y))],
+            axis=-1,
+        )
         texture = (0.05 * np.sin(80 * x * (1 + i % 3)) * np.cos(70 * y))[..., None]
         out.append(np.clip(base + texture + rng.normal(0, 2 / 255, base.shape), 0, 1).astype(np.float32))
     return out
@@ -71,8 +74,9 @@ def writer_alone(images: list[np.ndarray], fmt: str, workers: int, work: Path) -
     return len(images) / seconds
 
 
-def render_loop_seconds(images: list[np.ndarray], fmt: str, workers: int, render_s: float,
-                        work: Path) -> float:
+def render_loop_seconds(
+    images: list[np.ndarray], fmt: str, workers: int, render_s: float, work: Path
+) -> float:
     """Wall time of a loop that 'renders' each frame (torch work on one thread) and writes it."""
     import torch
 
@@ -102,10 +106,23 @@ def render_loop_seconds(images: list[np.ndarray], fmt: str, workers: int, render
 
 def run_seconds(fmt: str, workers: int, prompts: Path, out: Path, env: dict) -> float:
     started = time.perf_counter()
-    subprocess.run([str(BIN / "flux-batch"), "model=tiny", f"dataset.path={prompts}", f"output.dir={out}",
-                    f"sampler.width={SIDE}", f"sampler.height={SIDE}", "sampler.steps=1",
-                    f"output.format={fmt}", f"runtime.writers={workers}", "runtime.progress=false"],
-                   check=True, capture_output=True, env=env)
+    subprocess.run(
+        [
+            str(BIN / "flux-batch"),
+            "model=tiny",
+            f"dataset.path={prompts}",
+            f"output.dir={out}",
+            f"sampler.width={SIDE}",
+            f"sampler.height={SIDE}",
+            "sampler.steps=1",
+            f"output.format={fmt}",
+            f"runtime.writers={workers}",
+            "runtime.progress=false",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     return time.perf_counter() - started
 
 
@@ -124,21 +141,29 @@ def main() -> None:
         for fmt in ("png", "jpg", "webp"):
             for workers in (0, 2):
                 alone.setdefault((fmt, workers), []).append(writer_alone(images, fmt, workers, work))
-    rows = ["| format | serial images/s | pooled (2 threads) images/s | pooled vs serial |", "|---|---:|---:|---:|"]
+    rows = [
+        "| format | serial images/s | pooled (2 threads) images/s | pooled vs serial |",
+        "|---|---:|---:|---:|",
+    ]
     for fmt in ("png", "jpg", "webp"):
         serial, pooled = (statistics.median(alone[(fmt, w)]) for w in (0, 2))
         rows.append(f"| {fmt} | {serial:.2f} | {pooled:.2f} | {pooled / serial:.2f}x |")
 
     prompts = work / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"p{i:03d}", "prompt": f"a photo of object {i}"}) + "\n"
-                               for i in range(a.images)))
+    prompts.write_text(
+        "".join(
+            json.dumps({"id": f"p{i:03d}", "prompt": f"a photo of object {i}"}) + "\n"
+            for i in range(a.images)
+        )
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     runs: dict[tuple[str, int], list[float]] = {}
     for r in range(a.repeat):
         order = [(f, w) for f in ("png", "jpg") for w in (0, 2)]
-        for fmt, workers in (order if r % 2 == 0 else order[::-1]):
+        for fmt, workers in order if r % 2 == 0 else order[::-1]:
             runs.setdefault((fmt, workers), []).append(
-                run_seconds(fmt, workers, prompts, work / f"run-{fmt}-{workers}-{r}", env))
+                run_seconds(fmt, workers, prompts, work / f"run-{fmt}-{workers}-{r}", env)
+            )
         print(r, {k: round(v[-1], 2) for k, v in runs.items()}, flush=True)
     median = {k: statistics.median(v) for k, v in runs.items()}
     run_rows = ["| writing | PNG run s | JPEG run s | PNG vs JPEG |", "|---|---:|---:|---:|"]
@@ -150,9 +175,10 @@ def main() -> None:
     loops: dict[tuple[str, int], list[float]] = {}
     for r in range(a.repeat):
         order = [(f, w) for f in ("png", "jpg") for w in (0, 2)]
-        for fmt, workers in (order if r % 2 == 0 else order[::-1]):
+        for fmt, workers in order if r % 2 == 0 else order[::-1]:
             loops.setdefault((fmt, workers), []).append(
-                render_loop_seconds(images, fmt, workers, a.render_seconds, work))
+                render_loop_seconds(images, fmt, workers, a.render_seconds, work)
+            )
     loop_median = {k: statistics.median(v) for k, v in loops.items()}
     loop_rows = ["| writing | PNG loop s | JPEG loop s | PNG vs JPEG |", "|---|---:|---:|---:|"]
     for workers, label in ((0, "serial (runtime.writers=0)"), (2, "pooled (runtime.writers=2)")):
@@ -160,19 +186,27 @@ def main() -> None:
         loop_rows.append(f"| {label} | {png:.1f} | {jpg:.1f} | {png / jpg:.3f}x |")
     loop_ratio = loop_median[("png", 2)] / loop_median[("jpg", 2)]
     end_load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    body = "\n".join([
-        f"The writer alone: {a.frames} frames of {SIDE}x{SIDE}, medians of {a.repeat} rounds.", "",
-        *rows, "",
-        f"A run: the tiny model at {SIDE}x{SIDE}, 1 step, {a.images} images, one torch thread, whole "
-        f"process wall time, medians of {a.repeat} alternating rounds.", "",
-        *run_rows, "",
-        f"A render loop: the {a.frames} photo-like frames, each after {a.render_seconds} s of torch "
-        f"matrix products on one thread, medians of {a.repeat} alternating rounds.", "",
-        *loop_rows, "",
-        f"- target (pooled PNG run at most 1.05x the pooled JPEG run): the run {ratio:.3f}x, "
-        f"**{'met' if ratio <= 1.05 else 'NOT met'}**; the render loop {loop_ratio:.3f}x, "
-        f"**{'met' if loop_ratio <= 1.05 else 'NOT met'}**. Load average at the end: {end_load}.",
-    ])
+    body = "\n".join(
+        [
+            f"The writer alone: {a.frames} frames of {SIDE}x{SIDE}, medians of {a.repeat} rounds.",
+            "",
+            *rows,
+            "",
+            f"A run: the tiny model at {SIDE}x{SIDE}, 1 step, {a.images} images, one torch thread, whole "
+            f"process wall time, medians of {a.repeat} alternating rounds.",
+            "",
+            *run_rows,
+            "",
+            f"A render loop: the {a.frames} photo-like frames, each after {a.render_seconds} s of torch "
+            f"matrix products on one thread, medians of {a.repeat} alternating rounds.",
+            "",
+            *loop_rows,
+            "",
+            f"- target (pooled PNG run at most 1.05x the pooled JPEG run): the run {ratio:.3f}x, "
+            f"**{'met' if ratio <= 1.05 else 'NOT met'}**; the render loop {loop_ratio:.3f}x, "
+            f"**{'met' if loop_ratio <= 1.05 else 'NOT met'}**. Load average at the end: {end_load}.",
+        ]
+    )
     write_section("writer", "Image writing off the render path", body, ("torch", "pillow"), start_load)
 
 

@@ -2,6 +2,7 @@
 
 The one place that wires the package into Hydra: the schemas and the resolvers the YAML files
 use (`${fb_run_dir:}`, …) are registered here, before Hydra composes anything."""
+
 from __future__ import annotations
 
 import logging
@@ -16,9 +17,10 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import hydra  # noqa: E402
 from hydra._internal import utils as hydra_utils  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from omegaconf import OmegaConf  # noqa: E402
+from omegaconf import (
+    DictConfig,  # noqa: E402
+    OmegaConf,  # noqa: E402
+)
 
 from flux_batch import demo  # noqa: E402
 from flux_batch.config import register_schemas  # noqa: E402
@@ -85,6 +87,7 @@ def one_line_refusals():
                     raise
                 print(f"flux-batch: error: {line}", file=sys.stderr)
                 raise SystemExit(EXIT_BAD_INPUT) from None
+
         return hydras(refusing)
 
     hydra_utils.run_and_report = run_and_report

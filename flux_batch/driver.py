@@ -4,6 +4,7 @@ The driver is the only stage that reads the whole config: it builds what each st
 plan, the worker, the model files and load options, the render options, the image options) and
 hands those down.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,7 +45,6 @@ from flux_batch.store.names import ERRORS, README
 from flux_batch.store.run_dir import RunStore
 from flux_batch.store.writer import ImageOptions, ImageWriter, write_error
 
-
 log = logging.getLogger("flux_batch")
 
 
@@ -63,7 +63,9 @@ class Summary:
     show: bool = True  # False on ranks other than 0, whose counts rank 0 reports
 
     def line(self) -> str:
-        where = (f", {self.job_slice}" if self.job_slice else "") + (f", {self.ranks} ranks" if self.ranks > 1 else "")
+        where = (f", {self.job_slice}" if self.job_slice else "") + (
+            f", {self.ranks} ranks" if self.ranks > 1 else ""
+        )
         if not self.model_loaded and not self.failed:
             return f"{self.run_dir}: nothing to do, all {self.total} items already done{where}"
         per_image = f"{self.render_seconds / self.rendered:.3f} s/image" if self.rendered else "-"
@@ -101,10 +103,14 @@ def plan_run(cfg: FluxBatchConfig, run_dir: str | os.PathLike | None = None) -> 
 
 def _plan_shape(cfg: FluxBatchConfig) -> dict[str, Any]:
     """The settings a plan's keys and checks depend on, besides the prompt file's bytes."""
-    return {"dataset": {k: getattr(cfg.dataset, k) for k in ("format", "prompt_field", "id_field")},
-            "sampler": asdict(cfg.sampler),
-            "seed": cfg.seed, "num_images": cfg.num_images, "limit": cfg.limit,
-            "layout": plain(cfg.output.layout)}
+    return {
+        "dataset": {k: getattr(cfg.dataset, k) for k in ("format", "prompt_field", "id_field")},
+        "sampler": asdict(cfg.sampler),
+        "seed": cfg.seed,
+        "num_images": cfg.num_images,
+        "limit": cfg.limit,
+        "layout": plain(cfg.output.layout),
+    }
 
 
 def plan_items(cfg: FluxBatchConfig | DictConfig) -> list[Item]:
@@ -127,8 +133,13 @@ def run(cfg: FluxBatchConfig | DictConfig, run_dir: str | os.PathLike) -> Summar
         share = run_session.start(worker, run_dir, plan, settings, layout)  # this process's items
         store, todo = share.store, share.todo
         try:
-            summary = Summary(store.dir, total=share.scope, skipped=share.scope - share.pending,
-                              job_slice=worker.slice_label, ranks=worker.world)
+            summary = Summary(
+                store.dir,
+                total=share.scope,
+                skipped=share.scope - share.pending,
+                job_slice=worker.slice_label,
+                ranks=worker.world,
+            )
             if cfg.runtime.dry_run:
                 print(share.describe(resolve_device(worker.pick_device(cfg.runtime.device))), flush=True)
                 summary.show = False
@@ -149,8 +160,9 @@ def run(cfg: FluxBatchConfig | DictConfig, run_dir: str | os.PathLike) -> Summar
             store.close()
 
 
-def pipeline_for(cfg: FluxBatchConfig | DictConfig, device: str,
-                 previous: dict | None = None) -> tuple[Any, ModelFiles, bool]:
+def pipeline_for(
+    cfg: FluxBatchConfig | DictConfig, device: str, previous: dict | None = None
+) -> tuple[Any, ModelFiles, bool]:
     """(pipeline, its files, whether it was loaded now): the kept one when it matches.
     `previous`: run.json as found, whose transformer hash the file must still have."""
     cfg = load(cfg)
@@ -162,25 +174,45 @@ def pipeline_for(cfg: FluxBatchConfig | DictConfig, device: str,
 
 def load_options(cfg: FluxBatchConfig | DictConfig) -> LoadOptions:
     cfg = load(cfg)
-    return LoadOptions(model=cfg.model.name, variant=cfg.model.variant, quant=cfg.quant.name,
-                       dtype=plain(cfg.runtime.dtype), offload=plain(cfg.runtime.offload),
-                       dequantize=plain(cfg.runtime.dequantize), family=cfg.model.family)
+    return LoadOptions(
+        model=cfg.model.name,
+        variant=cfg.model.variant,
+        quant=cfg.quant.name,
+        dtype=plain(cfg.runtime.dtype),
+        offload=plain(cfg.runtime.offload),
+        dequantize=plain(cfg.runtime.dequantize),
+        family=cfg.model.family,
+    )
 
 
 def render_options(cfg: FluxBatchConfig) -> RenderOptions:
     r = cfg.runtime
     return RenderOptions(
-        batch_size=cfg.batch_size, schedule=plain(r.schedule), chunk_size=r.chunk_size,
-        dtype=plain(r.dtype), max_sequence_length=cfg.sampler.max_sequence_length,
-        shift=cfg.sampler.shift, embed_cache=r.embed_cache, compile=r.compile, cache=cfg.cache)
+        batch_size=cfg.batch_size,
+        schedule=plain(r.schedule),
+        chunk_size=r.chunk_size,
+        dtype=plain(r.dtype),
+        max_sequence_length=cfg.sampler.max_sequence_length,
+        shift=cfg.sampler.shift,
+        embed_cache=r.embed_cache,
+        compile=r.compile,
+        cache=cfg.cache,
+    )
 
 
 def image_options(cfg: FluxBatchConfig, files: ModelFiles) -> ImageOptions:
     return ImageOptions(
-        format=plain(cfg.output.format), quality=cfg.output.quality, model=cfg.model.name,
-        quant=cfg.quant.name, model_label=Path(files.transformer).name.removesuffix(".gguf"),
-        loras=files.loras, model_sha256=files.transformer_sha256, shift=cfg.sampler.shift,
-        cache=cache_settings(cfg.cache), layout=output_layout(cfg.output))
+        format=plain(cfg.output.format),
+        quality=cfg.output.quality,
+        model=cfg.model.name,
+        quant=cfg.quant.name,
+        model_label=Path(files.transformer).name.removesuffix(".gguf"),
+        loras=files.loras,
+        model_sha256=files.transformer_sha256,
+        shift=cfg.sampler.shift,
+        cache=cache_settings(cfg.cache),
+        layout=output_layout(cfg.output),
+    )
 
 
 def _write_card(cfg: FluxBatchConfig, store: RunStore, count: int) -> None:
@@ -189,8 +221,13 @@ def _write_card(cfg: FluxBatchConfig, store: RunStore, count: int) -> None:
 
 def _count_all_ranks(share: Session, summary: Summary) -> None:
     """Rank 0 reports the counts of every rank; the other ranks report nothing."""
-    counts = run_session.end(share, {key: getattr(summary, key) for key in (
-        "rendered", "failed", "render_seconds", "model_loads", "model_loaded")})
+    counts = run_session.end(
+        share,
+        {
+            key: getattr(summary, key)
+            for key in ("rendered", "failed", "render_seconds", "model_loads", "model_loaded")
+        },
+    )
     if counts is None:
         summary.show = False
     else:
@@ -198,8 +235,14 @@ def _count_all_ranks(share: Session, summary: Summary) -> None:
             setattr(summary, key, value)
 
 
-def _render_all(cfg: FluxBatchConfig, settings: dict[str, Any], worker: Worker, share: Session,
-                summary: Summary, stop: StopSignals) -> None:
+def _render_all(
+    cfg: FluxBatchConfig,
+    settings: dict[str, Any],
+    worker: Worker,
+    share: Session,
+    summary: Summary,
+    stop: StopSignals,
+) -> None:
     from tqdm import tqdm
 
     store, todo = share.store, share.todo
@@ -211,18 +254,34 @@ def _render_all(cfg: FluxBatchConfig, settings: dict[str, Any], worker: Worker, 
     # written once the model is known to load, so a refused model leaves nothing behind
     store.write_run_info(run_info(cfg, settings, share.previous, files.record()))
     failures = Failures(store, summary, cfg.max_errors)
-    progress = tqdm(total=len(todo), unit="img", disable=None if cfg.runtime.progress else True,
-                    file=sys.stderr, dynamic_ncols=True, **worker.progress_options())
-    steps = StepProgress(progress, sum(item.settings.steps for item in todo), cfg.runtime.progress,
-                         worker.label, failed=lambda: summary.failed)
+    progress = tqdm(
+        total=len(todo),
+        unit="img",
+        disable=None if cfg.runtime.progress else True,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        **worker.progress_options(),
+    )
+    steps = StepProgress(
+        progress,
+        sum(item.settings.steps for item in todo),
+        cfg.runtime.progress,
+        worker.label,
+        failed=lambda: summary.failed,
+    )
     schedule = make_schedule(pipe, files, device, todo, stop.requested, render_options(cfg), steps)
 
     def listed(item: Item) -> None:  # an image on disk and in the manifest
         summary.rendered += 1
         progress.update(1)
 
-    writer = ImageWriter(store, image_options(cfg, files), workers=cfg.runtime.writers,
-                         queue=cfg.runtime.write_queue, on_written=listed)
+    writer = ImageWriter(
+        store,
+        image_options(cfg, files),
+        workers=cfg.runtime.writers,
+        queue=cfg.runtime.write_queue,
+        on_written=listed,
+    )
     started = time.perf_counter()
     try:
         stop.rendering = True  # a signal now stops after the current batch
@@ -247,8 +306,11 @@ def _render_all(cfg: FluxBatchConfig, settings: dict[str, Any], worker: Worker, 
         summary.render_seconds = time.perf_counter() - started
         steps.close()
         progress.close()
-    log.info("%s; the rest of rendering (writing, manifest) %.2f s", schedule.timing(),
-             summary.render_seconds - schedule.model_seconds())
+    log.info(
+        "%s; the rest of rendering (writing, manifest) %.2f s",
+        schedule.timing(),
+        summary.render_seconds - schedule.model_seconds(),
+    )
     if stop.requested():
         raise Interrupted(stop.signum)
 
@@ -265,8 +327,15 @@ class Failures:
         self.summary.failed += 1
         log.warning("%s (k=%d) failed: %s", item.id, item.k, reason)
         try:
-            self.store.record_error({"id": item.id, "k": item.k, "line": item.line, "reason": reason,
-                                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            self.store.record_error(
+                {
+                    "id": item.id,
+                    "k": item.k,
+                    "line": item.line,
+                    "reason": reason,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
+            )
         except OSError as e:
             raise write_error(self.store, e) from None
         if self.summary.failed > self.max_errors:

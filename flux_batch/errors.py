@@ -2,6 +2,7 @@
 
 They are printed as their message alone, never as a traceback.
 """
+
 from __future__ import annotations
 
 import errno

@@ -12,6 +12,7 @@ At the write points (`mid_image_write`, `mid_append`, `mid_tar_write`) every act
 and fsyncs it, leaving what a real torn write leaves. Unset (the normal case), each fault point is
 one dictionary lookup.
 """
+
 from __future__ import annotations
 
 import errno
@@ -21,11 +22,23 @@ import threading
 from dataclasses import dataclass
 
 POINTS = (
-    "model_loaded", "mid_denoise", "pipeline_image", "write_queued", "image_encoded",
-    "mid_image_write", "image_written", "mid_append", "manifest_appended", "export_shard_written",
+    "model_loaded",
+    "mid_denoise",
+    "pipeline_image",
+    "write_queued",
+    "image_encoded",
+    "mid_image_write",
+    "image_written",
+    "mid_append",
+    "manifest_appended",
+    "export_shard_written",
     # a tar shard (store/layouts/webdataset.py): half a sample written, a sample in, the shard
     # complete under its temporary name, renamed into place, listed (its index not yet written)
-    "mid_tar_write", "sample_added", "shard_sealed", "shard_renamed", "shard_listed",
+    "mid_tar_write",
+    "sample_added",
+    "shard_sealed",
+    "shard_renamed",
+    "shard_listed",
 )
 ACTIONS = ("kill", "stop", "ENOSPC", "EIO", "nan", "black")
 

@@ -4,6 +4,7 @@ It names the default run directory and guards an explicit one: a run directory w
 run.json holds another fingerprint belongs to other settings and is refused.
 Computing it reads no weights and imports no torch, so a finished run exits at once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -112,8 +113,12 @@ def versions() -> dict[str, str]:
     return found
 
 
-def run_info(cfg: FluxBatchConfig, settings: dict[str, Any], previous: dict[str, Any] | None,
-             files: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_info(
+    cfg: FluxBatchConfig,
+    settings: dict[str, Any],
+    previous: dict[str, Any] | None,
+    files: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """run.json: `files` holds the model files' names and SHA-256s (model/files.py)."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return {

@@ -3,6 +3,7 @@
 A full disk there is a failed write like any later one (one line, exit 1; the same command
 resumes once there is room), not a refused config: Hydra would print a traceback and exit 1,
 which `cli.main` takes for a refusal of the config and turns into 2."""
+
 from __future__ import annotations
 
 import sys

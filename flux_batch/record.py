@@ -3,12 +3,28 @@
 One home for them: the writer fills them (store/writer.py), a prompt file may not carry a column
 of the same name (plan/prompts.py), and the gallery shows them first (sweep/gallery.py).
 """
+
 from __future__ import annotations
 
 # Every record has these, in this order; `model_sha256` only for a local transformer file (not a
 # URL), `lora` only when LoRAs are applied, `cache` only with step caching, `sha256` last.
 FIELDS = (
-    "file_name", "id", "k", "prompt", "seed", "width", "height", "steps", "guidance",
-    "negative_prompt", "true_cfg", "scheduler", "model", "quant", "model_sha256", "lora", "cache",
+    "file_name",
+    "id",
+    "k",
+    "prompt",
+    "seed",
+    "width",
+    "height",
+    "steps",
+    "guidance",
+    "negative_prompt",
+    "true_cfg",
+    "scheduler",
+    "model",
+    "quant",
+    "model_sha256",
+    "lora",
+    "cache",
     "sha256",
 )

@@ -1,6 +1,7 @@
 """Hydra's refusals of a command line as one line naming the key: an unknown key, a value of
 the wrong type or outside an enum, a config group option that does not exist, an override
 that does not parse. Hydra prints these over four to ten lines; the CLI prints this line."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,10 @@ def refusal_line(error: BaseException, composing: bool) -> str | None:
     if isinstance(error, MissingConfigException):
         return _missing_option(error)
     if isinstance(error, OverrideParseException):
-        return (f"{error.override}: {_first_line(error.message)} (the override syntax: "
-                "https://hydra.cc/docs/1.3/advanced/override_grammar/basic)")
+        return (
+            f"{error.override}: {_first_line(error.message)} (the override syntax: "
+            "https://hydra.cc/docs/1.3/advanced/override_grammar/basic)"
+        )
     cause = error.__cause__ if isinstance(error, ConfigCompositionException) else error
     if isinstance(cause, OmegaConfBaseException) and (composing or cause is not error):
         return _omegaconf_line(str(error) if cause is not error else "", cause)

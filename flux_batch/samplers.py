@@ -5,6 +5,7 @@ resolution-dependent shift with a fixed one. The FLUX pipelines hand the schedul
 and a shift `mu`, which diffusers' FlowMatchHeunDiscreteScheduler does not accept, so Heun
 runs through a subclass whose set_timesteps does.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,10 +69,16 @@ def _define_flux_heun():
 
     class FluxFlowMatchHeunScheduler(FlowMatchHeunDiscreteScheduler):
         @register_to_config
-        def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0,
-                     use_dynamic_shifting: bool = False, base_shift: float = 0.5,
-                     max_shift: float = 1.15, base_image_seq_len: int = 256,
-                     max_image_seq_len: int = 4096):
+        def __init__(
+            self,
+            num_train_timesteps: int = 1000,
+            shift: float = 1.0,
+            use_dynamic_shifting: bool = False,
+            base_shift: float = 0.5,
+            max_shift: float = 1.15,
+            base_image_seq_len: int = 256,
+            max_image_seq_len: int = 4096,
+        ):
             super().__init__(num_train_timesteps=num_train_timesteps, shift=shift)
 
         def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None):

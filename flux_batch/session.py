@@ -10,6 +10,7 @@ the leader merges their parts into metadata.jsonl and reports the counts of all 
 alone does the same with no peers (scale/ranks.py's Group is then a no-op) and appends to
 metadata.jsonl itself.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,12 +52,13 @@ class Session:
         """One line for `runtime.dry_run`: who renders what, where."""
         who = self.worker.label or "single process"
         span = f" ({self.todo[0].id} ... {self.todo[-1].id})" if self.todo else ""
-        return (f"{self.store.dir}: {who} on {device}: {len(self.todo)} of {self.pending} pending "
-                f"items{span}; {self.scope - self.pending} of {self.scope} already done")
+        return (
+            f"{self.store.dir}: {who} on {device}: {len(self.todo)} of {self.pending} pending "
+            f"items{span}; {self.scope - self.pending} of {self.scope} already done"
+        )
 
 
-def start(worker: Worker, run_dir: str | os.PathLike, plan: Plan, settings,
-          layout: Layout = FLAT) -> Session:
+def start(worker: Worker, run_dir: str | os.PathLike, plan: Plan, settings, layout: Layout = FLAT) -> Session:
     group = Group(worker)
     store = RunStore(run_dir, part=worker.part, layout=layout)
     outcome: dict[str, Any] = {}
@@ -71,8 +73,11 @@ def start(worker: Worker, run_dir: str | os.PathLike, plan: Plan, settings,
             store.close()
             raise
     # the other ranks get the pending keys and build the same Items themselves
-    sent = group.broadcast({**outcome, "pending": [item.key for item in outcome["pending"]]}
-                           if worker.distributed and worker.leader else outcome)
+    sent = group.broadcast(
+        {**outcome, "pending": [item.key for item in outcome["pending"]]}
+        if worker.distributed and worker.leader
+        else outcome
+    )
     if "error" in sent:
         raise PeerRefused(sent["error"], sent["exit_code"])
     if worker.leader:
@@ -80,8 +85,9 @@ def start(worker: Worker, run_dir: str | os.PathLike, plan: Plan, settings,
     else:
         store.open_part()
         pending = plan.items(skip=_AllBut(set(sent["pending"])))
-    return Session(worker, group, store, worker.rank_items(pending), sent["scope"], len(pending),
-                   sent["previous"])
+    return Session(
+        worker, group, store, worker.rank_items(pending), sent["scope"], len(pending), sent["previous"]
+    )
 
 
 def _open_as_leader(worker: Worker, store: RunStore, plan: Plan, settings) -> dict[str, Any]:

@@ -10,6 +10,7 @@ After the clean stop, `hand_on` gives the signal to the handler installed before
 submitit (Hydra's submitit launchers) that one checkpoints the job and requeues it, and the
 requeued job resumes the run like any rerun. Without such a handler the run just exits.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,8 +50,10 @@ class StopSignals:
         if not self.rendering or self.signum is not None:
             raise Interrupted(signum)
         self.signum = signum
-        log.warning("%s: finishing the manifest and stopping (send it again to stop at once)",
-                    signal.Signals(signum).name)
+        log.warning(
+            "%s: finishing the manifest and stopping (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
 
     def requested(self) -> bool:
         return self.signum is not None
@@ -61,4 +64,3 @@ def hand_on(signum: int) -> None:
     handler = signal.getsignal(signum)
     if callable(handler) and handler is not signal.default_int_handler:
         handler(signum, None)
-

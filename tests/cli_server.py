@@ -11,6 +11,7 @@ Protocol: one JSON object per line on stdin
    "exact_env": BOOL (optional: env is the whole environment), "err": FILE (optional: stderr apart)}
 and one JSON line back per request: {"returncode": N} (negative: killed by signal -N).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,12 +25,12 @@ import traceback
 from flux_batch import cli, driver, faults  # noqa: F401  (imported once, here)
 from flux_batch.model import files as models  # noqa: F401  (imported once, here)
 from flux_batch.render import renderer  # noqa: F401  (imported once, here)
+
 # isort: split
 # flux_batch.cli first: it quiets the libraries' import-time chatter before they are imported
-from diffusers import FluxPipeline, FluxTransformer2DModel, GGUFQuantizationConfig  # noqa: F401,E402
-import transformers  # noqa: F401,E402
 import tqdm  # noqa: F401,E402
-
+import transformers  # noqa: F401,E402
+from diffusers import FluxPipeline, FluxTransformer2DModel, GGUFQuantizationConfig  # noqa: F401,E402
 
 # the console scripts the server runs (pyproject.toml's [project.scripts])
 SCRIPTS = {"flux-batch": "flux_batch.cli", "flux-batch-gguf": "flux_batch.gguf.cli"}

@@ -1,5 +1,6 @@
 """Shared fixtures: a per-session model cache with the tiny model built once, and a helper that
 runs the installed `flux-batch` script the way a user does."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,21 +32,30 @@ def script(name: str) -> str:
 # of the others, that together touch every package and the CLI in a few minutes. A module's
 # name alone takes all its tests; with names, only those (parametrized ones with every case).
 FAST_TESTS: dict[str, tuple[str, ...]] = {
-    "test_prompts.py": (), "test_items.py": (),  # plan
-    "test_config.py": (), "test_package.py": ("test_the_package_has_no_import_circles",),
-    "test_readme.py": (), "test_faults.py": (),
+    "test_prompts.py": (),
+    "test_items.py": (),  # plan
+    "test_config.py": (),
+    "test_package.py": ("test_the_package_has_no_import_circles",),
+    "test_readme.py": (),
+    "test_faults.py": (),
     "test_model_hash.py": ("test_a_file_is_hashed_once_then_read_back_until_it_changes",),  # model
     "test_lean_gguf_loading.py": (
-        "test_the_same_tensors_as_diffusers_reader_with_quantized_weights_left_in_the_file",),
+        "test_the_same_tensors_as_diffusers_reader_with_quantized_weights_left_in_the_file",
+    ),
     "test_render.py": ("test_reference_covers_every_row",),  # one run of the seven reference rows
-    "test_manifest_index.py": (), "test_image_writer.py": (  # store
+    "test_manifest_index.py": (),
+    "test_image_writer.py": (  # store
         "test_records_follow_the_order_images_were_handed_in",
-        "test_a_failed_write_stops_with_one_line_and_lists_nothing_after_it"),
-    "test_security.py": ("test_image_paths_cannot_leave_the_images_folder",
-                         "test_symlinks_cannot_redirect_an_image_write"),
+        "test_a_failed_write_stops_with_one_line_and_lists_nothing_after_it",
+    ),
+    "test_security.py": (
+        "test_image_paths_cannot_leave_the_images_folder",
+        "test_symlinks_cannot_redirect_an_image_write",
+    ),
     "test_shares.py": (),  # scale
     "test_sweep.py": ("test_a_quant_the_tiny_model_cannot_write_is_refused_clearly",),  # sweep
-    "test_gguf_quants.py": ("test_bit_exact_with_reference_on_hard_values",), "test_gguf_keys.py": (),
+    "test_gguf_quants.py": ("test_bit_exact_with_reference_on_hard_values",),
+    "test_gguf_keys.py": (),
     "test_demo_shapes.py": (),  # demo
     "test_export.py": ("test_a_changed_image_stops_the_export_and_leaves_nothing",),
     "test_bad_input.py": ("test_malformed_prompt_files", "test_bad_overrides"),  # the CLI's refusals
@@ -93,20 +103,32 @@ class Cli:
         self.env = {**os.environ, "FLUX_BATCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
         self.cache = cache
 
-    def __call__(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 300,
-                 model: str | None = TEST_MODEL):
+    def __call__(
+        self,
+        *args: str,
+        check: bool = True,
+        env: dict | None = None,
+        timeout: float = 300,
+        model: str | None = TEST_MODEL,
+    ):
         args = tuple(with_model(args, model))
-        result = warm_server(self.cache).run(self.cwd, args, env={**self.env, **(env or {})},
-                                             kill_after=timeout, exact_env=True, split=True)
+        result = warm_server(self.cache).run(
+            self.cwd, args, env={**self.env, **(env or {})}, kill_after=timeout, exact_env=True, split=True
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"flux-batch {' '.join(args)} exited {result.returncode}:\n"
-                                 f"{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"flux-batch {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def popen(self, *args: str, env: dict | None = None, model: str | None = TEST_MODEL) -> subprocess.Popen:
         return subprocess.Popen(
-            [script("flux-batch"), *with_model(args, model)], cwd=self.cwd, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env={**self.env, **(env or {})},
+            [script("flux-batch"), *with_model(args, model)],
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**self.env, **(env or {})},
         )
 
 
@@ -138,24 +160,49 @@ class CliServer:
         self.count = 0
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("cli_server.py"))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=logs,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=logs,
             env={**os.environ, "FLUX_BATCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
         )
 
-    def __call__(self, cwd: Path, *args: str, env: dict | None = None,
-                 kill_after: float | None = None, model: str | None = TEST_MODEL) -> subprocess.CompletedProcess:
+    def __call__(
+        self,
+        cwd: Path,
+        *args: str,
+        env: dict | None = None,
+        kill_after: float | None = None,
+        model: str | None = TEST_MODEL,
+    ) -> subprocess.CompletedProcess:
         """One run; its stdout and stderr together (in both fields)."""
         return self.run(cwd, tuple(with_model(args, model)), env or {}, kill_after)
 
-    def run(self, cwd: Path, args: tuple[str, ...], env: dict, kill_after: float | None,
-            exact_env: bool = False, split: bool = False, script: str = "flux-batch") -> subprocess.CompletedProcess:
+    def run(
+        self,
+        cwd: Path,
+        args: tuple[str, ...],
+        env: dict,
+        kill_after: float | None,
+        exact_env: bool = False,
+        split: bool = False,
+        script: str = "flux-batch",
+    ) -> subprocess.CompletedProcess:
         """`exact_env`: the run's environment is `env` alone, not the server's updated by it;
         `split`: stdout and stderr apart, as subprocess.run captures them; `script`: a console
         script the server knows (cli_server.SCRIPTS)."""
         self.count += 1
         log, err = (self.logs / f"run-{self.count}.{stream}" for stream in ("log", "err"))
-        request = {"args": list(args), "cwd": str(cwd), "log": str(log), "env": env, "script": script,
-                   "kill_after": kill_after, "exact_env": exact_env, "err": str(err) if split else None}
+        request = {
+            "args": list(args),
+            "cwd": str(cwd),
+            "log": str(log),
+            "env": env,
+            "script": script,
+            "kill_after": kill_after,
+            "exact_env": exact_env,
+            "err": str(err) if split else None,
+        }
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         reply = self.proc.stdout.readline()
@@ -184,12 +231,21 @@ def warm_server(cache: Path) -> CliServer:
     return _servers[cache]
 
 
-def run_script(script: str, *args, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, *args, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """`script ARGS` (flux-batch-gguf, ...) as subprocess.run(capture_output=True) would give it,
     forked from the warm server with this process's environment."""
     cache = Path(os.environ.get("FLUX_BATCH_CACHE") or Path.home() / ".cache" / "flux-batch")
-    return warm_server(cache).run(Path(cwd or os.getcwd()), tuple(map(str, args)), dict(os.environ),
-                                  kill_after=timeout, exact_env=True, split=True, script=script)
+    return warm_server(cache).run(
+        Path(cwd or os.getcwd()),
+        tuple(map(str, args)),
+        dict(os.environ),
+        kill_after=timeout,
+        exact_env=True,
+        split=True,
+        script=script,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -220,7 +276,9 @@ def image_bytes(run_dir: Path, file_name: str) -> bytes:
 def pixels(run_dir: Path) -> dict[tuple[str, int], np.ndarray]:
     """(id, k) -> uint8 pixels of every image the manifest lists."""
     return {
-        (r["id"], r["k"]): np.asarray(Image.open(io.BytesIO(image_bytes(run_dir, r["file_name"]))).convert("RGB"))
+        (r["id"], r["k"]): np.asarray(
+            Image.open(io.BytesIO(image_bytes(run_dir, r["file_name"]))).convert("RGB")
+        )
         for r in manifest(run_dir)
     }
 
@@ -270,8 +328,8 @@ def hydra_config():
     the pipeline they keep is released after the module, so later tests count loads afresh."""
     from hydra import initialize_config_module
 
-    from flux_batch.model import cache as pipeline_cache
     from flux_batch.cli import register_configs
+    from flux_batch.model import cache as pipeline_cache
 
     register_configs()
     with initialize_config_module(config_module="flux_batch.conf", version_base="1.3"):

@@ -1,6 +1,7 @@
 """Small LoRA files for the tiny model, written in the layouts real LoRAs come in: diffusers'
 PEFT layout (`transformer.<module>.lora_A.weight`) and Kohya's sd-scripts layout over BFL
 block names (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,11 @@ RANK = 4
 def layer_shapes(model_cache: Path) -> dict[str, tuple[int, int]]:
     """(out, in) of every linear layer of the tiny transformer, by diffusers module name."""
     weights = load_file(model_cache / "tiny-v1" / "transformer" / "diffusion_pytorch_model.safetensors")
-    return {key.removesuffix(".weight"): value.shape for key, value in weights.items()
-            if key.endswith(".weight") and value.ndim == 2}
+    return {
+        key.removesuffix(".weight"): value.shape
+        for key, value in weights.items()
+        if key.endswith(".weight") and value.ndim == 2
+    }
 
 
 def low_rank_pairs(model_cache: Path, seed: int, magnitude: float = 0.25) -> dict[str, tuple]:
@@ -25,7 +29,8 @@ def low_rank_pairs(model_cache: Path, seed: int, magnitude: float = 0.25) -> dic
     pairs = {}
     for name, (out_dim, in_dim) in sorted(layer_shapes(model_cache).items()):
         if name.startswith("transformer_blocks.") and name.endswith(
-                (".attn.to_q", ".attn.to_k", ".attn.to_v", ".attn.to_out.0")):
+            (".attn.to_q", ".attn.to_k", ".attn.to_v", ".attn.to_out.0")
+        ):
             down = torch.randn(RANK, in_dim, generator=generator) * magnitude
             up = torch.randn(out_dim, RANK, generator=generator) * magnitude
             pairs[name] = (down, up)

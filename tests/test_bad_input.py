@@ -1,4 +1,5 @@
 """Bad input through the CLI: exit status 2, one clear line per problem, nothing written."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,18 @@ import pytest
 
 def written(cwd: Path) -> list[str]:
     """Files a run left that Hydra's own snapshot and log do not explain."""
-    return sorted(
-        str(p.relative_to(cwd)) for p in (cwd / "outputs").rglob("*")
-        if p.is_file() and ".hydra" not in p.parts and p.name != "flux-batch.log"
-        and p.name.split(".")[:2] != ["", "lock"]  # .lock, .lock.merge, .lock.<part>
-    ) if (cwd / "outputs").exists() else []
+    return (
+        sorted(
+            str(p.relative_to(cwd))
+            for p in (cwd / "outputs").rglob("*")
+            if p.is_file()
+            and ".hydra" not in p.parts
+            and p.name != "flux-batch.log"
+            and p.name.split(".")[:2] != ["", "lock"]  # .lock, .lock.merge, .lock.<part>
+        )
+        if (cwd / "outputs").exists()
+        else []
+    )
 
 
 BAD_FILES = [
@@ -22,8 +30,11 @@ BAD_FILES = [
     ("empty-prompt.jsonl", '{"prompt": ""}\n', "empty-prompt.jsonl:1: no 'prompt' field"),
     ("blank-prompt.csv", 'prompt\n"  "\n', "blank-prompt.csv:2: empty 'prompt'"),
     ("bad-id.jsonl", '{"prompt": "a", "id": "a/b"}\n', "bad-id.jsonl:1: bad id 'a/b'"),
-    ("dup-id.jsonl", '{"prompt": "a", "id": "x"}\n{"prompt": "b", "id": "x"}\n',
-     "dup-id.jsonl:2: duplicate id 'x' (first on line 1)"),
+    (
+        "dup-id.jsonl",
+        '{"prompt": "a", "id": "x"}\n{"prompt": "b", "id": "x"}\n',
+        "dup-id.jsonl:2: duplicate id 'x' (first on line 1)",
+    ),
     ("seed.csv", "prompt,seed\na,1.5\n", "seed.csv:2: seed='1.5' is not an integer"),
     ("neg-seed.jsonl", '{"prompt": "a", "seed": -3}\n', "neg-seed.jsonl:1: seed=-3 must be"),
     ("steps.tsv", "prompt\tsteps\na\t-1\n", "steps.tsv:2: steps=-1 must be >= 1"),
@@ -59,11 +70,14 @@ def test_missing_prompt_file(cli):
     assert "nowhere.jsonl: prompt file not found (set dataset.path)" in result.stderr
 
 
-@pytest.mark.parametrize("override, message", [
-    ("sampler.width=100", "sampler.width=100: image sizes must be positive multiples of 16"),
-    ("runtime.offload=sequential", "sequential CPU offload does not work with GGUF"),
-    ("quant=q6_k", "cannot write Q6_K; use quant=q8_0, q4_0, bf16 or f32"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("sampler.width=100", "sampler.width=100: image sizes must be positive multiples of 16"),
+        ("runtime.offload=sequential", "sequential CPU offload does not work with GGUF"),
+        ("quant=q6_k", "cannot write Q6_K; use quant=q8_0, q4_0, bf16 or f32"),
+    ],
+)
 def test_bad_settings_name_the_key(cli, override, message):
     result = cli(override, check=False)
     assert result.returncode == 2
@@ -94,10 +108,13 @@ def test_missing_local_transformer_names_the_path(cli, model_cache):
     assert written(cli.cwd) == []
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("weights.gguf", b"PK\x03\x04 not gguf", "not a GGUF file"),
-    ("weights.ckpt", b"\x80\x04pickle", "only GGUF transformer files are read"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("weights.gguf", b"PK\x03\x04 not gguf", "not a GGUF file"),
+        ("weights.ckpt", b"\x80\x04pickle", "only GGUF transformer files are read"),
+    ],
+)
 def test_non_gguf_weights_are_refused_without_unpickling(cli, model_cache, name, content, message):
     (cli.cwd / name).write_bytes(content)
     base = model_cache / "tiny-v1"
@@ -112,12 +129,15 @@ def test_a_schnell_config_refuses_a_dev_transformer(cli, model_cache):
     gguf = base / "transformer-Q8_0.gguf"
     result = cli("model=flux-schnell", f"model.base={base}", f"model.transformer={gguf}", check=False)
     assert result.returncode == 2
-    assert ("this GGUF is FLUX.1-dev-style (it has a guidance embedding), but model=flux-schnell "
-            "needs a schnell file; use model=flux-dev with it") in result.stderr
+    assert (
+        "this GGUF is FLUX.1-dev-style (it has a guidance embedding), but model=flux-schnell "
+        "needs a schnell file; use model=flux-dev with it"
+    ) in result.stderr
     assert written(cli.cwd) == []
 
 
 # --- the wider matrix, through the same entry point forked from one warm interpreter ---
+
 
 def ten_megabyte_line() -> bytes:
     return b"a" * (10 * 2**20) + b"\n"
@@ -140,44 +160,96 @@ def carried(count: int, value: str = "1") -> str:
 
 MATRIX_FILES = [
     # control characters (Unicode Cc but tab and newline) would go into PNG text chunks
-    ("nul-prompt.jsonl", '{"prompt": "a\\u0000b"}\n',
-     "nul-prompt.jsonl:1: 'prompt' holds NUL U+0000 at character 2; only tab and newline (LF or "
-     "CRLF) may appear in text written into the manifest and the image"),
+    (
+        "nul-prompt.jsonl",
+        '{"prompt": "a\\u0000b"}\n',
+        "nul-prompt.jsonl:1: 'prompt' holds NUL U+0000 at character 2; only tab and newline (LF or "
+        "CRLF) may appear in text written into the manifest and the image",
+    ),
     ("nul.csv", b"prompt,note\na\x00b,x\n", "nul.csv:2: 'prompt' holds NUL U+0000 at character 2"),
-    ("bell.txt", "fine\nring \x07 bell\n",
-     "bell.txt:2: 'prompt' holds control character U+0007 at character 6"),
+    (
+        "bell.txt",
+        "fine\nring \x07 bell\n",
+        "bell.txt:2: 'prompt' holds control character U+0007 at character 6",
+    ),
     ("lone-cr.csv", 'prompt\n"a\rb"\n', "lone-cr.csv:2: 'prompt' holds carriage return U+000D"),
-    ("del-negative.jsonl", '{"prompt": "a", "negative_prompt": "b\\u007f"}\n',
-     "del-negative.jsonl:1: 'negative_prompt' holds DEL U+007F at character 2"),
-    ("c1-column.jsonl", '{"prompt": "a", "source": "x\\u009b"}\n',
-     "c1-column.jsonl:1: 'source' holds control character U+009B at character 2"),
-    ("nested.jsonl", '{"prompt": "a", "meta": {"tags": ["ok", "b\\u001b"]}}\n',
-     "nested.jsonl:1: a string in 'meta' holds escape U+001B at character 2"),
-    ("control-header.tsv", "prompt\tno\x01te\na\tb\n",
-     "control-header.tsv:1: the header's column name 'no\\x01te' holds control character U+0001"),
+    (
+        "del-negative.jsonl",
+        '{"prompt": "a", "negative_prompt": "b\\u007f"}\n',
+        "del-negative.jsonl:1: 'negative_prompt' holds DEL U+007F at character 2",
+    ),
+    (
+        "c1-column.jsonl",
+        '{"prompt": "a", "source": "x\\u009b"}\n',
+        "c1-column.jsonl:1: 'source' holds control character U+009B at character 2",
+    ),
+    (
+        "nested.jsonl",
+        '{"prompt": "a", "meta": {"tags": ["ok", "b\\u001b"]}}\n',
+        "nested.jsonl:1: a string in 'meta' holds escape U+001B at character 2",
+    ),
+    (
+        "control-header.tsv",
+        "prompt\tno\x01te\na\tb\n",
+        "control-header.tsv:1: the header's column name 'no\\x01te' holds control character U+0001",
+    ),
     # the columns a row carries into the manifest and the image are bounded
-    ("wide.csv", wide_csv, "wide.csv:1: the header has 100,001 columns, 100,000 of them carried into "
-     "the manifest and the image; the limit is 64 carried columns"),
-    ("many-columns.jsonl", carried(65), "many-columns.jsonl:1: 65 columns would be carried into the "
-     "manifest and the image; the limit is 64"),
-    ("big-columns.jsonl", carried(2, "x" * 8200), "big-columns.jsonl:1: the columns carried into the "
-     "manifest and the image take 16,420 bytes as JSON; the limit is 16,384 (16 KiB)"),
+    (
+        "wide.csv",
+        wide_csv,
+        "wide.csv:1: the header has 100,001 columns, 100,000 of them carried into "
+        "the manifest and the image; the limit is 64 carried columns",
+    ),
+    (
+        "many-columns.jsonl",
+        carried(65),
+        "many-columns.jsonl:1: 65 columns would be carried into the manifest and the image; the limit is 64",
+    ),
+    (
+        "big-columns.jsonl",
+        carried(2, "x" * 8200),
+        "big-columns.jsonl:1: the columns carried into the "
+        "manifest and the image take 16,420 bytes as JSON; the limit is 16,384 (16 KiB)",
+    ),
     ("traversal.jsonl", '{"prompt": "a", "id": "../../x"}\n', "traversal.jsonl:1: bad id '../../x'"),
     ("nul-id.jsonl", '{"prompt": "a", "id": "a\\u0000b"}\n', "nul-id.jsonl:1: bad id 'a\\x00b'"),
     ("slash-id.csv", "id,prompt\nsub/dir,a\n", "slash-id.csv:2: bad id 'sub/dir'"),
-    ("huge-line.txt", ten_megabyte_line, "huge-line.txt:1: 'prompt' is 10,485,760 characters long; the limit is 20,000"),
+    (
+        "huge-line.txt",
+        ten_megabyte_line,
+        "huge-line.txt:1: 'prompt' is 10,485,760 characters long; the limit is 20,000",
+    ),
     ("long-file.jsonl", long_file_bad_at_the_end, "long-file.jsonl:100001: invalid JSON"),
     ("array.jsonl", '[{"prompt": "a"}]\n', "array.jsonl:1: expected a JSON object, got list"),
-    ("no-header.csv", "a red fox in the snow,7\nan owl,3\n",
-     "no-header.csv:1: no 'prompt' column in the header ('a red fox in the snow', '7')"),
+    (
+        "no-header.csv",
+        "a red fox in the snow,7\nan owl,3\n",
+        "no-header.csv:1: no 'prompt' column in the header ('a red fox in the snow', '7')",
+    ),
     ("no-header.tsv", "a red fox\t7\n", "no-header.tsv:1: no 'prompt' column in the header"),
-    ("dup-columns.csv", "prompt,seed,Seed\na,1,2\n", "dup-columns.csv:1: duplicate column 'Seed' in the header"),
+    (
+        "dup-columns.csv",
+        "prompt,seed,Seed\na,1,2\n",
+        "dup-columns.csv:1: duplicate column 'Seed' in the header",
+    ),
     ("width0.jsonl", '{"prompt": "a", "width": 0}\n', "width0.jsonl:1: width=0 must be >= 16"),
-    ("guidance-nan.jsonl", '{"prompt": "a", "guidance": NaN}\n', "guidance-nan.jsonl:1: guidance=nan must be a finite number"),
+    (
+        "guidance-nan.jsonl",
+        '{"prompt": "a", "guidance": NaN}\n',
+        "guidance-nan.jsonl:1: guidance=nan must be a finite number",
+    ),
     ("num0.csv", "prompt,num_images\na,0\n", "num0.csv:2: num_images=0 must be >= 1"),
     ("bool-seed.jsonl", '{"prompt": "a", "seed": true}\n', "bool-seed.jsonl:1: seed=True is not an integer"),
-    ("reserved.jsonl", '{"prompt": "a", "sha256": "x"}\n', "column 'sha256' would overwrite the manifest field"),
-    ("case.jsonl", '{"prompt": "a", "Prompt": "b"}\n', "case.jsonl:1: fields 'prompt' and 'Prompt' differ only in case"),
+    (
+        "reserved.jsonl",
+        '{"prompt": "a", "sha256": "x"}\n',
+        "column 'sha256' would overwrite the manifest field",
+    ),
+    (
+        "case.jsonl",
+        '{"prompt": "a", "Prompt": "b"}\n',
+        "case.jsonl:1: fields 'prompt' and 'Prompt' differ only in case",
+    ),
     ("quote.csv", 'prompt\n"never closed\n', "quote.csv:2: malformed CSV"),
     ("a-dir.jsonl", None, "a-dir.jsonl: is a directory, not a prompt file"),
 ]
@@ -226,8 +298,10 @@ MATRIX_OVERRIDES = [
     ("output.layout=sharded output.shard_size=0", "output.shard_size=0: must be an integer >= 1"),
     ("output.layout=zip", "output.layout=zip: expected one of flat, sharded, webdataset"),
     ("output.layout=webdataset output.shard_size=0", "output.shard_size=0: must be an integer >= 1"),
-    ("output.layout=webdataset output.captions=true",
-     "output.captions=true: output.layout=webdataset stores each prompt as its sample's .txt already"),
+    (
+        "output.layout=webdataset output.captions=true",
+        "output.captions=true: output.layout=webdataset stores each prompt as its sample's .txt already",
+    ),
 ]
 
 
@@ -247,10 +321,21 @@ def truncated_gguf(tiny: Path, dest: Path) -> None:
 
 MATRIX_WEIGHTS = [
     ("cut.gguf", truncated_gguf, "truncated"),
-    ("header-only.gguf", lambda tiny, dest: dest.write_bytes(
-        (tiny / "transformer-Q8_0.gguf").read_bytes()[:64]), "truncated GGUF file"),
-    ("weights.safetensors", lambda tiny, dest: dest.write_bytes(b"{}"), "only GGUF transformer files are read"),
-    ("weights.pt", lambda tiny, dest: dest.write_bytes(b"\x80\x04pickle"), "only GGUF transformer files are read"),
+    (
+        "header-only.gguf",
+        lambda tiny, dest: dest.write_bytes((tiny / "transformer-Q8_0.gguf").read_bytes()[:64]),
+        "truncated GGUF file",
+    ),
+    (
+        "weights.safetensors",
+        lambda tiny, dest: dest.write_bytes(b"{}"),
+        "only GGUF transformer files are read",
+    ),
+    (
+        "weights.pt",
+        lambda tiny, dest: dest.write_bytes(b"\x80\x04pickle"),
+        "only GGUF transformer files are read",
+    ),
     ("folder.gguf", lambda tiny, dest: dest.mkdir(), "cannot read it (Is a directory)"),
 ]
 
@@ -277,8 +362,15 @@ def test_text_at_the_bounds_is_carried_into_the_manifest_and_the_image(cli_serve
     columns = {f"c{i}": "v" for i in range(63)}
     columns["note"] = "n" * (16 * 1024 - len(json.dumps({**columns, "note": ""})))
     (tmp_path / "p.csv").write_bytes(
-        ("prompt," + ",".join(columns) + "\r\n"
-         + '"a\tcat\r\non two lines",' + ",".join(columns.values()) + "\r\n").encode())
+        (
+            "prompt,"
+            + ",".join(columns)
+            + "\r\n"
+            + '"a\tcat\r\non two lines",'
+            + ",".join(columns.values())
+            + "\r\n"
+        ).encode()
+    )
     result = cli_server(tmp_path, "dataset.path=p.csv", *FAST, "output.dir=run")
     assert result.returncode == 0, result.stdout
     [record] = manifest(tmp_path / "run")

@@ -1,5 +1,6 @@
 """batch_size=auto: a number that fits, and smaller batches after out-of-memory instead of a
 failed run; a fixed batch size that runs out of memory fails its items as before."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,10 +8,10 @@ import pytest
 import torch
 
 from conftest import compose_config, pixels, write_prompts
-from flux_batch.render import batch_size
 from flux_batch.config import validate
 from flux_batch.driver import pipeline_for, run
 from flux_batch.errors import ConfigError
+from flux_batch.render import batch_size
 
 ROWS = [{"id": f"item{i}", "prompt": f"prompt number {i}"} for i in range(6)]
 
@@ -20,8 +21,14 @@ pytestmark = pytest.mark.usefixtures("hydra_config")
 
 def config(prompts, *overrides):
     return compose_config(
-        f"dataset.path={prompts}", "runtime.progress=false", "sampler.steps=1",
-        "sampler.width=32", "sampler.height=32", "runtime.device=cpu", *overrides)
+        f"dataset.path={prompts}",
+        "runtime.progress=false",
+        "sampler.steps=1",
+        "sampler.width=32",
+        "sampler.height=32",
+        "runtime.device=cpu",
+        *overrides,
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """bench/gpu_fullsize.py runs to completion at tiny scale on a CPU and writes its table."""
+
 from __future__ import annotations
 
 import os
@@ -14,10 +15,26 @@ def test_gpu_fullsize_runs_at_tiny_scale(tmp_path, model_cache):
     # 1 timed image per row, a large batch of 2, dynamo's eager backend (inductor's C++ build
     # takes minutes on a CPU): every row of the table, the same code paths as at full scale
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gpu_fullsize.py"), "--scale", "tiny", "--images", "1",
-         "--batch", "2", "--compile-backend", "eager", "--results", str(results)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})  # tiny ops: one thread, no barrier waits
+        [
+            sys.executable,
+            str(REPO / "bench" / "gpu_fullsize.py"),
+            "--scale",
+            "tiny",
+            "--images",
+            "1",
+            "--batch",
+            "2",
+            "--compile-backend",
+            "eager",
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # tiny ops: one thread, no barrier waits
     assert done.returncode == 0, done.stderr[-3000:]
     text = results.read_text()
     assert "<!-- gpu_fullsize_tiny:begin -->" in text and "<!-- gpu_fullsize_tiny:end -->" in text

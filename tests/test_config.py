@@ -1,4 +1,5 @@
 """Config composition through Hydra's compose API: groups, defaults, schemas, fingerprint."""
+
 from __future__ import annotations
 
 from dataclasses import FrozenInstanceError
@@ -45,10 +46,13 @@ def test_defaults_are_the_shipped_demo_model_and_q8_0():
     assert (cfg.seed, cfg.num_images, cfg.batch_size, cfg.limit) == (0, 1, 1, None)
 
 
-@pytest.mark.parametrize("model, steps, guidance, tokens, file_name", [
-    ("flux-dev", 28, 3.5, 512, "city96/FLUX.1-dev-gguf/flux1-dev-Q5_K_S.gguf"),
-    ("flux-schnell", 4, 0.0, 256, "city96/FLUX.1-schnell-gguf/flux1-schnell-Q5_K_S.gguf"),
-])
+@pytest.mark.parametrize(
+    "model, steps, guidance, tokens, file_name",
+    [
+        ("flux-dev", 28, 3.5, 512, "city96/FLUX.1-dev-gguf/flux1-dev-Q5_K_S.gguf"),
+        ("flux-schnell", 4, 0.0, 256, "city96/FLUX.1-schnell-gguf/flux1-schnell-Q5_K_S.gguf"),
+    ],
+)
 def test_real_models_carry_their_defaults_and_file_names(model, steps, guidance, tokens, file_name):
     cfg = compose_cfg(f"model={model}", "quant=q5_k_s")
     assert (cfg.sampler.steps, cfg.sampler.guidance) == (steps, guidance)
@@ -61,13 +65,16 @@ def test_sampler_overrides_win_over_model_defaults():
     assert (cfg.sampler.steps, cfg.sampler.guidance, cfg.model.steps) == (20, 5.0, 28)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("sampler.stepz=3", "stepz"),
-    ("model.bogus=1", "bogus"),
-    ("output.format=gif", "output.format"),
-    ("runtime.dtype=int8", "runtime.dtype"),
-    ("sampler.steps=many", "sampler.steps"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("sampler.stepz=3", "stepz"),
+        ("model.bogus=1", "bogus"),
+        ("output.format=gif", "output.format"),
+        ("runtime.dtype=int8", "runtime.dtype"),
+        ("sampler.steps=many", "sampler.steps"),
+    ],
+)
 def test_schema_refuses_unknown_keys_and_bad_values(override, key):
     with pytest.raises(ConfigCompositionException) as error:
         compose_cfg(override)
@@ -79,17 +86,20 @@ def test_unknown_group_option_is_refused():
         compose_cfg("quant=q9")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("sampler.width=100", "sampler.width=100: image sizes must be positive multiples of 16"),
-    ("sampler.height=0", "sampler.height=0"),
-    ("sampler.steps=0", "sampler.steps=0"),
-    ("sampler.guidance=nan", "sampler.guidance=nan"),
-    ("num_images=0", "num_images=0"),
-    ("batch_size=0", "batch_size=0"),
-    ("dataset.format=xml", "dataset.format=xml"),
-    ("runtime.device=gpu", "runtime.device=gpu"),
-    ("runtime.offload=sequential", "KeyError: None"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("sampler.width=100", "sampler.width=100: image sizes must be positive multiples of 16"),
+        ("sampler.height=0", "sampler.height=0"),
+        ("sampler.steps=0", "sampler.steps=0"),
+        ("sampler.guidance=nan", "sampler.guidance=nan"),
+        ("num_images=0", "num_images=0"),
+        ("batch_size=0", "batch_size=0"),
+        ("dataset.format=xml", "dataset.format=xml"),
+        ("runtime.device=gpu", "runtime.device=gpu"),
+        ("runtime.offload=sequential", "KeyError: None"),
+    ],
+)
 def test_validation_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         validate(compose_cfg(override))
@@ -97,16 +107,30 @@ def test_validation_names_the_key(override, message):
 
 def test_fingerprint_ignores_settings_that_do_not_change_pixels():
     base = default_run_dir(compose_cfg())
-    for override in ["batch_size=4", "limit=2", "runtime.offload=none", "runtime.device=cpu",
-                     "runtime.progress=false", "max_errors=10", "num_images=2"]:
+    for override in [
+        "batch_size=4",
+        "limit=2",
+        "runtime.offload=none",
+        "runtime.device=cpu",
+        "runtime.progress=false",
+        "max_errors=10",
+        "num_images=2",
+    ]:
         assert default_run_dir(compose_cfg(override)) == base, override
 
 
 def test_fingerprint_follows_settings_that_change_pixels():
     base = default_run_dir(compose_cfg())
-    changed = ["seed=1", "sampler.steps=5", "sampler.guidance=2", "sampler.width=32",
-               "sampler.max_sequence_length=16", "quant=q4_0", "runtime.dtype=bfloat16",
-               "output.format=webp"]
+    changed = [
+        "seed=1",
+        "sampler.steps=5",
+        "sampler.guidance=2",
+        "sampler.width=32",
+        "sampler.max_sequence_length=16",
+        "quant=q4_0",
+        "runtime.dtype=bfloat16",
+        "output.format=webp",
+    ]
     dirs = {default_run_dir(compose_cfg(o)) for o in changed}
     assert base not in dirs and len(dirs) == len(changed)
 

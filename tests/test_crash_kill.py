@@ -8,6 +8,7 @@ threads (encoded, not yet written) and while images wait for them. Timed kills a
 no crash point names. `FLUX_BATCH_KILLS=N` sets how many timed kills run (default 2, so this
 file makes 20 kills; the README gives the long run).
 """
+
 from __future__ import annotations
 
 import os
@@ -31,25 +32,25 @@ STEPS_PER_ITEM = 2  # mid_denoise hits per item (owl has 1)
 # (crash point, hit) for one run each, in order; several make progress, most make none.
 SCHEDULE = [
     ("model_loaded", 1),
-    ("mid_image_write", 1),   # a half-written temp file
-    ("image_written", 1),     # an image on disk with no manifest line
-    ("mid_append", 1),        # a torn manifest line, its image already renamed into place
+    ("mid_image_write", 1),  # a half-written temp file
+    ("image_written", 1),  # an image on disk with no manifest line
+    ("mid_append", 1),  # a torn manifest line, its image already renamed into place
     ("mid_denoise", 2),
     ("manifest_appended", 1),  # progress: fox
     ("mid_append", 1),
     ("mid_denoise", STEPS_PER_ITEM + 1),  # progress: boat k=0
-    ("image_written", 1),     # the orphan is rendered again, not listed twice
-    ("mid_append", 2),        # progress: boat k=1, then torn
+    ("image_written", 1),  # the orphan is rendered again, not listed twice
+    ("mid_append", 2),  # progress: boat k=1, then torn
     ("model_loaded", 1),
     ("mid_image_write", 1),
     ("image_written", 1),
     ("mid_denoise", 1),
-    ("image_written", 2),     # progress: castle, then an orphan
+    ("image_written", 2),  # progress: castle, then an orphan
     ("mid_append", 1),
     ("mid_denoise", 1),
-    ("write_queued", 2),      # two images with the writers, neither listed yet
-    ("image_encoded", 1),     # on a writer thread, before the image's temp file
-    ("mid_image_write", 1),   # left for the final run to clean up
+    ("write_queued", 2),  # two images with the writers, neither listed yet
+    ("image_encoded", 1),  # on a writer thread, before the image's temp file
+    ("mid_image_write", 1),  # left for the final run to clean up
 ]
 
 

@@ -2,6 +2,7 @@
 x 2 seeds rendered once per session through the real CLI (one multirun over Q8_0, the
 unquantized F32 transformer; Q4_0, whose diffusers dequantization is slow on CPU, on the first
 8 items), then scored with the real `flux-batch-eval`."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,12 @@ def evaluate(run_dir, reference=None) -> tuple[dict, str]:
 def scores(tmp_path_factory, model_cache):
     cwd = tmp_path_factory.mktemp("demo-quality")
     cli = Cli(cwd, model_cache)
-    common = ("dataset.path=prompts/demo-eval.jsonl", "num_images=2", "batch_size=8", "runtime.progress=false")
+    common = (
+        "dataset.path=prompts/demo-eval.jsonl",
+        "num_images=2",
+        "batch_size=8",
+        "runtime.progress=false",
+    )
     cli("-m", "quant=q8_0,f32", *common, "hydra.sweep.dir=sweep", model="demo", timeout=900)
     cli("quant=q4_0", "limit=8", *common, "output.dir=q4_0", model="demo", timeout=900)
     runs = {"q8_0": cwd / "sweep" / "quant=q8_0", "f32": cwd / "sweep" / "quant=f32", "q4_0": cwd / "q4_0"}
@@ -75,6 +81,8 @@ def test_eval_json_lists_every_item_with_what_was_read(scores):
 def test_eval_refuses_a_folder_that_is_not_a_run(tmp_path):
     result = subprocess.run([script("flux-batch-eval"), str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip() == \
-        f"flux-batch-eval: error: {tmp_path}: not a flux-batch run directory (no metadata.jsonl)"
+    assert (
+        result.stderr.strip()
+        == f"flux-batch-eval: error: {tmp_path}: not a flux-batch run directory (no metadata.jsonl)"
+    )
     assert not (tmp_path / "eval.json").exists()

@@ -1,4 +1,5 @@
 """The demo model's world: its caption grammar, its pictures, and reading a picture back."""
+
 from __future__ import annotations
 
 import random
@@ -25,23 +26,35 @@ def test_scoring_reads_drawn_pictures_correctly():
     rng = random.Random(7)
     right, total = Counter(), Counter()
     for _ in range(300):
-        caption = Caption(rng.choice(list(COLOURS)), rng.choice(("circle", "square", "triangle")),
-                          rng.choice((None, "small", "large")),
-                          rng.choice((None, "left", "right", "top", "bottom", "centre")))
+        caption = Caption(
+            rng.choice(list(COLOURS)),
+            rng.choice(("circle", "square", "triangle")),
+            rng.choice((None, "small", "large")),
+            rng.choice((None, "left", "right", "top", "bottom", "centre")),
+        )
         picture = np.asarray(draw(caption, rng))
         assert picture.shape == (SIZE, SIZE, 3)
         for attribute, ok in matches(caption, read(picture)).items():
             if ok is not None:
                 right[attribute] += ok
                 total[attribute] += 1
-    assert {a: right[a] / total[a] for a in total} == {"colour": 1.0, "shape": 1.0, "size": 1.0, "position": 1.0}
+    assert {a: right[a] / total[a] for a in total} == {
+        "colour": 1.0,
+        "shape": 1.0,
+        "size": 1.0,
+        "position": 1.0,
+    }
 
 
 def test_a_blank_picture_shows_nothing_and_matches_no_caption():
     blank = np.full((SIZE, SIZE, 3), 235, np.uint8)
     assert read(blank) == Reading()
-    assert matches(Caption("red", "circle", None, "left"), read(blank)) == \
-        {"colour": False, "shape": False, "size": None, "position": False}
+    assert matches(Caption("red", "circle", None, "left"), read(blank)) == {
+        "colour": False,
+        "shape": False,
+        "size": None,
+        "position": False,
+    }
 
 
 def test_psnr():
@@ -70,6 +83,8 @@ def test_capitalised_words_embed_as_lowercase_ones():
     t5 = T5EncoderModel.from_pretrained(model_dir() / "text_encoder_2")
     tokenizer = T5TokenizerFast.from_pretrained(model_dir() / "tokenizer_2")
     with torch.no_grad():
-        lower, upper = (t5(**tokenizer(text, return_tensors="pt")).last_hidden_state
-                        for text in ("a red circle on the left", "A Red Circle On The Left"))
+        lower, upper = (
+            t5(**tokenizer(text, return_tensors="pt")).last_hidden_state
+            for text in ("a red circle on the left", "A Red Circle On The Left")
+        )
     assert torch.equal(lower, upper)

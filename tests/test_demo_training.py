@@ -1,5 +1,6 @@
 """`python -m flux_batch.demo.train OUT`: seeded, so the same settings give the same weights,
 whole or resumed, with progress on stdout and every step's losses in a log."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,12 @@ def two_runs(tmp_path_factory):
     """The same short training twice: all four stages by the command; then, in this process,
     stages 1-2 into one folder and stages 3-4 resumed from it into another."""
     root = tmp_path_factory.mktemp("train")
-    command = subprocess.run([sys.executable, "-m", "flux_batch.demo.train", str(root / "a"),
-                              *SHORT, *LATER], capture_output=True, text=True, timeout=600)
+    command = subprocess.run(
+        [sys.executable, "-m", "flux_batch.demo.train", str(root / "a"), *SHORT, *LATER],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert command.returncode == 0, command.stderr
     main([str(root / "stage-2"), *SHORT, *OFF])
     main([str(root / "b"), *SHORT, *LATER, "--resume", str(root / "stage-2")])
@@ -39,15 +44,21 @@ def test_the_same_seed_gives_the_same_weights_whole_or_resumed(two_runs):
     a, b, _ = two_runs
     for stage in ("vae", "transformer", "finetune", "decoder"):
         assert losses(a, stage) == losses(b, stage), stage
-    for part in ("vae/diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.safetensors",
-                 "text_encoder/model.safetensors", "text_encoder_2/model.safetensors"):
+    for part in (
+        "vae/diffusion_pytorch_model.safetensors",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "text_encoder_2/model.safetensors",
+    ):
         first, second = load_file(a / part), load_file(b / part)
         assert first.keys() == second.keys()
         for name in first:
             assert abs(first[name] - second[name]).max() <= 1e-6, (part, name)
     assert (a / "transformer-Q8_0.gguf").read_bytes() == (b / "transformer-Q8_0.gguf").read_bytes()
-    assert json.loads((a / "vae" / "config.json").read_text())["scaling_factor"] == \
-        json.loads((b / "vae" / "config.json").read_text())["scaling_factor"]
+    assert (
+        json.loads((a / "vae" / "config.json").read_text())["scaling_factor"]
+        == json.loads((b / "vae" / "config.json").read_text())["scaling_factor"]
+    )
 
 
 def test_progress_and_loss_log(two_runs):
@@ -62,8 +73,18 @@ def test_progress_and_loss_log(two_runs):
     summary = json.loads((a / "training.json").read_text())
     assert summary["settings"]["vae_steps"] == 3
     assert set(summary["stages"]) == {"vae", "transformer", "finetune", "decoder"}
-    assert summary["total"]["cpu_s"] == pytest.approx(sum(s["cpu_s"] for s in summary["stages"].values()), abs=0.2)
-    for folder in ("scheduler", "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "transformer"):
+    assert summary["total"]["cpu_s"] == pytest.approx(
+        sum(s["cpu_s"] for s in summary["stages"].values()), abs=0.2
+    )
+    for folder in (
+        "scheduler",
+        "tokenizer",
+        "tokenizer_2",
+        "text_encoder",
+        "text_encoder_2",
+        "vae",
+        "transformer",
+    ):
         assert (a / folder).is_dir(), folder
     assert not list(a.parent.glob(".*partial"))
 

@@ -1,6 +1,7 @@
 """runtime.dequantize: GGUF weights dequantized once after loading give the pixels of
 dequantizing at every step; `auto` decides by the memory it needs; the setting is not part of
 the run's identity."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -76,8 +77,14 @@ def test_a_containers_memory_limit_bounds_what_auto_counts_as_free(tmp_path):
 
 def test_once_refuses_in_one_line_when_the_weights_do_not_fit(cli, tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl", ROWS)
-    result = cli(f"dataset.path={prompts}", *FAST, "runtime.dequantize=once", "output.dir=out",
-                 check=False, env={"FLUX_BATCH_FREE_MEMORY": str(2**20)})  # 1 MiB free
+    result = cli(
+        f"dataset.path={prompts}",
+        *FAST,
+        "runtime.dequantize=once",
+        "output.dir=out",
+        check=False,
+        env={"FLUX_BATCH_FREE_MEMORY": str(2**20)},
+    )  # 1 MiB free
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -85,6 +92,11 @@ def test_once_refuses_in_one_line_when_the_weights_do_not_fit(cli, tmp_path):
     assert "1048576 bytes (0.00 GiB) are free" in lines[0] and "auto" in lines[0] and "never" in lines[0]
     assert "dequantized" not in result.stdout  # refused before dequantizing
     assert not (tmp_path / "out" / "metadata.jsonl").exists()
-    fits = cli(f"dataset.path={prompts}", *FAST, "runtime.dequantize=once", "output.dir=out",
-               env={"FLUX_BATCH_FREE_MEMORY": str(2**40)})
+    fits = cli(
+        f"dataset.path={prompts}",
+        *FAST,
+        "runtime.dequantize=once",
+        "output.dir=out",
+        env={"FLUX_BATCH_FREE_MEMORY": str(2**40)},
+    )
     assert "GGUF layers once (runtime.dequantize=once)" in fits.stdout

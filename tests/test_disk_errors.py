@@ -1,5 +1,6 @@
 """A full or failing disk (ENOSPC, EIO) while writing an image or a manifest line: the run stops
 with a clear message and exit 1, nothing half-written stays listed, the next run resumes."""
+
 from __future__ import annotations
 
 import errno
@@ -32,7 +33,9 @@ def test_a_failed_append_is_cut_back_so_the_next_line_stands_alone(tmp_path, arm
     log.append({"n": 3})
     log.close()
     assert [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [
-        {"n": 1}, {"n": 3}]
+        {"n": 1},
+        {"n": 3},
+    ]
 
 
 def test_a_torn_tail_is_cut_off_when_the_log_is_opened(tmp_path):
@@ -56,7 +59,7 @@ def test_a_torn_line_with_no_newline_at_all_is_cut_off(tmp_path):
 # Run after run on one run directory: each fault stops a run that had rendered (hit - 1) items.
 DISK_FAULTS = [
     ("mid_image_write:2:ENOSPC", "No space left on device"),
-    ("mid_append:2:EIO", "Input/output error"),     # half a line written, then cut back
+    ("mid_append:2:EIO", "Input/output error"),  # half a line written, then cut back
     ("mid_append:1:ENOSPC", "No space left on device"),
     ("mid_image_write:1:EIO", "Input/output error"),
 ]
@@ -123,7 +126,8 @@ def test_a_full_disk_at_the_start_fails_the_run_like_any_later_write(cli_server,
     assert failed.returncode == 1, failed.stdout
     assert failed.stdout.strip() == (
         f"flux-batch: error: cannot write to {run}: No space left on device; the run stopped and "
-        "everything listed in the manifest is intact: fix the cause and run the same command to resume")
+        "everything listed in the manifest is intact: fix the cause and run the same command to resume"
+    )
     assert not (run / "metadata.jsonl").exists()
 
     (run / ".hydra" / "config.yaml").unlink()  # room again
@@ -141,8 +145,11 @@ def test_a_full_disk_when_the_run_directory_is_opened_is_a_failed_write(tmp_path
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "write", full)
-    with pytest.raises(WriteError, match=r"cannot write to .*: No space left on device; the run "
-                                         r"stopped .* run the same command to resume") as failure:
+    with pytest.raises(
+        WriteError,
+        match=r"cannot write to .*: No space left on device; the run "
+        r"stopped .* run the same command to resume",
+    ) as failure:
         RunStore(tmp_path / "run").open()
     assert failure.value.exit_code == EXIT_FAILED
 

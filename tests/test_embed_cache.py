@@ -1,19 +1,22 @@
 """Prompt embeddings: each (prompt, text encoders, max_sequence_length) is encoded once per
 process, and with runtime.embed_cache once for all later processes; a damaged entry is
 encoded again. Counted at the T5 encoder's forward."""
+
 from __future__ import annotations
 
 import pytest
 
 from conftest import compose_config, manifest, pixels, write_prompts
-from flux_batch.render.encoder import PromptEncoder
 from flux_batch.driver import pipeline_for, run
 from flux_batch.errors import ConfigError
+from flux_batch.render.encoder import PromptEncoder
 
-ROWS = [{"id": "fox", "prompt": "a fox in a cache test"},
-        {"id": "owl", "prompt": "an owl in a cache test"},
-        {"id": "fox2", "prompt": "a fox in a cache test"},  # same prompt: encoded once
-        {"id": "cat", "prompt": "a cat in a cache test"}]
+ROWS = [
+    {"id": "fox", "prompt": "a fox in a cache test"},
+    {"id": "owl", "prompt": "an owl in a cache test"},
+    {"id": "fox2", "prompt": "a fox in a cache test"},  # same prompt: encoded once
+    {"id": "cat", "prompt": "a cat in a cache test"},
+]
 
 
 pytestmark = pytest.mark.usefixtures("hydra_config")
@@ -36,8 +39,14 @@ def t5_calls(monkeypatch, model_cache):
 
 def config(prompts, *overrides):
     return compose_config(
-        f"dataset.path={prompts}", "runtime.progress=false", "sampler.steps=1",
-        "sampler.width=32", "sampler.height=32", "runtime.device=cpu", *overrides)
+        f"dataset.path={prompts}",
+        "runtime.progress=false",
+        "sampler.steps=1",
+        "sampler.width=32",
+        "sampler.height=32",
+        "runtime.device=cpu",
+        *overrides,
+    )
 
 
 def forget_in_process_embeddings(monkeypatch):
@@ -95,7 +104,9 @@ def test_the_key_holds_the_sequence_length_and_the_encoders(tmp_path, t5_calls, 
     assert len(t5_calls) == 2 and len(list(cache.glob("*/*.safetensors"))) == 2
     base = str(model_cache_base(tmp_path))
     assert encoders_digest(base, "torch.float32", "cpu") != encoders_digest(base, "torch.bfloat16", "cpu")
-    assert encoders_digest(base, "torch.float32", "cuda:0") == encoders_digest(base, "torch.float32", "cuda:1")
+    assert encoders_digest(base, "torch.float32", "cuda:0") == encoders_digest(
+        base, "torch.float32", "cuda:1"
+    )
 
 
 def model_cache_base(tmp_path):

@@ -1,5 +1,6 @@
 """`flux-batch-export`: a finished run as WebDataset tar shards or Parquet files, read back by
 the libraries people train with; checked against every sha256; never half-written."""
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,13 @@ def run(tmp_path_factory, model_cache):
 
 
 def export(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([script("flux-batch-export"), *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [script("flux-batch-export"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
 def test_webdataset_shards_read_by_datasets_and_webdataset(run, tmp_path):
@@ -65,7 +71,9 @@ def test_parquet_files_read_as_images_with_their_records(run, tmp_path):
     out = tmp_path / "pq"
     assert export(run, "--to", "parquet", "--shard-size", "4", "-o", out).returncode == 0
     assert sorted(p.name for p in (out / "data").iterdir()) == [
-        "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+        "train-00000-of-00002.parquet",
+        "train-00001-of-00002.parquet",
+    ]
     loaded = load_dataset(tmp_path, "parquet", data_files=str(out / "data" / "*.parquet"))
     assert isinstance(loaded.features["image"], datasets.Image)
     records = manifest(run)
@@ -90,14 +98,23 @@ def test_a_changed_image_stops_the_export_and_leaves_nothing(run, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"flux-batch-export: error: {victim}: its sha256 differs from manifest line 4: the file "
-        "changed after it was written; nothing was exported"]
+        "changed after it was written; nothing was exported"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["changed"]  # no output, no partial
 
 
 def test_a_killed_export_leaves_nothing_under_the_final_name(run, tmp_path):
     out = tmp_path / "wds"
-    killed = export(run, "--to", "webdataset", "--shard-size", "2", "-o", out,
-                    env={"FLUX_BATCH_CRASH": "export_shard_written:2"})
+    killed = export(
+        run,
+        "--to",
+        "webdataset",
+        "--shard-size",
+        "2",
+        "-o",
+        out,
+        env={"FLUX_BATCH_CRASH": "export_shard_written:2"},
+    )
     assert killed.returncode == -9
     assert not out.exists() and (tmp_path / ".wds.partial").is_dir()
     assert export(run, "--to", "webdataset", "--shard-size", "2", "-o", out).returncode == 0
@@ -111,8 +128,9 @@ def test_a_run_another_process_is_still_writing_is_refused_and_nothing_written(c
     """The run's lock is held: its manifest lists only what is done so far, so exporting it
     would make a partial dataset whose card calls it complete."""
     write_prompts(cli.cwd / "p.jsonl", ROWS)
-    live = cli.popen("dataset.path=p.jsonl", "output.dir=live", *FAST,
-                     env={"FLUX_BATCH_CRASH": "manifest_appended:2:stop"})  # paused, lock held
+    live = cli.popen(
+        "dataset.path=p.jsonl", "output.dir=live", *FAST, env={"FLUX_BATCH_CRASH": "manifest_appended:2:stop"}
+    )  # paused, lock held
     run = cli.cwd / "live"
     try:
         wait_until_stopped(live)
@@ -122,7 +140,8 @@ def test_a_run_another_process_is_still_writing_is_refused_and_nothing_written(c
         assert result.returncode == 2
         assert result.stderr.strip().splitlines() == [
             f"flux-batch-export: error: {run} is in use by another flux-batch process (lock file "
-            f"{run / '.lock'}, held by pid {live.pid}); wait for it or stop it; nothing was exported"]
+            f"{run / '.lock'}, held by pid {live.pid}); wait for it or stop it; nothing was exported"
+        ]
         assert result.stdout == ""
         assert not (cli.cwd / "out").exists() and not (cli.cwd / ".out.partial").exists()
         assert sorted(p.name for p in run.iterdir()) == before  # no card, nothing else

@@ -1,6 +1,7 @@
 """Pipeline outputs that must not become dataset images (NaN, all black): logged in
 errors.jsonl with id and reason, never written as valid; max_errors stops the run; the next
 run retries them."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ def test_the_defect_rule():
 def test_nan_and_black_images_are_failed_items_and_retried(cli_server, tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl", ROWS)
     args = (f"dataset.path={prompts}", "output.dir=run", *FAST)
-    first = cli_server(tmp_path, *args, env={"FLUX_BATCH_CRASH": "pipeline_image:2:nan,pipeline_image:4:black"})
+    first = cli_server(
+        tmp_path, *args, env={"FLUX_BATCH_CRASH": "pipeline_image:2:nan,pipeline_image:4:black"}
+    )
     assert first.returncode == 0, first.stdout
     assert "rendered 3, skipped 0 already done, failed 2" in first.stdout
     failed = errors(tmp_path / "run")
@@ -70,8 +73,13 @@ def test_more_failures_than_max_errors_stop_the_run(cli_server, tmp_path):
 
 def test_the_default_max_errors_is_small(cli_server, tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl", ROWS)
-    result = cli_server(tmp_path, f"dataset.path={prompts}", "output.dir=run", *FAST,
-                        env={"FLUX_BATCH_CRASH": "pipeline_image:1+:black"})
+    result = cli_server(
+        tmp_path,
+        f"dataset.path={prompts}",
+        "output.dir=run",
+        *FAST,
+        env={"FLUX_BATCH_CRASH": "pipeline_image:1+:black"},
+    )
     assert result.returncode == 1
     assert "4 items failed (max_errors=3)" in result.stdout
     assert not (tmp_path / "run" / "metadata.jsonl").exists() or not check_consistent(tmp_path / "run")

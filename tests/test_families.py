@@ -1,5 +1,6 @@
 """The model-family seam: model.family picks the family, an unknown one or a variant the family
 lacks is one line (exit 2, nothing written), and FLUX.1's names stay inside its own folder."""
+
 from __future__ import annotations
 
 import re
@@ -13,10 +14,14 @@ FLUX1_NAMES = re.compile(r"FluxPipeline|FluxTransformer2DModel|text_encoder_2")
 ALLOWED = ("flux_batch/families/flux1/", "flux_batch/demo/train.py")
 
 
-@pytest.mark.parametrize("override, line", [
-    ("model.family=flux9", "model.family=flux9: unknown model family; the known ones are flux1"),
-    ("model.variant=pro", "model.variant=pro: expected dev or schnell"),  # the family's check
-], ids=["unknown-family", "unknown-variant"])
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        ("model.family=flux9", "model.family=flux9: unknown model family; the known ones are flux1"),
+        ("model.variant=pro", "model.variant=pro: expected dev or schnell"),  # the family's check
+    ],
+    ids=["unknown-family", "unknown-variant"],
+)
 def test_an_unknown_family_or_variant_is_one_line(cli, tmp_path, override, line):
     prompts = write_prompts(tmp_path / "p.jsonl", [{"prompt": "a red fox"}])
     result = cli(f"dataset.path={prompts}", *FAST, override, "output.dir=out", check=False)
@@ -33,8 +38,11 @@ def test_the_default_family_renders_as_before(cli, tmp_path):
 
 
 def test_only_the_flux1_family_names_flux1s_classes_and_encoders():
-    found = [f"{path.relative_to(REPO)}:{n}" for path in sorted((REPO / "flux_batch").rglob("*.py"))
-             if not str(path.relative_to(REPO)).startswith(ALLOWED)
-             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-             if FLUX1_NAMES.search(line)]
+    found = [
+        f"{path.relative_to(REPO)}:{n}"
+        for path in sorted((REPO / "flux_batch").rglob("*.py"))
+        if not str(path.relative_to(REPO)).startswith(ALLOWED)
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if FLUX1_NAMES.search(line)
+    ]
     assert found == []

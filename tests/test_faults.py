@@ -1,4 +1,5 @@
 """The fault-injection spec the crash-safety tests are written in."""
+
 from __future__ import annotations
 
 import io

@@ -1,5 +1,6 @@
 """`flux-batch-gguf quantize` and `inspect` on the tiny model, through the installed script:
 key layouts, tensor types, source formats, rendering the result, and bad input."""
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,8 @@ def read(path: Path) -> dict[str, gguf.ReaderTensor]:
 def values(tensor: gguf.ReaderTensor) -> np.ndarray:
     """A tensor of the reference reader, dequantized, in torch's (rows, columns) order."""
     return gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(
-        tuple(int(d) for d in reversed(tensor.shape)))
+        tuple(int(d) for d in reversed(tensor.shape))
+    )
 
 
 def test_diffusers_layout_keeps_names_shapes_and_the_type_policy(model_cache, tmp_path):
@@ -79,8 +81,15 @@ def test_bfl_layout_fuses_and_swaps_like_diffusers_expects(model_cache, tmp_path
     weights = tiny_weights(model_cache)
     linear1 = bfl.pop("single_blocks.0.linear1.weight")
     d = "single_transformer_blocks.0."
-    assert torch.equal(linear1, torch.cat([weights[d + p] for p in (
-        "attn.to_q.weight", "attn.to_k.weight", "attn.to_v.weight", "proj_mlp.weight")]))
+    assert torch.equal(
+        linear1,
+        torch.cat(
+            [
+                weights[d + p]
+                for p in ("attn.to_q.weight", "attn.to_k.weight", "attn.to_v.weight", "proj_mlp.weight")
+            ]
+        ),
+    )
     shift, scale = bfl["final_layer.adaLN_modulation.1.weight"].chunk(2)
     assert torch.equal(torch.cat([scale, shift]), weights["norm_out.linear.weight"])
     qkv = bfl["double_blocks.1.txt_attn.qkv.bias"]
@@ -104,8 +113,12 @@ def test_every_source_format_gives_the_same_file(model_cache, tmp_path):
     assert weights.keys() == model.state_dict().keys()
 
     files = {}
-    for label, src in {"folder": tiny_folder(model_cache), "bfl": tmp_path / "bfl.safetensors",
-                       "prefixed": tmp_path / "full.safetensors", "sharded": sharded}.items():
+    for label, src in {
+        "folder": tiny_folder(model_cache),
+        "bfl": tmp_path / "bfl.safetensors",
+        "prefixed": tmp_path / "full.safetensors",
+        "sharded": sharded,
+    }.items():
         for layout in ("bfl", "diffusers"):
             out = tmp_path / f"{label}-{layout}.gguf"
             if label == "prefixed":  # one source through the script, the rest in process
@@ -122,14 +135,21 @@ def test_quantize_inspect_render_end_to_end(cli, model_cache, tmp_path):
     gguf_cli("quantize", tiny_folder(model_cache), out, "--type", "Q8_0", "--layout", "diffusers")
     text = gguf_cli("inspect", out).stdout
     assert "architecture  flux, diffusers key layout" in text
-    assert "model         FLUX.1 dev (guidance_in present), 2 double + 2 single blocks, hidden size 32" in text
+    assert (
+        "model         FLUX.1 dev (guidance_in present), 2 double + 2 single blocks, hidden size 32" in text
+    )
     assert "parameters    135.30 K (135,296) in 112 tensors" in text
     assert "file type     MOSTLY_Q8_0, quantization version 2" in text
     assert any(line.split()[:2] == ["Q8_0", "40"] for line in text.splitlines())
 
     info = json.loads(gguf_cli("inspect", out, "--json").stdout)
-    assert (info["layout"], info["variant"], info["double_blocks"], info["single_blocks"],
-            info["hidden_size"]) == ("diffusers", "dev", 2, 2, 32)
+    assert (
+        info["layout"],
+        info["variant"],
+        info["double_blocks"],
+        info["single_blocks"],
+        info["hidden_size"],
+    ) == ("diffusers", "dev", 2, 2, 32)
     assert info["parameters"] == sum(t.numel() for t in tiny_weights(model_cache).values())
     assert info["file_size"] == out.stat().st_size
     assert info["types"]["Q8_0"] == {"tensors": 40, "values": 104448, "bytes": 104448 // 32 * 34}
@@ -153,8 +173,12 @@ def test_memory_reported_is_what_diffusers_allocates(model_cache, tmp_path):
     info = json.loads(gguf_cli("inspect", out, "--json").stdout)
     for dtype in (torch.float32, torch.bfloat16):
         model = FluxTransformer2DModel.from_single_file(
-            str(out), quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
-            config=str(model_cache / "tiny-v1"), subfolder="transformer", dtype=dtype)
+            str(out),
+            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+            config=str(model_cache / "tiny-v1"),
+            subfolder="transformer",
+            dtype=dtype,
+        )
         allocated = sum(p.numel() * p.element_size() for p in model.parameters())
         assert info["loaded_bytes"][str(dtype).removeprefix("torch.")] == allocated
 
@@ -171,9 +195,12 @@ def test_writing_holds_one_tensor_at_a_time(tmp_path):
             tensor = torch.full((64, 64), float(i))
             alive.add(tensor)
             return tensor
+
         return load
 
-    planned = [PlannedTensor(f"transformer_blocks.{i}.ff.net.2.weight", (64, 64), loader(i)) for i in range(6)]
+    planned = [
+        PlannedTensor(f"transformer_blocks.{i}.ff.net.2.weight", (64, 64), loader(i)) for i in range(6)
+    ]
     stats = write_gguf(tmp_path / "s.gguf", planned, "Q8_0")
     assert most == [0] * 6  # every earlier tensor was freed before the next was read
     assert stats.types == {"Q8_0": [6, 6 * 64 * 64 // 32 * 34]}
@@ -187,8 +214,10 @@ def test_inspect_refuses_files_that_are_not_complete_gguf(model_cache, tmp_path)
     cases = {
         "notes.gguf": (b"hello", "not a GGUF file (it does not start with the GGUF magic bytes)"),
         "header.gguf": (data[:100], "truncated GGUF file (100 bytes end inside its header)"),
-        "tensors.gguf": (data[:-1000], f"truncated GGUF file ({len(data) - 1000:,} bytes; its "
-                                       f"tensors need {len(data):,})"),
+        "tensors.gguf": (
+            data[:-1000],
+            f"truncated GGUF file ({len(data) - 1000:,} bytes; its tensors need {len(data):,})",
+        ),
     }
     for name, (content, message) in cases.items():
         (tmp_path / name).write_bytes(content)
@@ -207,19 +236,26 @@ def test_render_refuses_a_truncated_transformer(cli, model_cache, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"flux-batch: error: model.transformer={cut}: truncated GGUF file "
-        f"({len(data) // 2:,} bytes; its tensors need {len(data):,})")
+        f"({len(data) // 2:,} bytes; its tensors need {len(data):,})"
+    )
     assert not list(cli.cwd.glob("outputs/*/run.json"))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["missing-folder", "o.gguf"], "missing-folder: no such file or folder"),
-    (["weights.ckpt", "o.gguf"], "weights.ckpt: only .safetensors files and diffusers folders are read"),
-    (["odd.safetensors", "o.gguf"], "odd.safetensors: unexpected tensor 'extra.weight' for a FLUX "
-                                    "transformer with 2 double and 2 single blocks"),
-    (["junk.safetensors", "o.gguf"], "junk.safetensors: not a readable safetensors file"),
-    (["SRC", "o.bin"], "o.bin: the output must end in .gguf"),
-    (["SRC", "exists.gguf"], "exists.gguf: already exists (pass --force to overwrite)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing-folder", "o.gguf"], "missing-folder: no such file or folder"),
+        (["weights.ckpt", "o.gguf"], "weights.ckpt: only .safetensors files and diffusers folders are read"),
+        (
+            ["odd.safetensors", "o.gguf"],
+            "odd.safetensors: unexpected tensor 'extra.weight' for a FLUX "
+            "transformer with 2 double and 2 single blocks",
+        ),
+        (["junk.safetensors", "o.gguf"], "junk.safetensors: not a readable safetensors file"),
+        (["SRC", "o.bin"], "o.bin: the output must end in .gguf"),
+        (["SRC", "exists.gguf"], "exists.gguf: already exists (pass --force to overwrite)"),
+    ],
+)
 def test_quantize_bad_input_is_one_line_and_writes_nothing(model_cache, tmp_path, args, message):
     (tmp_path / "weights.ckpt").write_bytes(b"\x80\x04pickle")
     (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
@@ -249,6 +285,13 @@ def test_a_bfl_file_of_any_width_renders(cli, model_cache, tmp_path):
     mapped loader splits the fused tensors itself, so it renders as the diffusers layout does."""
     out = tmp_path / "tiny-bfl.gguf"
     gguf_cli("quantize", tiny_folder(model_cache), out, "--type", "Q8_0")  # BFL names, hidden size 32
-    result = cli(f"model.transformer={out}", "limit=1", "sampler.steps=2", "sampler.width=32",
-                 "sampler.height=32", "runtime.progress=false", "output.dir=bfl")
+    result = cli(
+        f"model.transformer={out}",
+        "limit=1",
+        "sampler.steps=2",
+        "sampler.width=32",
+        "sampler.height=32",
+        "runtime.progress=false",
+        "output.dir=bfl",
+    )
     assert "rendered 1, skipped 0 already done, failed 0" in result.stdout

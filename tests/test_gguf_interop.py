@@ -3,6 +3,7 @@ without the `model.diffusion_model.` prefix stable-diffusion.cpp keeps, 1-D tens
 or BF16, tensors in block or alphabetical order, each file type flux-batch writes. Each one is
 described by `flux-batch-gguf inspect` and renders through the real CLI; the variants that only
 rename or reorder give the very pixels of the file they came from."""
+
 from __future__ import annotations
 
 import json
@@ -61,7 +62,10 @@ def files(tmp_path_factory, model_cache):
             for one_d in ("F32", "F16", "BF16"):
                 name = f"{layout}{'-prefixed' if prefix else ''}-1d-{one_d}"
                 made[name] = (rewrite(source, root / f"{name}.gguf", prefix, one_d), layout)
-        made[f"{layout}-alphabetical"] = (rewrite(source, root / f"{layout}-a.gguf", alphabetical=True), layout)
+        made[f"{layout}-alphabetical"] = (
+            rewrite(source, root / f"{layout}-a.gguf", alphabetical=True),
+            layout,
+        )
     for qtype in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "BF16"):
         out = root / f"bfl-{qtype}.gguf"
         quantize_checkpoint(base / "transformer", out, qtype, layout="bfl")
@@ -76,8 +80,15 @@ def rendered(files, cli_server):
     prompts = write_prompts(root / "p.jsonl", ROWS)
     out = {}
     for name, (path, _) in made.items():
-        result = cli_server(root, "model=flux-dev", f"model.base={base}", f"model.transformer={path}",
-                            f"dataset.path={prompts}", f"output.dir=run-{name}", *FAST)
+        result = cli_server(
+            root,
+            "model=flux-dev",
+            f"model.base={base}",
+            f"model.transformer={path}",
+            f"dataset.path={prompts}",
+            f"output.dir=run-{name}",
+            *FAST,
+        )
         assert result.returncode == 0, f"{name}: {result.stdout}"
         check_consistent(root / f"run-{name}")
         out[name] = pixels(root / f"run-{name}")
@@ -159,8 +170,15 @@ def test_a_file_with_types_diffusers_cannot_run_is_refused_before_loading(files,
     writer.write_tensors_to_file()
     writer.close()
     prompts = write_prompts(tmp_path / "p.jsonl", ROWS)
-    result = cli_server(tmp_path, "model=flux-dev", f"model.base={base}", f"model.transformer={tmp_path / 'f64.gguf'}",
-                        f"dataset.path={prompts}", "output.dir=run", *FAST)
+    result = cli_server(
+        tmp_path,
+        "model=flux-dev",
+        f"model.base={base}",
+        f"model.transformer={tmp_path / 'f64.gguf'}",
+        f"dataset.path={prompts}",
+        "output.dir=run",
+        *FAST,
+    )
     assert result.returncode == 2, result.stdout
     assert "it holds F64 tensors, which diffusers' GGUF layers do not run" in result.stdout
     assert "loading transformer" not in result.stdout and "Traceback" not in result.stdout

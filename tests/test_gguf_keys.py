@@ -1,5 +1,6 @@
 """The BFL <-> diffusers key conversion is the exact inverse of diffusers' own converter,
 checked at FLUX's real width (3072) with thin matrices, so it costs kilobytes."""
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,10 @@ def thin_state_dict(**overrides) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         model = FluxTransformer2DModel(**{**WIDE_CONFIG, **overrides})
     g = torch.Generator().manual_seed(0)
-    return {name: torch.randn(p.shape[0], *([3] if p.dim() == 2 else []), generator=g)
-            for name, p in model.state_dict().items()}
+    return {
+        name: torch.randn(p.shape[0], *([3] if p.dim() == 2 else []), generator=g)
+        for name, p in model.state_dict().items()
+    }
 
 
 def test_diffusers_to_bfl_is_undone_by_diffusers_converter(tmp_path):
@@ -37,8 +40,10 @@ def test_diffusers_to_bfl_is_undone_by_diffusers_converter(tmp_path):
         assert all(torch.equal(back[k], original[k]) for k in original)
 
         # and the other direction: a BFL file (with the full-checkpoint prefix) to diffusers names
-        save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in bfl.items()},
-                  tmp_path / "bfl.safetensors")
+        save_file(
+            {f"model.diffusion_model.{k}": v.contiguous() for k, v in bfl.items()},
+            tmp_path / "bfl.safetensors",
+        )
         again = {t.name: t.load() for t in plan(open_checkpoint(tmp_path / "bfl.safetensors"), "diffusers")}
         assert again.keys() == original.keys()
         assert all(torch.equal(again[k], original[k]) for k in original)

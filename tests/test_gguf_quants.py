@@ -1,4 +1,5 @@
 """The torch quantizers are bit-exact with the gguf package's reference, including edge cases."""
+
 from __future__ import annotations
 
 import gguf
@@ -55,8 +56,9 @@ def test_bit_exact_on_a_large_matrix_spanning_chunks(ggml_type, monkeypatch):
 
 
 def test_bf16_keeps_nan_sign_and_payload_like_the_reference():
-    payloads = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF812345, 0x7FFFFFFF, 0x7F800000],
-                        np.uint32).view(np.float32)
+    payloads = np.array(
+        [0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF812345, 0x7FFFFFFF, 0x7F800000], np.uint32
+    ).view(np.float32)
     data = np.concatenate([payloads, np.float32([1.0, -2.5])])[None]
     with np.errstate(all="ignore"):
         expected = gguf.quants.quantize(data, gguf.GGMLQuantizationType.BF16)

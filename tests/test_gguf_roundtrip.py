@@ -2,6 +2,7 @@
 parameters) quantized to a BFL-layout GGUF by the installed script, read back by the reference
 reader, loaded by diffusers' from_single_file, compared with the unquantized model, and
 rendered by flux-batch. Slow: about a minute and 4 GB of memory."""
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,13 @@ def test_flux_batch_renders_the_quantized_file(wide, cli, tmp_path):
     _, pipeline, out = wide
     prompts = tmp_path / "p.txt"
     prompts.write_text("a lighthouse at dusk\n")
-    result = cli(f"dataset.path={prompts}", f"model.base={pipeline}", f"model.transformer={out}",
-                 "sampler.steps=2", "output.dir=wide")
+    result = cli(
+        f"dataset.path={prompts}",
+        f"model.base={pipeline}",
+        f"model.transformer={out}",
+        "sampler.steps=2",
+        "output.dir=wide",
+    )
     assert "rendered 1, skipped 0 already done, failed 0" in result.stdout
     [record] = manifest(cli.cwd / "wide")
     assert (record["width"], record["height"], record["model"]) == (64, 64, "tiny")

@@ -1,5 +1,6 @@
 """flux-batch-grid on a real sweep: layout, labels, cells equal to the scaled sources, the HTML
 gallery as headless Chromium shows it."""
+
 from __future__ import annotations
 
 import json
@@ -14,25 +15,38 @@ from PIL import Image
 from conftest import Cli, script, write_prompts
 from flux_batch.sweep.grid import BACKGROUND
 
-PROMPTS = [{"id": "fox", "prompt": "a red fox in the snow, photographed at dawn with a long lens"},
-           {"id": "tall", "prompt": "a tall tower", "width": 48, "height": 80},
-           {"id": "owl", "prompt": "an owl at night"}]
-HEADERS = [["guidance=2.5", "steps=1"], ["guidance=2.5", "steps=2"],
-           ["guidance=3.5", "steps=1"], ["guidance=3.5", "steps=2"]]
+PROMPTS = [
+    {"id": "fox", "prompt": "a red fox in the snow, photographed at dawn with a long lens"},
+    {"id": "tall", "prompt": "a tall tower", "width": 48, "height": 80},
+    {"id": "owl", "prompt": "an owl at night"},
+]
+HEADERS = [
+    ["guidance=2.5", "steps=1"],
+    ["guidance=2.5", "steps=2"],
+    ["guidance=3.5", "steps=1"],
+    ["guidance=3.5", "steps=2"],
+]
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, model_cache):
     cwd = tmp_path_factory.mktemp("grid")
     prompts = write_prompts(cwd / "p.jsonl", PROMPTS)
-    Cli(cwd, model_cache)("-m", "sampler.guidance=2.5,3.5", "sampler.steps=1,2", "hydra.sweep.dir=sw",
-                          f"dataset.path={prompts}", "runtime.progress=false")
+    Cli(cwd, model_cache)(
+        "-m",
+        "sampler.guidance=2.5,3.5",
+        "sampler.steps=1,2",
+        "hydra.sweep.dir=sw",
+        f"dataset.path={prompts}",
+        "runtime.progress=false",
+    )
     return cwd / "sw"
 
 
 def grid(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([script("flux-batch-grid"), *map(str, args)], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [script("flux-batch-grid"), *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 def layout(path) -> tuple[Image.Image, dict]:
@@ -118,9 +132,21 @@ def test_html_gallery_renders_in_headless_chromium(sweep, tmp_path):
     assert "<th>seed</th>" in text and "<th>sha256</th>" in text
 
     shot = tmp_path / "shot.png"
-    run = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                          f"--screenshot={shot}", "--window-size=1100,800", page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={shot}",
+            "--window-size=1100,800",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.exists(), run.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert pixels.shape == (800, 1100, 3)
@@ -137,9 +163,16 @@ def test_a_sweep_in_the_webdataset_layout_shows_its_tar_members(model_cache, tmp
     import re
 
     prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS[:2])
-    Cli(tmp_path, model_cache)("-m", "sampler.steps=1,2", "hydra.sweep.dir=sw", f"dataset.path={prompts}",
-                               "output.layout=webdataset", "sampler.width=32", "sampler.height=32",
-                               "runtime.progress=false")
+    Cli(tmp_path, model_cache)(
+        "-m",
+        "sampler.steps=1,2",
+        "hydra.sweep.dir=sw",
+        f"dataset.path={prompts}",
+        "output.layout=webdataset",
+        "sampler.width=32",
+        "sampler.height=32",
+        "runtime.progress=false",
+    )
     sweep_dir = tmp_path / "sw"
     result = grid(sweep_dir, "--html")
     assert result.returncode == 0, result.stderr

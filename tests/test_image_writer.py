@@ -1,5 +1,6 @@
 """The image writer: images encoded and written on a pool of threads while the next batch
 renders, their manifest lines appended in order, each after its image is on disk."""
+
 from __future__ import annotations
 
 import threading

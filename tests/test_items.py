@@ -1,4 +1,5 @@
 """Ids, seeds and batching exactly as DESIGN.md's contract says."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,13 @@ def rows(*specs) -> list[Row]:
 
 
 def test_hash_ids_and_repeats_in_file_order():
-    items = expand(rows(("  a cat ", None, {}), ("b", None, {}), ("a cat", None, {}),
-                        ("a cat", None, {})), "p", DEFAULTS, 0, 1)
+    items = expand(
+        rows(("  a cat ", None, {}), ("b", None, {}), ("a cat", None, {}), ("a cat", None, {})),
+        "p",
+        DEFAULTS,
+        0,
+        1,
+    )
     h = hashlib.sha256(b"a cat").hexdigest()[:12]
     assert [i.id for i in items] == [h, hashlib.sha256(b"b").hexdigest()[:12], f"{h}-2", f"{h}-3"]
 
@@ -32,8 +38,12 @@ def test_hash_ids_and_repeats_in_file_order():
 def test_seeds_follow_the_contract():
     items = expand(rows(("a", "x1", {}), ("b", "x2", {"seed": 100})), "p", DEFAULTS, 7, 3)
     assert [(i.id, i.k, i.seed) for i in items] == [
-        ("x1", 0, contract_seed(7, "x1", 0)), ("x1", 1, contract_seed(7, "x1", 1)),
-        ("x1", 2, contract_seed(7, "x1", 2)), ("x2", 0, 100), ("x2", 1, 101), ("x2", 2, 102),
+        ("x1", 0, contract_seed(7, "x1", 0)),
+        ("x1", 1, contract_seed(7, "x1", 1)),
+        ("x1", 2, contract_seed(7, "x1", 2)),
+        ("x2", 0, 100),
+        ("x2", 1, 101),
+        ("x2", 2, 102),
     ]
     assert all(0 <= i.seed < 2**63 for i in items)
 
@@ -63,8 +73,13 @@ def test_row_overrides_and_file_names():
 
 
 def test_batches_group_compatible_items_and_keep_order():
-    specs = [("a", "a", {}), ("b", "b", {"steps": 2}), ("c", "c", {}), ("d", "d", {}),
-             ("e", "e", {"steps": 2})]
+    specs = [
+        ("a", "a", {}),
+        ("b", "b", {"steps": 2}),
+        ("c", "c", {}),
+        ("d", "d", {}),
+        ("e", "e", {"steps": 2}),
+    ]
     items = expand(rows(*specs), "p", DEFAULTS, 0, 1)
     assert [[i.id for i in b] for b in batches(items, 2)] == [["a", "c"], ["b", "e"], ["d"]]
     assert [[i.id for i in b] for b in batches(items, 1)] == [["a"], ["b"], ["c"], ["d"], ["e"]]

@@ -1,7 +1,7 @@
 """Run directories shaped for datasets: the sharded layout (at most shard_size images per
 folder), caption files, and the dataset card, through the real CLI."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 
@@ -14,9 +14,13 @@ ROWS = [
     {"id": "cat", "prompt": "a cat on a sofa"},
 ]  # five items: fox, boat_0, boat_1, owl, cat
 SHARDED = ("output.layout=sharded", "output.shard_size=2")
-WHERE = {("fox", 0): "images/00000/fox.png", ("boat", 0): "images/00000/boat_0.png",
-         ("boat", 1): "images/00001/boat_1.png", ("owl", 0): "images/00001/owl.png",
-         ("cat", 0): "images/00002/cat.png"}
+WHERE = {
+    ("fox", 0): "images/00000/fox.png",
+    ("boat", 0): "images/00000/boat_0.png",
+    ("boat", 1): "images/00001/boat_1.png",
+    ("owl", 0): "images/00001/owl.png",
+    ("cat", 0): "images/00002/cat.png",
+}
 
 
 def files(records: list[dict]) -> dict:
@@ -53,8 +57,7 @@ def test_an_items_path_never_changes_with_limit_resume_or_shards(cli, prompts):
 
 @pytest.mark.parametrize("layout", ["flat", "sharded"])
 def test_captions_beside_each_image(cli, prompts, layout):
-    cli(f"dataset.path={prompts}", "output.dir=run", f"output.layout={layout}",
-        "output.captions=true", *FAST)
+    cli(f"dataset.path={prompts}", "output.dir=run", f"output.layout={layout}", "output.captions=true", *FAST)
     run = cli.cwd / "run"
     for record in manifest(run):
         caption = run / record["file_name"].replace(".png", ".txt")
@@ -103,7 +106,12 @@ def test_each_layout_adds_to_the_run_fingerprint_what_it_always_did():
     assert make_layout("flat", None, False).fingerprint() == {}  # runs made before layouts
     assert make_layout("flat", 7, True).fingerprint() == {"captions": True}
     assert make_layout("sharded", None, False).fingerprint() == {"layout": "sharded", "shard_size": 10_000}
-    assert make_layout("sharded", 2, True).fingerprint() == {"layout": "sharded", "shard_size": 2,
-                                                             "captions": True}
-    assert make_layout("webdataset", None, False).fingerprint() == {"layout": "webdataset",
-                                                                    "shard_size": 1_000}
+    assert make_layout("sharded", 2, True).fingerprint() == {
+        "layout": "sharded",
+        "shard_size": 2,
+        "captions": True,
+    }
+    assert make_layout("webdataset", None, False).fingerprint() == {
+        "layout": "webdataset",
+        "shard_size": 1_000,
+    }

@@ -1,5 +1,6 @@
 """Loading a GGUF transformer from its memory-mapped file gives exactly what diffusers' own
 copying reader gives: the same tensors, outputs and pixels, without copying the weights."""
+
 from __future__ import annotations
 
 import os
@@ -40,10 +41,16 @@ def forward(model) -> torch.Tensor:
     image = torch.randn(1, 16, cfg.in_channels, generator=g)
     text = torch.randn(1, 8, cfg.joint_attention_dim, generator=g)
     with torch.no_grad():
-        return model(hidden_states=image, encoder_hidden_states=text,
-                     pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=g),
-                     timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
-                     img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), return_dict=False)[0]
+        return model(
+            hidden_states=image,
+            encoder_hidden_states=text,
+            pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=g),
+            timestep=torch.tensor([0.5]),
+            guidance=torch.tensor([3.5]),
+            img_ids=torch.zeros(16, 3),
+            txt_ids=torch.zeros(8, 3),
+            return_dict=False,
+        )[0]
 
 
 def test_the_same_tensors_as_diffusers_reader_with_quantized_weights_left_in_the_file(tiny_q8):
@@ -74,16 +81,25 @@ def test_identical_pixels_through_the_pipeline(tiny_q8):
     FluxPipeline = families.get("flux1").pipeline_class()
 
     base, gguf = tiny_q8
-    pipe = FluxPipeline.from_pretrained(base, transformer=load(gguf, base, lean=False),
-                                        dtype=torch.float32, use_safetensors=True)
+    pipe = FluxPipeline.from_pretrained(
+        base, transformer=load(gguf, base, lean=False), dtype=torch.float32, use_safetensors=True
+    )
     pipe.set_progress_bar_config(disable=True)
     images = []
     for lean in (False, True):
         if lean:
             pipe.transformer = load(gguf, base, lean=True)
-        images.append(pipe("a red fox", height=32, width=32, num_inference_steps=2,
-                           generator=torch.Generator().manual_seed(3), output_type="np",
-                           max_sequence_length=32).images)
+        images.append(
+            pipe(
+                "a red fox",
+                height=32,
+                width=32,
+                num_inference_steps=2,
+                generator=torch.Generator().manual_seed(3),
+                output_type="np",
+                max_sequence_length=32,
+            ).images
+        )
     assert images[0].shape == (1, 32, 32, 3)
     assert np.array_equal(images[0], images[1])
 

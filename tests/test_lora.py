@@ -1,5 +1,6 @@
 """LoRA adapters on the GGUF-quantized tiny transformer, through the CLI: scales, layouts,
 several at once, sweeps, identity in run.json / manifest / infotext, and refused files."""
+
 from __future__ import annotations
 
 import hashlib
@@ -62,7 +63,9 @@ def styled(tmp_path_factory, model_cache, lora_files) -> Path:
     return cwd / "styled"
 
 
-def test_scale_zero_is_exactly_the_base_model_and_a_scale_changes_pixels(cli, lora_files, base_pixels, styled):
+def test_scale_zero_is_exactly_the_base_model_and_a_scale_changes_pixels(
+    cli, lora_files, base_pixels, styled
+):
     assert max_diff(render(cli, lora_list((lora_files["style"], 0)), name="zero"), base_pixels) == 0
     assert max_diff(pixels(styled), base_pixels) > 5
 
@@ -95,10 +98,17 @@ def test_several_loras_each_with_its_own_scale(cli, lora_files, styled):
 
 def test_a_scale_sweeps_with_multirun(cli, lora_files, base_pixels):
     prompts = write_prompts(cli.cwd / "p.jsonl", ROWS)
-    cli("-m", f"dataset.path={prompts}", lora_list((lora_files["style"], 1)),
-        "lora.0.scale=0,0.8", "hydra.sweep.dir=sweep")
-    runs = {json.loads(path.read_text())["settings"]["lora"][0]["scale"]: path.parent
-            for path in (cli.cwd / "sweep").rglob("run.json")}
+    cli(
+        "-m",
+        f"dataset.path={prompts}",
+        lora_list((lora_files["style"], 1)),
+        "lora.0.scale=0,0.8",
+        "hydra.sweep.dir=sweep",
+    )
+    runs = {
+        json.loads(path.read_text())["settings"]["lora"][0]["scale"]: path.parent
+        for path in (cli.cwd / "sweep").rglob("run.json")
+    }
     assert sorted(runs) == [0.0, 0.8]
     assert max_diff(pixels(runs[0.0]), base_pixels) == 0
     assert max_diff(pixels(runs[0.8]), base_pixels) > 5
@@ -109,8 +119,7 @@ def test_a_changed_lora_file_is_another_run(cli, lora_files, model_cache, tmp_pa
     style.write_bytes(lora_files["style"].read_bytes())
     render(cli, lora_list((style, 1)), name="run")
     write_diffusers_lora(style, low_rank_pairs(model_cache, seed=3))
-    result = cli(f"dataset.path={cli.cwd / 'p.jsonl'}", "output.dir=run", lora_list((style, 1)),
-                 check=False)
+    result = cli(f"dataset.path={cli.cwd / 'p.jsonl'}", "output.dir=run", lora_list((style, 1)), check=False)
     assert result.returncode == 2
     assert "holds a run with other settings: lora.0.sha256" in result.stderr
 
@@ -120,9 +129,13 @@ def test_a_lora_matching_no_layer_is_an_error_naming_the_file(cli, tmp_path):
     from safetensors.torch import save_file
 
     other = tmp_path / "sdxl_style.safetensors"
-    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
-               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 4)},
-              str(other))
+    save_file(
+        {
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 4),
+        },
+        str(other),
+    )
     prompts = write_prompts(tmp_path / "p.jsonl", ROWS)
     result = cli(f"dataset.path={prompts}", lora_list((other, 1)), "output.dir=out", check=False)
     assert result.returncode == 2, result.stderr
@@ -132,10 +145,13 @@ def test_a_lora_matching_no_layer_is_an_error_naming_the_file(cli, tmp_path):
     assert not (tmp_path / "out" / "run.json").exists()
 
 
-@pytest.mark.parametrize("name, message", [
-    ("style.ckpt", "only .safetensors LoRA files are read"),
-    ("missing.safetensors", "LoRA file not found"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("style.ckpt", "only .safetensors LoRA files are read"),
+        ("missing.safetensors", "LoRA file not found"),
+    ],
+)
 def test_pickles_and_missing_files_are_refused_before_the_model_loads(cli, tmp_path, name, message):
     path = tmp_path / name
     if name.endswith(".ckpt"):
@@ -155,9 +171,11 @@ def test_a_non_numeric_scale_names_the_key(cli):
 
 def test_a_hub_lora_that_cannot_be_fetched_is_reported_with_its_key(cli):
     # the test environment is offline (HF_HUB_OFFLINE=1): the hub is asked and says no
-    result = cli("lora=[{path:someone/style-lora/style.safetensors,scale:0.5}]", "output.dir=out",
-                 check=False)
+    result = cli(
+        "lora=[{path:someone/style-lora/style.safetensors,scale:0.5}]", "output.dir=out", check=False
+    )
     assert result.returncode == 2
-    assert ("lora.0.path=someone/style-lora/style.safetensors: cannot fetch it from the Hugging "
-            "Face hub") in result.stderr
+    assert (
+        "lora.0.path=someone/style-lora/style.safetensors: cannot fetch it from the Hugging Face hub"
+    ) in result.stderr
     assert not (cli.cwd / "out" / "run.json").exists()

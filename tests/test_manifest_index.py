@@ -1,5 +1,6 @@
 """The manifest's key index: trusted only while it matches the manifest, so what a run finds
 done is always what metadata.jsonl says, after crashes, torn tails and hand edits too."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,8 @@ import sys
 
 import pytest
 
-from flux_batch.store import manifest_index
 from flux_batch.errors import RunDirError
+from flux_batch.store import manifest_index
 from flux_batch.store.run_dir import RunStore
 
 
@@ -126,13 +127,28 @@ def test_a_finished_run_is_found_done_without_importing_numpy_pil_or_torch(tmp_p
     finish(store, "a", "b", "c")
     store.close()
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "flux_batch", f"dataset.path={prompts}",
-         "output.dir=run", "runtime.progress=false"],
-        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "flux_batch",
+            f"dataset.path={prompts}",
+            "output.dir=run",
+            "runtime.progress=false",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert "nothing to do, all 3 items already done" in result.stdout
-    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
-                if line.startswith("import time:")}
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     assert "omegaconf" in imported  # the import log was read
     assert not imported & {"numpy", "PIL", "torch", "diffusers", "transformers", "gguf"}
 
@@ -147,6 +163,7 @@ def test_a_line_that_is_not_utf8_is_malformed_and_named(run):
 def test_an_unchanged_manifest_is_taken_from_the_index_without_reading_it(run, monkeypatch):
     """The index keeps the manifest's size, mtime and inode; while they hold, a start reads the
     index alone. A hand edit changes them, and the manifest is read again."""
+
     def not_read(*args):
         raise AssertionError("the manifest was read")
 

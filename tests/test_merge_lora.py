@@ -1,5 +1,6 @@
 """`flux-batch-gguf merge-lora`: LoRAs baked into a GGUF render what the same LoRAs render at
 run time, in both key layouts, from diffusers' PEFT layout and Kohya's alike."""
+
 from __future__ import annotations
 
 import gguf
@@ -30,8 +31,16 @@ def sources(tmp_path_factory, model_cache):
 
 def render(cli_server, root, base, transformer, name, *extra) -> dict:
     prompts = write_prompts(root / "p.jsonl", ROWS)
-    result = cli_server(root, "model=flux-dev", f"model.base={base}", f"model.transformer={transformer}",
-                        f"dataset.path={prompts}", f"output.dir={name}", *FAST, *extra)
+    result = cli_server(
+        root,
+        "model=flux-dev",
+        f"model.base={base}",
+        f"model.transformer={transformer}",
+        f"dataset.path={prompts}",
+        f"output.dir={name}",
+        *FAST,
+        *extra,
+    )
     assert result.returncode == 0, result.stdout
     return pixels(root / name)
 
@@ -45,8 +54,10 @@ def psnr(a: dict, b: dict) -> float:
 
 
 def tensors(path) -> dict:
-    return {t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
-            for t in gguf.GGUFReader(path).tensors}
+    return {
+        t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        for t in gguf.GGUFReader(path).tensors
+    }
 
 
 @pytest.mark.parametrize("layout", ["bfl", "diffusers"])
@@ -69,7 +80,11 @@ def test_kohya_and_peft_files_bake_the_same_weights(sources, tmp_path):
         src = root / f"{layout}-F32.gguf"
         gguf_cli("merge-lora", src, tmp_path / f"p-{layout}.gguf", "--lora", str(peft), "--type", "F32")
         gguf_cli("merge-lora", src, tmp_path / f"k-{layout}.gguf", "--lora", str(kohya), "--type", "F32")
-        a, b, before = tensors(tmp_path / f"p-{layout}.gguf"), tensors(tmp_path / f"k-{layout}.gguf"), tensors(src)
+        a, b, before = (
+            tensors(tmp_path / f"p-{layout}.gguf"),
+            tensors(tmp_path / f"k-{layout}.gguf"),
+            tensors(src),
+        )
         assert a.keys() == b.keys() == before.keys()
         changed = [n for n in a if not np.array_equal(a[n], before[n])]
         assert changed and all(np.allclose(a[n], b[n], atol=1e-5) for n in a), layout
@@ -88,8 +103,10 @@ def test_bad_loras_are_one_line_errors(sources, tmp_path):
     src = root / "bfl-F32.gguf"
     import torch
 
-    other = write_diffusers_lora(tmp_path / "other.safetensors",  # a layer this model lacks
-                                 {"transformer_blocks.7.attn.to_q": (torch.zeros(4, 8), torch.zeros(8, 4))})
+    other = write_diffusers_lora(
+        tmp_path / "other.safetensors",  # a layer this model lacks
+        {"transformer_blocks.7.attn.to_q": (torch.zeros(4, 8), torch.zeros(8, 4))},
+    )
     from safetensors.torch import save_file
 
     half = tmp_path / "half.safetensors"  # an up matrix without its down
@@ -101,7 +118,9 @@ def test_bad_loras_are_one_line_errors(sources, tmp_path):
         (str(other), "transformer_blocks.7.attn.to_q is not a layer of this transformer"),
     ]
     for lora, message in cases:
-        result = gguf_cli("merge-lora", src, tmp_path / "o.gguf", "--lora", lora, "--type", "Q8_0", check=False)
+        result = gguf_cli(
+            "merge-lora", src, tmp_path / "o.gguf", "--lora", lora, "--type", "Q8_0", check=False
+        )
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "o.gguf").exists()
@@ -118,7 +137,9 @@ def test_a_peft_alpha_scales_the_update_by_alpha_over_rank(sources, tmp_path):
         state[key.replace(".lora_A.weight", ".alpha")] = torch.tensor(state[key].shape[0] / 2)
     save_file(state, str(tmp_path / "alpha.safetensors"))
     src = root / "bfl-F32.gguf"
-    gguf_cli("merge-lora", src, tmp_path / "a.gguf", "--lora", str(tmp_path / "alpha.safetensors"), "--type", "F32")
+    gguf_cli(
+        "merge-lora", src, tmp_path / "a.gguf", "--lora", str(tmp_path / "alpha.safetensors"), "--type", "F32"
+    )
     gguf_cli("merge-lora", src, tmp_path / "h.gguf", "--lora", f"{peft}:0.5", "--type", "F32")
     a, h = tensors(tmp_path / "a.gguf"), tensors(tmp_path / "h.gguf")
     assert all(np.allclose(a[n], h[n], atol=1e-6) for n in a)

@@ -1,6 +1,7 @@
 """The transformer file's SHA-256: in run.json, every manifest record and the infotext
 (`Model hash: <10 hex>`, as AUTOMATIC1111 and Forge write it); hashed once per file; a run
 whose model file changed content under the same name and size is not resumed with it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,9 @@ def test_a_model_file_changed_under_the_same_name_is_refused(cli, model_cache):
     refused = cli(*args, check=False)
     assert refused.returncode == 2
     lines = refused.stderr.strip().splitlines()
-    assert lines[-1].startswith(f"flux-batch: error: model.transformer={model}: its content changed "
-                                "since this run began")
+    assert lines[-1].startswith(
+        f"flux-batch: error: model.transformer={model}: its content changed since this run began"
+    )
     assert "loading transformer" not in refused.stderr
     assert (cli.cwd / "run" / "metadata.jsonl").read_bytes() == before
 

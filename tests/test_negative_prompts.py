@@ -1,5 +1,6 @@
 """Negative prompts with true CFG: per row or run-wide, only where set, never batched with
 rows that have none, recorded in the manifest and infotext."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,9 @@ ROWS = [
 
 
 def test_true_cfg_renders_rows_with_negative_prompts_and_leaves_the_others_alone(cli):
-    plain = write_prompts(cli.cwd / "plain.jsonl", [{k: v for k, v in r.items() if k != "negative_prompt"}
-                                                    for r in ROWS])
+    plain = write_prompts(
+        cli.cwd / "plain.jsonl", [{k: v for k, v in r.items() if k != "negative_prompt"} for r in ROWS]
+    )
     cli(f"dataset.path={plain}", "output.dir=plain")
     negative = write_prompts(cli.cwd / "negative.jsonl", ROWS)
     # batch_size=3: fox has no negative prompt, so it renders alone, without the second pass
@@ -35,8 +37,10 @@ def test_true_cfg_renders_rows_with_negative_prompts_and_leaves_the_others_alone
     assert (records["fox"]["negative_prompt"], records["fox"]["true_cfg"]) == ("", 1.0)
     assert (records["owl"]["negative_prompt"], records["owl"]["true_cfg"]) == ("blurry, dark", 4.0)
     owl = Image.open(cli.cwd / "cfg" / records["owl"]["file_name"]).info["parameters"]
-    assert owl.startswith("an owl at night\nNegative prompt: blurry, dark\nSteps: 4, Sampler: Euler, "
-                          "CFG scale: 4, Distilled CFG Scale: 3.5,")
+    assert owl.startswith(
+        "an owl at night\nNegative prompt: blurry, dark\nSteps: 4, Sampler: Euler, "
+        "CFG scale: 4, Distilled CFG Scale: 3.5,"
+    )
     fox = Image.open(cli.cwd / "cfg" / records["fox"]["file_name"]).info["parameters"]
     assert "Negative prompt" not in fox and "CFG scale: 1," in fox
 
@@ -48,8 +52,7 @@ def items_of(*overrides: dict, defaults: RowDefaults) -> list:
 
 def test_batches_never_mix_rows_with_and_without_a_negative_prompt():
     defaults = RowDefaults(Settings(64, 64, 4, 3.5, true_cfg=4.0))
-    items = items_of({}, {"negative_prompt": "a"}, {}, {"negative_prompt": "b"}, {},
-                     defaults=defaults)
+    items = items_of({}, {"negative_prompt": "a"}, {}, {"negative_prompt": "b"}, {}, defaults=defaults)
     groups = [[item.id for item in batch] for batch in batches(items, 8)]
     assert groups == [["r0", "r2", "r4"], ["r1", "r3"]]  # different negatives do batch together
     assert [item.settings.true_cfg for item in items] == [1.0, 4.0, 1.0, 4.0, 1.0]
@@ -59,13 +62,17 @@ def test_a_run_wide_negative_prompt_fills_rows_without_their_own():
     defaults = RowDefaults(Settings(64, 64, 4, 3.5, true_cfg=3.0), negative_prompt="text, watermark")
     items = items_of({}, {"negative_prompt": "fog"}, {"true_cfg": 1}, defaults=defaults)
     assert [(i.negative_prompt, i.settings.true_cfg) for i in items] == [
-        ("text, watermark", 3.0), ("fog", 3.0), (None, 1.0)]  # a row's true_cfg=1 turns it off
+        ("text, watermark", 3.0),
+        ("fog", 3.0),
+        (None, 1.0),
+    ]  # a row's true_cfg=1 turns it off
 
 
 def test_a_row_negative_prompt_without_true_cfg_is_refused_with_its_line():
     with pytest.raises(PromptFileError) as error:
-        items_of({}, {"negative_prompt": "fog"}, {"true_cfg": 2.5},
-                 defaults=RowDefaults(Settings(64, 64, 4, 3.5)))
+        items_of(
+            {}, {"negative_prompt": "fog"}, {"true_cfg": 2.5}, defaults=RowDefaults(Settings(64, 64, 4, 3.5))
+        )
     assert error.value.problems == [
         "p.jsonl:2: negative_prompt has no effect with true_cfg=1: set sampler.true_cfg (or the "
         "row's true_cfg) above 1 to render with it",
@@ -73,14 +80,23 @@ def test_a_row_negative_prompt_without_true_cfg_is_refused_with_its_line():
     ]
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"prompt": "a", "negative_prompt": "fog"}\n',
-     "p.jsonl:1: negative_prompt has no effect with true_cfg=1"),
-    ('{"prompt": "a", "negative_prompt": "fog", "true_cfg": 0.5}\n',
-     "p.jsonl:1: true_cfg=0.5 must be >= 1"),
-    ('{"prompt": "a", "negative_prompt": 3, "true_cfg": 2}\n',
-     "p.jsonl:1: negative_prompt must be a string, got int"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            '{"prompt": "a", "negative_prompt": "fog"}\n',
+            "p.jsonl:1: negative_prompt has no effect with true_cfg=1",
+        ),
+        (
+            '{"prompt": "a", "negative_prompt": "fog", "true_cfg": 0.5}\n',
+            "p.jsonl:1: true_cfg=0.5 must be >= 1",
+        ),
+        (
+            '{"prompt": "a", "negative_prompt": 3, "true_cfg": 2}\n',
+            "p.jsonl:1: negative_prompt must be a string, got int",
+        ),
+    ],
+)
 def test_bad_negative_prompt_rows_exit_2_before_the_model_loads(cli, content, message):
     (cli.cwd / "p.jsonl").write_text(content)
     result = cli("dataset.path=p.jsonl", check=False)

@@ -1,4 +1,5 @@
 """The package's shape: no import circles, and every module importable on its own."""
+
 from __future__ import annotations
 
 import ast
@@ -23,9 +24,13 @@ def imported_modules(path: Path) -> set[str]:
     """The package's modules that a file imports anywhere (inside functions too), except under
     `if TYPE_CHECKING:`, which never runs."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    skipped = {id(node) for branch in ast.walk(tree)
-               if isinstance(branch, ast.If) and "TYPE_CHECKING" in ast.unparse(branch.test)
-               for statement in branch.body for node in ast.walk(statement)}
+    skipped = {
+        id(node)
+        for branch in ast.walk(tree)
+        if isinstance(branch, ast.If) and "TYPE_CHECKING" in ast.unparse(branch.test)
+        for statement in branch.body
+        for node in ast.walk(statement)
+    }
     me = module_name(path).split(".")
     package = me if path.name == "__init__.py" else me[:-1]
     names = set()
@@ -37,7 +42,7 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
     return {name for name in names if name in MODULES and name != module_name(path)}
@@ -106,7 +111,8 @@ print("failed:", " ".join(failed))
 
 def test_every_module_imports_first_in_a_fresh_interpreter():
     names = [name for name in MODULES if not name.endswith("__main__")]  # __main__ renders
-    result = subprocess.run([sys.executable, "-c", FORK_EACH, *names], capture_output=True,
-                            text=True, timeout=300, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_EACH, *names], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "failed:", result.stderr

@@ -1,5 +1,6 @@
 """In one process, runs that share a model reuse the loaded pipeline and the prompt embeddings,
 and render exactly what diffusers renders from the prompt strings."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,9 +9,9 @@ import torch
 from hydra import compose, initialize_config_module
 
 from conftest import manifest, pixels, write_prompts
-from flux_batch.model import cache as pipeline_cache
 from flux_batch.cli import register_configs
 from flux_batch.driver import pipeline_for, run
+from flux_batch.model import cache as pipeline_cache
 from flux_batch.render.encoder import PromptEncoder, encoders_identity
 from flux_batch.store.images import to_uint8
 
@@ -22,17 +23,23 @@ def hydra_config():
         yield
 
 
-PROMPTS = [{"id": "fox", "prompt": "a red fox in the snow"},
-           {"id": "owl", "prompt": "an owl at night"}]
+PROMPTS = [{"id": "fox", "prompt": "a red fox in the snow"}, {"id": "owl", "prompt": "an owl at night"}]
 
 
 def test_runs_sharing_a_model_load_it_once_and_match_the_uncached_path(tmp_path, model_cache):
     prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS)
 
     def cfg(*overrides):
-        return compose(config_name="config", overrides=[
-            "model=tiny", f"dataset.path={prompts}", "runtime.progress=false", "sampler.steps=2",
-            *overrides])
+        return compose(
+            config_name="config",
+            overrides=[
+                "model=tiny",
+                f"dataset.path={prompts}",
+                "runtime.progress=false",
+                "sampler.steps=2",
+                *overrides,
+            ],
+        )
 
     loads = pipeline_cache.load_count()
     first = run(cfg("sampler.guidance=2.5"), tmp_path / "a")
@@ -51,9 +58,16 @@ def test_runs_sharing_a_model_load_it_once_and_match_the_uncached_path(tmp_path,
     assert loaded
     cached = pixels(tmp_path / "b")
     for record in manifest(tmp_path / "b"):
-        image = pipe(prompt=[record["prompt"]], width=64, height=64, num_inference_steps=2,
-                     guidance_scale=4.0, max_sequence_length=32, output_type="np",
-                     generator=[torch.Generator("cpu").manual_seed(record["seed"])]).images[0]
+        image = pipe(
+            prompt=[record["prompt"]],
+            width=64,
+            height=64,
+            num_inference_steps=2,
+            guidance_scale=4.0,
+            max_sequence_length=32,
+            output_type="np",
+            generator=[torch.Generator("cpu").manual_seed(record["seed"])],
+        ).images[0]
         assert np.array_equal(to_uint8(image), cached[(record["id"], 0)])
 
 

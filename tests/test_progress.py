@@ -1,5 +1,6 @@
 """Progress during long items: off a terminal, a line at least every interval while an item
 renders, naming the step, the time per step and the run's ETA."""
+
 from __future__ import annotations
 
 import re
@@ -10,10 +11,17 @@ LINE = re.compile(r"step (\d) of 4, (\d+\.\d) s/step, ETA for the run (\d+:\d\d|
 
 
 def test_slow_steps_log_progress_lines_off_a_terminal(cli, tmp_path):
-    prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "fox", "prompt": "a red fox"},
-                                                   {"id": "owl", "prompt": "an owl"}])
-    args = [f"dataset.path={prompts}", "sampler.steps=4", "sampler.width=32", "sampler.height=32",
-            "batch_size=1", "runtime.schedule=per_item"]
+    prompts = write_prompts(
+        tmp_path / "p.jsonl", [{"id": "fox", "prompt": "a red fox"}, {"id": "owl", "prompt": "an owl"}]
+    )
+    args = [
+        f"dataset.path={prompts}",
+        "sampler.steps=4",
+        "sampler.width=32",
+        "sampler.height=32",
+        "batch_size=1",
+        "runtime.schedule=per_item",
+    ]
     slow = {"FLUX_BATCH_STEP_DELAY": "0.4", "FLUX_BATCH_PROGRESS_INTERVAL": "0.5"}
     result = cli(*args, "runtime.progress=true", env=slow)  # output captured: not a terminal
     found = [LINE.search(line) for line in result.stdout.splitlines()]
@@ -40,10 +48,21 @@ def test_on_a_terminal_the_image_bar_names_the_step(cli, tmp_path):
     master, terminal = pty.openpty()  # stderr is a terminal: tqdm draws its bar there
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # 160 columns
     proc = subprocess.Popen(
-        [script("flux-batch"), "model=tiny", f"dataset.path={prompts}", "sampler.steps=4",
-         "sampler.width=32", "sampler.height=32", "runtime.progress=true"],
-        cwd=cli.cwd, env={**cli.env, "FLUX_BATCH_STEP_DELAY": "0.3"},
-        stdout=subprocess.PIPE, stderr=terminal, text=True)
+        [
+            script("flux-batch"),
+            "model=tiny",
+            f"dataset.path={prompts}",
+            "sampler.steps=4",
+            "sampler.width=32",
+            "sampler.height=32",
+            "runtime.progress=true",
+        ],
+        cwd=cli.cwd,
+        env={**cli.env, "FLUX_BATCH_STEP_DELAY": "0.3"},
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        text=True,
+    )
     os.close(terminal)
     drawn = b""
     while True:

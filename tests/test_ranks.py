@@ -1,12 +1,22 @@
 """Data-parallel rendering under `accelerate launch` (torchrun, gloo on CPU): the ranks share
 one run directory, render disjoint items, and leave the pixels and manifest of one process."""
+
 from __future__ import annotations
 
 import socket
 import subprocess
 
-from conftest import (FAST, PROMPTS, TEST_MODEL, check_consistent, manifest, pixels, script,
-                      with_model, write_prompts)
+from conftest import (
+    FAST,
+    PROMPTS,
+    TEST_MODEL,
+    check_consistent,
+    manifest,
+    pixels,
+    script,
+    with_model,
+    write_prompts,
+)
 
 # five items of assorted sizes and step counts: 3 + 2 on two ranks, 2 + 2 + 1 on three
 FIVE = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[4], PROMPTS[6]]
@@ -21,12 +31,26 @@ def free_port() -> int:
 def launch(cli, processes: int, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`accelerate launch --multi_gpu --num_processes N flux-batch ARGS`: torchrun with N ranks
     (on a CPU machine `--cpu` would start one process)."""
-    command = [script("accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), script("flux-batch"),
-               *with_model(args, TEST_MODEL)]
-    return subprocess.run(command, cwd=cli.cwd, capture_output=True, text=True, timeout=300,
-                          env={**cli.env, **(env or {})})
+    command = [
+        script("accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        script("flux-batch"),
+        *with_model(args, TEST_MODEL),
+    ]
+    return subprocess.run(
+        command, cwd=cli.cwd, capture_output=True, text=True, timeout=300, env={**cli.env, **(env or {})}
+    )
 
 
 def reference(cli, cli_server, prompts) -> dict:
@@ -45,8 +69,11 @@ def test_two_ranks_render_the_pixels_and_manifest_of_one_process(cli, cli_server
     result = launch(cli, 2, f"dataset.path={prompts}", "output.dir=two", *FAST)
     assert result.returncode == 0, result.stderr
     run_dir = cli.cwd / "two"
-    assert result.stdout.strip().splitlines()[-1].startswith(
-        f"{run_dir}: rendered 5, skipped 0 already done, failed 0 (")
+    assert (
+        result.stdout.strip()
+        .splitlines()[-1]
+        .startswith(f"{run_dir}: rendered 5, skipped 0 already done, failed 0 (")
+    )
     assert result.stdout.strip().endswith("5 items in the plan, 2 ranks)")
     assert result.stdout.count("rendered") == 1  # one summary, from rank 0
     plan = [r["id"] for r in manifest(cli.cwd / "one")]
@@ -74,8 +101,11 @@ def test_killed_ranks_resume_with_another_number_of_ranks(cli, cli_server):
 
     resumed = launch(cli, 3, *args)
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.strip().splitlines()[-1].startswith(
-        f"{run_dir}: rendered {5 - done}, skipped {done} already done, failed 0 (")
+    assert (
+        resumed.stdout.strip()
+        .splitlines()[-1]
+        .startswith(f"{run_dir}: rendered {5 - done}, skipped {done} already done, failed 0 (")
+    )
     records = check_consistent(run_dir)
     assert sorted((r["id"], r["k"]) for r in records) == sorted(expected)  # each item once
     got = pixels(run_dir)

@@ -1,4 +1,5 @@
 """The README's set-up commands are what CI runs."""
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """End to end through the installed CLI (on the tiny model, but for the quickstart on the
 default demo model): outputs, metadata, determinism."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,20 @@ from PIL import Image
 from conftest import PROMPTS, manifest, pixels, write_prompts
 from flux_batch.demo import VERSION as DEMO_VERSION
 
-MANIFEST_KEYS = {"file_name", "id", "k", "prompt", "seed", "width", "height", "steps",
-                 "guidance", "model", "quant", "sha256"}
+MANIFEST_KEYS = {
+    "file_name",
+    "id",
+    "k",
+    "prompt",
+    "seed",
+    "width",
+    "height",
+    "steps",
+    "guidance",
+    "model",
+    "quant",
+    "sha256",
+}
 
 
 def run_dir_of(result) -> Path:
@@ -30,8 +43,14 @@ def test_quickstart_renders_the_shipped_example_on_the_demo_model(cli):
     assert run_dir.parent == cli.cwd / "outputs"
     assert "rendered 6, skipped 0 already done, failed 0" in result.stdout
     records = manifest(run_dir)
-    assert [r["id"] for r in records] == ["red-circle", "blue-triangle", "green-square",
-                                          "yellow-circle", "purple-triangle", "orange-square"]
+    assert [r["id"] for r in records] == [
+        "red-circle",
+        "blue-triangle",
+        "green-square",
+        "yellow-circle",
+        "purple-triangle",
+        "orange-square",
+    ]
     for record in records:
         assert MANIFEST_KEYS <= set(record)
         data = (run_dir / record["file_name"]).read_bytes()
@@ -86,8 +105,10 @@ def test_lossy_formats_carry_infotext(cli, tmp_path, fmt):
 
 
 def test_num_images_names_files_by_k(cli, tmp_path):
-    prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "cat", "prompt": "a cat"},
-                                                   {"id": "dog", "prompt": "a dog", "num_images": 1}])
+    prompts = write_prompts(
+        tmp_path / "p.jsonl",
+        [{"id": "cat", "prompt": "a cat"}, {"id": "dog", "prompt": "a dog", "num_images": 1}],
+    )
     run_dir = run_dir_of(cli(f"dataset.path={prompts}", "num_images=3"))
     names = sorted(r["file_name"] for r in manifest(run_dir))
     assert names == ["images/cat_0.png", "images/cat_1.png", "images/cat_2.png", "images/dog.png"]
@@ -107,6 +128,7 @@ def test_run_dir_loads_as_an_imagefolder_dataset(cli, tmp_path):
 
 
 # --- determinism: same item, same pixels, however it is batched, ordered, limited, resumed ---
+
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, model_cache):

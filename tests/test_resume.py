@@ -1,4 +1,5 @@
 """The run directory across runs: lock, torn manifest lines, settings fingerprint."""
+
 from __future__ import annotations
 
 import fcntl
@@ -74,8 +75,7 @@ def test_a_manifest_line_whose_image_is_gone_renders_again(cli):
 def test_an_explicit_run_dir_with_other_settings_is_refused(cli):
     prompts = write_prompts(cli.cwd / "p.jsonl", PROMPTS[:1])
     cli(f"dataset.path={prompts}", "output.dir=run")
-    result = cli(f"dataset.path={prompts}", "output.dir=run", "sampler.steps=3", "seed=7",
-                 check=False)
+    result = cli(f"dataset.path={prompts}", "output.dir=run", "sampler.steps=3", "seed=7", check=False)
     assert result.returncode == 2
     assert "holds a run with other settings" in result.stderr
     assert "sampler.steps (4 -> 3)" in result.stderr and "seed (0 -> 7)" in result.stderr
@@ -116,12 +116,23 @@ def test_manifest_repair_on_open_keeps_one_line_per_finished_image(tmp_path):
     (run / "images").mkdir(parents=True)
     for name in ("a.png", "b.png", "orphan.png"):
         (run / "images" / name).write_bytes(b"x")
+
     def line(i, extra=""):
         return json.dumps({"id": i, "k": 0, "file_name": f"images/{i}.png", "n": extra})
 
-    (run / "metadata.jsonl").write_text("\n".join([
-        line("a", "first"), "", line("gone"), line("b"), line("a", "again"),
-    ]) + "\n" + line("c")[:20])  # a blank line, a missing image, a repeat, a torn tail
+    (run / "metadata.jsonl").write_text(
+        "\n".join(
+            [
+                line("a", "first"),
+                "",
+                line("gone"),
+                line("b"),
+                line("a", "again"),
+            ]
+        )
+        + "\n"
+        + line("c")[:20]
+    )  # a blank line, a missing image, a repeat, a torn tail
     store = RunStore(run)
     store.open()
     store.close()

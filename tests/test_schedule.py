@@ -1,14 +1,15 @@
 """Phased and per-item schedules render the same pixels; `auto` picks phased for several
 batches; runtime.compile wraps the transformer in torch.compile and unwraps it again."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from conftest import FAST, PROMPTS, compose_config, manifest, pixels, write_prompts
+from flux_batch.driver import run
 from flux_batch.model import cache as pipeline_cache
 from flux_batch.render import compile as torch_compile
-from flux_batch.driver import run
 
 ROWS = PROMPTS + [{"id": "neg", "prompt": "a lamp", "negative_prompt": "blurry", "true_cfg": 2}]
 
@@ -18,8 +19,13 @@ pytestmark = pytest.mark.usefixtures("hydra_config")
 
 def config(prompts, *overrides):
     return compose_config(
-        f"dataset.path={prompts}", "runtime.progress=false", "sampler.steps=2",
-        "sampler.width=32", "sampler.height=32", *overrides)
+        f"dataset.path={prompts}",
+        "runtime.progress=false",
+        "sampler.steps=2",
+        "sampler.width=32",
+        "sampler.height=32",
+        *overrides,
+    )
 
 
 def test_phased_and_per_item_render_identical_pixels(tmp_path, model_cache, caplog):
@@ -28,8 +34,10 @@ def test_phased_and_per_item_render_identical_pixels(tmp_path, model_cache, capl
     run(config(prompts, "runtime.schedule=per_item", "batch_size=2"), tmp_path / "per_item")
     assert "per_item schedule, batch size 2" in caplog.text
     # chunks of 3 items: several chunks, batches that straddle no chunk, a true-CFG batch
-    summary = run(config(prompts, "runtime.schedule=phased", "batch_size=2", "runtime.chunk_size=3"),
-                  tmp_path / "phased")
+    summary = run(
+        config(prompts, "runtime.schedule=phased", "batch_size=2", "runtime.chunk_size=3"),
+        tmp_path / "phased",
+    )
     assert "phased schedule, batch size 2" in caplog.text
     assert summary.rendered == 9 and summary.failed == 0
     phased, per_item = pixels(tmp_path / "phased"), pixels(tmp_path / "per_item")
@@ -116,8 +124,13 @@ def test_phased_with_every_model_resident_writes_each_batch_at_once(cli):
     already written the first two batches: a kill loses one batch, as with per_item. (Writing
     on the render path: with the pooled writer a kill also loses the images still queued.)"""
     prompts = write_prompts(cli.cwd / "p.jsonl", [{"prompt": f"a cat {i}"} for i in range(4)])
-    args = (f"dataset.path={prompts}", *FAST, "runtime.schedule=phased", "runtime.writers=0",
-            "output.dir=run")
+    args = (
+        f"dataset.path={prompts}",
+        *FAST,
+        "runtime.schedule=phased",
+        "runtime.writers=0",
+        "output.dir=run",
+    )
     # two steps per image: the fifth step is the third batch's first
     killed = cli(*args, check=False, env={"FLUX_BATCH_CRASH": "mid_denoise:5"})
     assert killed.returncode == -9, killed.stderr

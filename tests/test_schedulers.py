@@ -1,5 +1,6 @@
 """Schedulers and shift: chosen run-wide or per row, rendered through FluxPipeline, named in
 the infotext's `Sampler:`, and part of the run fingerprint."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,7 +48,9 @@ def test_run_wide_scheduler_and_shift(cli):
     record = manifest(cli.cwd / "heun")[0]
     parameters = Image.open(cli.cwd / "heun" / record["file_name"]).info["parameters"]
     assert "Sampler: Heun," in parameters and parameters.endswith(", Shift: 2")
-    diff = np.abs(pixels(cli.cwd / "heun")[("a", 0)].astype(int) - pixels(cli.cwd / "plain")[("a", 0)].astype(int))
+    diff = np.abs(
+        pixels(cli.cwd / "heun")[("a", 0)].astype(int) - pixels(cli.cwd / "plain")[("a", 0)].astype(int)
+    )
     assert diff.max() > 0
 
 
@@ -60,8 +63,14 @@ def compose_cfg():
 
 def test_new_sampler_settings_enter_the_fingerprint(compose_cfg):
     base = default_run_dir(compose_cfg())
-    changed = ["sampler.scheduler=heun", "sampler.scheduler=euler_karras", "sampler.shift=2",
-               "sampler.true_cfg=3", "sampler.aspect=16:9", "sampler.megapixels=0.5"]
+    changed = [
+        "sampler.scheduler=heun",
+        "sampler.scheduler=euler_karras",
+        "sampler.shift=2",
+        "sampler.true_cfg=3",
+        "sampler.aspect=16:9",
+        "sampler.megapixels=0.5",
+    ]
     dirs = {default_run_dir(compose_cfg(o)) for o in changed}
     assert base not in dirs and len(dirs) == len(changed)
     # an explicit euler, or true CFG without a negative prompt anywhere, renders the same
@@ -71,8 +80,9 @@ def test_new_sampler_settings_enter_the_fingerprint(compose_cfg):
 def test_flux_heun_follows_the_dynamic_shift_flux_asks_for():
     import math
 
-    from flux_batch.samplers import make_scheduler
     from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from flux_batch.samplers import make_scheduler
 
     config = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config
     euler, heun = make_scheduler(config, "euler", None), make_scheduler(config, "heun", None)

@@ -1,6 +1,7 @@
 """What flux-batch promises about the files it touches: image paths never leave the run
 directory, weights are read only from GGUF and safetensors, nothing is unpickled, no remote
 code runs."""
+
 from __future__ import annotations
 
 import pickle
@@ -9,15 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, FAST, write_prompts
+from conftest import FAST, REPO, write_prompts
 from flux_batch.errors import RunDirError
 from flux_batch.store.run_dir import RunStore
 
 
-@pytest.mark.parametrize("file_name", [
-    "images/../../escape.png", "../escape.png", "/tmp/escape.png", "images/sub/escape.png",
-    "images/../run.json", "images/..",
-])
+@pytest.mark.parametrize(
+    "file_name",
+    [
+        "images/../../escape.png",
+        "../escape.png",
+        "/tmp/escape.png",
+        "images/sub/escape.png",
+        "images/../run.json",
+        "images/..",
+    ],
+)
 def test_image_paths_cannot_leave_the_images_folder(tmp_path, file_name):
     store = RunStore(tmp_path / "run")
     store.open()
@@ -76,9 +84,15 @@ def test_a_pipeline_folder_with_pickled_weights_is_refused_unread(cli_server, mo
     marker = tmp_path / "unpickled"
     (base / "vae" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(Payload(marker)))
     prompts = write_prompts(tmp_path / "p.jsonl", [{"prompt": "a fox"}])
-    result = cli_server(tmp_path, "model=flux-dev", f"model.base={base}",
-                        f"model.transformer={model_cache / 'tiny-v1' / 'transformer-Q8_0.gguf'}",
-                        f"dataset.path={prompts}", "output.dir=run", *FAST)
+    result = cli_server(
+        tmp_path,
+        "model=flux-dev",
+        f"model.base={base}",
+        f"model.transformer={model_cache / 'tiny-v1' / 'transformer-Q8_0.gguf'}",
+        f"dataset.path={prompts}",
+        "output.dir=run",
+        *FAST,
+    )
     assert result.returncode == 2, result.stdout
     assert f"model.base={base}: cannot be loaded as a FLUX pipeline with safetensors weights" in result.stdout
     assert "Traceback" not in result.stdout
@@ -88,6 +102,12 @@ def test_a_pipeline_folder_with_pickled_weights_is_refused_unread(cli_server, mo
 
 def test_no_code_path_unpickles_or_runs_remote_code():
     source = "\n".join(p.read_text() for p in (REPO / "flux_batch").rglob("*.py"))
-    for forbidden in ("trust_remote_code", "torch.load(", "import pickle", "pickle.load", "weights_only=False"):
+    for forbidden in (
+        "trust_remote_code",
+        "torch.load(",
+        "import pickle",
+        "pickle.load",
+        "weights_only=False",
+    ):
         assert forbidden not in source, forbidden
     assert "use_safetensors=True" in source

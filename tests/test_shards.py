@@ -1,5 +1,6 @@
 """Shards (`runtime.shard=i runtime.num_shards=n`): independent jobs that share one run
 directory without ever meeting, as the tasks of a Slurm array do; a preempted shard requeues."""
+
 from __future__ import annotations
 
 import fcntl
@@ -36,7 +37,8 @@ def test_three_shards_one_after_another_render_every_item_once(cli, cli_server):
     assert len(ids) == 5 and ids[:4] == ["fox", "tall", "boat", "owl"]  # the castle: shard 2
 
     assert last_line(cli_server(cli.cwd, *args, "runtime.shard=0")) == (
-        f"{run_dir}: nothing to do, all 2 items already done, shard 0/3")
+        f"{run_dir}: nothing to do, all 2 items already done, shard 0/3"
+    )
     one = cli_server(cli.cwd, f"dataset.path={prompts}", "output.dir=one", *FAST)
     assert last_line(one).startswith(f"{cli.cwd / 'one'}: rendered 5,")
     expected, got = pixels(cli.cwd / "one"), pixels(run_dir)
@@ -99,7 +101,7 @@ def stopped(pid: int) -> bool:
 def wait_for(condition, proc, timeout: float = 240):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (found := condition()):
+        if found := condition():
             return found
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.1)
@@ -114,13 +116,25 @@ def test_two_shards_through_submitit_local_and_one_requeued_by_sigusr2(cli):
     sweep_dir = cli.cwd / "sw"
     # per_item, writing on the render path: otherwise shard 0's third image is already rendered
     # when it stops, and SIGUSR2 writes it before exiting, leaving the requeued job nothing to do
-    proc = cli.popen("-m", "hydra/launcher=flux_submitit_local", "runtime.num_shards=2",
-                     "runtime.shard=0,1", "hydra.sweep.dir=sw", f"dataset.path={prompts}", *FAST,
-                     "runtime.schedule=per_item", "runtime.writers=0",
-                     env={"FLUX_BATCH_CRASH": "manifest_appended:2:stop"})
+    proc = cli.popen(
+        "-m",
+        "hydra/launcher=flux_submitit_local",
+        "runtime.num_shards=2",
+        "runtime.shard=0,1",
+        "hydra.sweep.dir=sw",
+        f"dataset.path={prompts}",
+        *FAST,
+        "runtime.schedule=per_item",
+        "runtime.writers=0",
+        env={"FLUX_BATCH_CRASH": "manifest_appended:2:stop"},
+    )
     try:
-        pids = wait_for(lambda: (p := shard_pids(sweep_dir)) and len(p) == 2
-                        and all(stopped(pid) for pid in p.values()) and p, proc)
+        pids = wait_for(
+            lambda: (
+                (p := shard_pids(sweep_dir)) and len(p) == 2 and all(stopped(pid) for pid in p.values()) and p
+            ),
+            proc,
+        )
         os.kill(pids["1"], signal.SIGCONT)
         os.kill(pids["0"], signal.SIGUSR2)
         os.kill(pids["0"], signal.SIGCONT)
@@ -131,8 +145,9 @@ def test_two_shards_through_submitit_local_and_one_requeued_by_sigusr2(cli):
     assert proc.returncode == 0, err
     run_dir = sweep_dir / "single"  # the shards share the job folder: shard keys name no folder
     # shard 1 rendered 2; shard 0's requeued process found 2 done and rendered the third
-    assert out.strip().splitlines()[-1] == (f"{sweep_dir}: 1 jobs, 1 done; rendered 3, skipped 2 "
-                                            "already done, failed 0; model loaded 2 time(s)")
+    assert out.strip().splitlines()[-1] == (
+        f"{sweep_dir}: 1 jobs, 1 done; rendered 3, skipped 2 already done, failed 0; model loaded 2 time(s)"
+    )
     records = check_consistent(run_dir)
     assert sorted(r["id"] for r in records) == sorted({r["id"] for r in records})
     assert len(records) == 5 and not list(run_dir.glob("metadata.*.jsonl"))

@@ -1,5 +1,6 @@
 """Which items each rank and shard renders, and the merge of their manifest parts: every item
 has exactly one owner whatever the counts, and parts merge into metadata.jsonl whole."""
+
 from __future__ import annotations
 
 import fcntl
@@ -9,8 +10,8 @@ import random
 import pytest
 
 from flux_batch.errors import ConfigError
-from flux_batch.store.parts import find_parts, merge_lock, merge_parts
 from flux_batch.scale.ranks import Worker
+from flux_batch.store.parts import find_parts, merge_lock, merge_parts
 
 
 def owners(n_items: int, num_slices: int, world: int, done: set[int]) -> dict[int, list[tuple]]:
@@ -45,13 +46,22 @@ def test_five_items_on_two_and_three_ranks_are_shared_round_robin_in_plan_order(
 def test_shards_own_plan_positions_whatever_is_done():
     items = list("abcdefg")
     assert [Worker(job_slice=s, num_slices=3).slice_items(items) for s in range(3)] == [
-        ["a", "d", "g"], ["b", "e"], ["c", "f"]]
+        ["a", "d", "g"],
+        ["b", "e"],
+        ["c", "f"],
+    ]
 
 
 def test_worker_from_the_launchers_environment_and_the_config():
     env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}
     worker = Worker.current(2, 4, env)
-    assert (worker.rank, worker.world, worker.local_rank, worker.job_slice, worker.num_slices) == (3, 8, 1, 2, 4)
+    assert (worker.rank, worker.world, worker.local_rank, worker.job_slice, worker.num_slices) == (
+        3,
+        8,
+        1,
+        2,
+        4,
+    )
     assert worker.part == "shard-2-rank-3" and worker.label == "shard 2/4 rank 3/8"
     assert worker.device("auto", cuda_available=True) == "cuda:1"
     assert worker.device("cpu", cuda_available=True) == "cpu"
@@ -60,8 +70,10 @@ def test_worker_from_the_launchers_environment_and_the_config():
     assert Worker.current(0, 1, {"WORLD_SIZE": "1", "RANK": "0"}).alone
 
 
-@pytest.mark.parametrize("shard,num_shards,key", [(2, 2, "runtime.shard=2"), (-1, 2, "runtime.shard=-1"),
-                                                   (0, 0, "runtime.num_shards=0")])
+@pytest.mark.parametrize(
+    "shard,num_shards,key",
+    [(2, 2, "runtime.shard=2"), (-1, 2, "runtime.shard=-1"), (0, 0, "runtime.num_shards=0")],
+)
 def test_bad_shard_settings_are_refused_naming_the_key(shard, num_shards, key):
     with pytest.raises(ConfigError, match=key):
         Worker.current(shard, num_shards, {})

@@ -1,5 +1,6 @@
 """Ctrl-C and SIGTERM (what SLURM sends before preemption), through the installed CLI: the
 manifest stays consistent, the exit status is 130 / 143, and the same command finishes."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Step caching (`cache=fbcache|taylorseer`): what it records, and that an item's pixels never
 depend on the batch it lands in or on the batch before it."""
+
 from __future__ import annotations
 
 import json
@@ -20,14 +21,17 @@ ITEMS = [  # the demo model's grammar; ids fix each item's seed whatever file ho
 
 def render(cli, name: str, rows: list[dict], *overrides: str):
     write_prompts(cli.cwd / f"{name}.jsonl", rows)
-    result = cli(f"dataset.path={name}.jsonl", f"output.dir={name}", "runtime.progress=false",
-                 *overrides, model=None)  # the trained demo model: caching has something to skip
+    result = cli(
+        f"dataset.path={name}.jsonl", f"output.dir={name}", "runtime.progress=false", *overrides, model=None
+    )  # the trained demo model: caching has something to skip
     return cli.cwd / name, result
 
 
-@pytest.mark.parametrize("cache", [("cache=fbcache", "cache.threshold=0.2"),
-                                   ("cache=taylorseer", "cache.interval=3")],
-                         ids=["fbcache", "taylorseer"])
+@pytest.mark.parametrize(
+    "cache",
+    [("cache=fbcache", "cache.threshold=0.2"), ("cache=taylorseer", "cache.interval=3")],
+    ids=["fbcache", "taylorseer"],
+)
 def test_an_items_pixels_do_not_depend_on_its_neighbours(cli, cache):
     """The same item in batches with different neighbours, and alone: the same pixels within
     the tolerance across batch sizes. With diffusers' batch-wide First Block Cache the red
@@ -47,8 +51,10 @@ def test_an_items_pixels_do_not_depend_on_its_neighbours(cli, cache):
 def test_state_is_reset_before_every_batch(cli):
     """Two items with the same prompt and seed, one batch after the other: the second starts
     from a clean cache, so both images are the same pixels."""
-    rows = [{"id": "first", "prompt": "a red circle", "seed": 7},
-            {"id": "second", "prompt": "a red circle", "seed": 7}]
+    rows = [
+        {"id": "first", "prompt": "a red circle", "seed": 7},
+        {"id": "second", "prompt": "a red circle", "seed": 7},
+    ]
     run, _ = render(cli, "twice", rows, "batch_size=1", "cache=fbcache", "cache.threshold=0.2")
     images = pixels(run)
     assert np.array_equal(images[("first", 0)], images[("second", 0)])
@@ -66,8 +72,14 @@ def test_cache_settings_are_recorded_and_fingerprinted(cli):
     assert settings["cache"] == {"method": "fbcache", "threshold": 0.15}
     assert "cache" not in json.loads((plain / "run.json").read_text())["settings"]
     # another threshold is another run: the directory refuses it
-    result = cli("dataset.path=cached.jsonl", "output.dir=cached", "cache=fbcache",
-                 "cache.threshold=0.3", model=None, check=False)
+    result = cli(
+        "dataset.path=cached.jsonl",
+        "output.dir=cached",
+        "cache=fbcache",
+        "cache.threshold=0.3",
+        model=None,
+        check=False,
+    )
     assert result.returncode == 2
     assert "cache.threshold (0.15 -> 0.3)" in result.stderr
 
@@ -75,21 +87,31 @@ def test_cache_settings_are_recorded_and_fingerprinted(cli):
 def test_a_sweep_over_cache_settings(cli):
     """One process, one kept pipeline: each job installs its own hooks on it (and none)."""
     write_prompts(cli.cwd / "p.jsonl", ITEMS[:2])
-    cli("-m", "dataset.path=p.jsonl", "cache=none,fbcache,taylorseer,none", "cache.threshold=0.2",
-        "runtime.progress=false", model=None)
-    records = {d.name: manifest(d) for d in (cli.cwd / "multirun").glob("*/*") if d.is_dir()
-               and (d / "metadata.jsonl").exists()}
+    cli(
+        "-m",
+        "dataset.path=p.jsonl",
+        "cache=none,fbcache,taylorseer,none",
+        "cache.threshold=0.2",
+        "runtime.progress=false",
+        model=None,
+    )
+    records = {
+        d.name: manifest(d)
+        for d in (cli.cwd / "multirun").glob("*/*")
+        if d.is_dir() and (d / "metadata.jsonl").exists()
+    }
     assert sorted(records) == ["cache=fbcache", "cache=none", "cache=taylorseer"]
-    assert [r["cache"] for r in records["cache=fbcache"]] == [
-        {"method": "fbcache", "threshold": 0.2}] * 2
+    assert [r["cache"] for r in records["cache=fbcache"]] == [{"method": "fbcache", "threshold": 0.2}] * 2
     assert [r.get("cache") for r in records["cache=taylorseer"]] == [
-        {"method": "taylorseer", "interval": 2, "warmup": 3, "order": 1}] * 2
+        {"method": "taylorseer", "interval": 2, "warmup": 3, "order": 1}
+    ] * 2
     assert all("cache" not in r for r in records["cache=none"])
 
 
 @pytest.fixture(scope="module")
 def demo_pipe():
     import torch
+
     from flux_batch import families
 
     FluxPipeline = families.get("flux1").pipeline_class()
@@ -107,9 +129,16 @@ def demo_pipe():
 def draw(pipe, items: list[dict], seeds: list[int]) -> np.ndarray:
     import torch
 
-    return pipe([i["prompt"] for i in items], num_inference_steps=12, guidance_scale=2.5,
-                max_sequence_length=12, width=64, height=64, output_type="np",
-                generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+    return pipe(
+        [i["prompt"] for i in items],
+        num_inference_steps=12,
+        guidance_scale=2.5,
+        max_sequence_length=12,
+        width=64,
+        height=64,
+        output_type="np",
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+    ).images
 
 
 def test_pipeline_decides_for_each_item(demo_pipe):

@@ -2,6 +2,7 @@
 and `datasets`' webdataset builder, indexed in Parquet, and resumable after a kill anywhere in
 shard writing, with nothing lost, nothing twice and no sample rendered again that a shard or its
 temporary file already holds."""
+
 from __future__ import annotations
 
 import glob
@@ -24,8 +25,13 @@ ROWS = [
     {"id": "owl", "prompt": "an owl at night"},
     {"id": "cat", "prompt": "a cat on a sofa"},
 ]  # five items, plan positions 0..4
-KEYS = {("fox", 0): "000000000", ("boat.2", 0): "000000001", ("boat.2", 1): "000000002",
-        ("owl", 0): "000000003", ("cat", 0): "000000004"}
+KEYS = {
+    ("fox", 0): "000000000",
+    ("boat.2", 0): "000000001",
+    ("boat.2", 1): "000000002",
+    ("owl", 0): "000000003",
+    ("cat", 0): "000000004",
+}
 WDS = ("output.layout=webdataset", "output.shard_size=2")
 
 
@@ -35,8 +41,10 @@ def tar_samples(run_dir: Path) -> dict[str, list[tuple[str, int]]]:
     found = {}
     for path in sorted((run_dir / "shards").glob("*.tar")):
         with tarfile.open(path) as tar:
-            found[path.name] = [(r["id"], r["k"]) for r in
-                                (json.load(tar.extractfile(m)) for m in tar if m.name.endswith(".json"))]
+            found[path.name] = [
+                (r["id"], r["k"])
+                for r in (json.load(tar.extractfile(m)) for m in tar if m.name.endswith(".json"))
+            ]
     return found
 
 
@@ -51,7 +59,8 @@ def check_finished(run_dir: Path, reference: dict) -> None:
     assert not list((run_dir / "shards").glob(".*")), "temporary shards left behind"
     index = read_index(run_dir)
     assert sorted((r["id"], r["k"], r["shard"], r["key"]) for r in index) == sorted(
-        (r["id"], r["k"], r["shard"], r["key"]) for r in records)
+        (r["id"], r["k"], r["shard"], r["key"]) for r in records
+    )
     got = pixels(run_dir)
     for key, expected in reference.items():
         assert np.array_equal(got[key], expected), f"{key}: pixels differ from the clean run"
@@ -84,8 +93,11 @@ def test_tar_shards_are_read_by_webdataset_and_datasets(job, cli_server):
     assert "rendered 5, skipped 0" in result.stdout
     run = cwd / "run"
     records = check_consistent(run)
-    assert tar_samples(run) == {"000000.tar": [("fox", 0), ("boat.2", 0)],
-                                "000001.tar": [("boat.2", 1), ("owl", 0)], "000002.tar": [("cat", 0)]}
+    assert tar_samples(run) == {
+        "000000.tar": [("fox", 0), ("boat.2", 0)],
+        "000001.tar": [("boat.2", 1), ("owl", 0)],
+        "000002.tar": [("cat", 0)],
+    }
     for r in records:  # the manifest says which shard holds each item, and under which key
         assert r["key"] == KEYS[(r["id"], r["k"])]
         assert r["file_name"] == f"{r['shard']}/{r['key']}.png"
@@ -104,10 +116,14 @@ def test_tar_shards_are_read_by_webdataset_and_datasets(job, cli_server):
     assert {row["__key__"]: row["txt"] for row in loaded} == {k: r["prompt"] for k, r in by_key.items()}
 
     index = read_index(run)  # one Parquet file per shard, every sample with its record
-    assert sorted(p.name for p in (run / "index").iterdir()) == ["000000.parquet", "000001.parquet",
-                                                                  "000002.parquet"]
-    assert {r["index_key"]: {k: v for k, v in r.items() if not k.startswith("index_")}
-            for r in index} == by_key
+    assert sorted(p.name for p in (run / "index").iterdir()) == [
+        "000000.parquet",
+        "000001.parquet",
+        "000002.parquet",
+    ]
+    assert {
+        r["index_key"]: {k: v for k, v in r.items() if not k.startswith("index_")} for r in index
+    } == by_key
     card = (run / "README.md").read_text()
     assert '"shards/*.tar"' in card and "webdataset, 2 samples per tar" in card
     assert pixels(run).keys() == reference.keys()
@@ -120,8 +136,10 @@ def test_tar_shards_are_read_by_webdataset_and_datasets(job, cli_server):
 def test_a_limited_run_then_the_whole_one_adds_shards_and_renders_nothing_twice(job, cli_server):
     cwd, args, reference = job
     assert cli_server(cwd, *args, "output.dir=limited", "limit=3").returncode == 0
-    assert tar_samples(cwd / "limited") == {"000000.tar": [("fox", 0), ("boat.2", 0)],
-                                            "000001.tar": [("boat.2", 1)]}  # closed at the end
+    assert tar_samples(cwd / "limited") == {
+        "000000.tar": [("fox", 0), ("boat.2", 0)],
+        "000001.tar": [("boat.2", 1)],
+    }  # closed at the end
     whole = cli_server(cwd, *args, "output.dir=limited")
     assert "rendered 2, skipped 3 already done" in whole.stdout
     assert tar_samples(cwd / "limited")["000002.tar"] == [("owl", 0), ("cat", 0)]
@@ -169,8 +187,10 @@ def test_a_changed_tar_of_a_finished_run_renders_exactly_its_lost_samples_again(
 
     resumed = cli_server(cwd, *run)
     assert resumed.returncode == 0, resumed.stdout
-    assert ("shards/000001.tar changed after it was written: 1 of its samples are gone or "
-            "damaged and render again") in resumed.stdout
+    assert (
+        "shards/000001.tar changed after it was written: 1 of its samples are gone or "
+        "damaged and render again"
+    ) in resumed.stdout
     assert "rendered 1, skipped 4 already done" in resumed.stdout
     kept = [key for key in [("boat.2", 1), ("owl", 0)] if key != lost]
     assert tar_samples(cwd / damage)["000001.tar"] == kept  # rewritten with its whole sample
@@ -211,8 +231,12 @@ def test_killed_at_random_moments_then_resumed(job, cli_server):
         assert rounds <= 10, "no timed kill landed in ten runs"
         run_dir = cwd / f"random-{rounds}"
         for attempt in range(40):  # a window that widens with each try, so a slow moment finishes
-            result = cli_server(cwd, *args, f"output.dir={run_dir}",
-                                kill_after=rng.uniform(0.05, full_run * (0.9 + attempt / 5)))
+            result = cli_server(
+                cwd,
+                *args,
+                f"output.dir={run_dir}",
+                kill_after=rng.uniform(0.05, full_run * (0.9 + attempt / 5)),
+            )
             if result.returncode == 0:
                 break
             assert result.returncode == -9, result.stdout
@@ -230,15 +254,20 @@ def test_two_ranks_and_two_shards_write_their_own_tars(job, cli, cli_server):
     ranks = launch(cli, 2, *args, f"output.dir={cwd / 'ranks'}")
     assert ranks.returncode == 0, ranks.stderr
     assert tar_samples(cwd / "ranks") == {  # rank 0: plan items 0, 2, 4; rank 1: 1, 3
-        "rank-0-000000.tar": [("fox", 0), ("boat.2", 1)], "rank-0-000001.tar": [("cat", 0)],
-        "rank-1-000000.tar": [("boat.2", 0), ("owl", 0)]}
+        "rank-0-000000.tar": [("fox", 0), ("boat.2", 1)],
+        "rank-0-000001.tar": [("cat", 0)],
+        "rank-1-000000.tar": [("boat.2", 0), ("owl", 0)],
+    }
     check_finished(cwd / "ranks", reference)
 
     for shard in (0, 1):
         result = cli_server(cwd, *args, "output.dir=shards", "runtime.num_shards=2", f"runtime.shard={shard}")
         assert result.returncode == 0, result.stdout
-    assert sorted(tar_samples(cwd / "shards")) == ["shard-0-000000.tar", "shard-0-000001.tar",
-                                                   "shard-1-000000.tar"]
+    assert sorted(tar_samples(cwd / "shards")) == [
+        "shard-0-000000.tar",
+        "shard-0-000001.tar",
+        "shard-1-000000.tar",
+    ]
     check_finished(cwd / "shards", reference)
 
 
@@ -255,8 +284,11 @@ def test_bad_input_for_the_webdataset_layout_writes_nothing(job, cli_server, tmp
     refused = cli_server(cwd, f"dataset.path={keyed}", *WDS, *FAST, f"output.dir={tmp_path / 'keyed'}")
     assert refused.returncode == 2
     assert f"{keyed}:1: column 'key' would overwrite the manifest field" in refused.stdout
-    assert [p.name for p in (tmp_path / "keyed").rglob("*") if p.is_file()
-            and ".hydra" not in p.parts and p.name != "flux-batch.log"] == []  # Hydra's own only
+    assert [
+        p.name
+        for p in (tmp_path / "keyed").rglob("*")
+        if p.is_file() and ".hydra" not in p.parts and p.name != "flux-batch.log"
+    ] == []  # Hydra's own only
 
 
 def test_export_reads_a_webdataset_run(job, cli_server):
@@ -293,5 +325,7 @@ def test_a_torn_temporary_tar_yields_exactly_its_whole_samples(tmp_path):
         assert [s.record["id"] for s in found] == [f"i{n}" for n in range(whole)], cut
         assert all(s.image == samples[i].image and s.prompt == f"prompt {i}" for i, s in enumerate(found))
     damaged = bytearray(data)
-    damaged[len(pieces[0]) + 512 + 100] ^= 0xFF  # a flipped byte in the second image: its sha256 no longer matches
+    damaged[len(pieces[0]) + 512 + 100] ^= (
+        0xFF  # a flipped byte in the second image: its sha256 no longer matches
+    )
     assert [s.record["id"] for s in whole_samples(io.BytesIO(bytes(damaged)))] == ["i0", "i2"]

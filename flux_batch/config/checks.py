@@ -3,6 +3,7 @@
 Each returns the reason, or None. The config puts `key=value: ` in front of it; a prompt row
 that overrides the setting (plan/prompts.py) puts its own `name=value ` in front.
 """
+
 from __future__ import annotations
 
 import math
@@ -87,8 +88,10 @@ def device_problem(value: Any) -> str | None:
 
 def offload_problem(value: Any) -> str | None:
     if value == "sequential":
-        return ("diffusers' sequential CPU offload does not work with GGUF-quantized transformers "
-                "(it fails with KeyError: None); use runtime.offload=model")
+        return (
+            "diffusers' sequential CPU offload does not work with GGUF-quantized transformers "
+            "(it fails with KeyError: None); use runtime.offload=model"
+        )
     return None
 
 

@@ -7,6 +7,7 @@
 - `read_by`: the methods (or layouts) of its section that read it; the others ignore it, and
   a value set for them draws a warning (load.unread_settings).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,8 +59,13 @@ def pixels(**how: Any) -> Pixels:
     return Pixels(**how)
 
 
-def setting(default: Any = MISSING, *, rule: Rule | None = None, pixels: Pixels | None = None,
-            read_by: tuple[str, ...] = ()) -> Any:
+def setting(
+    default: Any = MISSING,
+    *,
+    rule: Rule | None = None,
+    pixels: Pixels | None = None,
+    read_by: tuple[str, ...] = (),
+) -> Any:
     """A dataclass field with its declarations (see the module's docstring)."""
     metadata = {"rule": rule, "pixels": pixels, "read_by": read_by}
     return field(default=default, metadata=metadata)

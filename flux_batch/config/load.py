@@ -1,5 +1,6 @@
 """The composed config as the run reads it: built once, checked, with a warning for each
 setting its section's chosen method (layout) does not read."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,15 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flux_batch.config.fields import is_read, plain
-from flux_batch.config.schema import (SECTIONS, CacheConfig, DatasetConfig, FluxBatchConfig,
-                                      ModelConfig, QuantConfig, SamplerConfig)
+from flux_batch.config.schema import (
+    SECTIONS,
+    CacheConfig,
+    DatasetConfig,
+    FluxBatchConfig,
+    ModelConfig,
+    QuantConfig,
+    SamplerConfig,
+)
 from flux_batch.errors import ConfigError
 from flux_batch.store.layouts import Layout as StoreLayout
 from flux_batch.store.layouts import make_layout
@@ -55,8 +63,9 @@ def _refuse_added_keys(cfg: DictConfig) -> None:
         for name in node.keys():
             if name not in names:
                 owner = key or "the config"
-                raise ConfigError(f"{key + '.' if key else ''}{name}: no such key; {owner} has "
-                                  f"{', '.join(names)}")
+                raise ConfigError(
+                    f"{key + '.' if key else ''}{name}: no such key; {owner} has {', '.join(names)}"
+                )
 
 
 def unread_settings(cfg: FluxBatchConfig) -> list[str]:
@@ -69,9 +78,11 @@ def unread_settings(cfg: FluxBatchConfig) -> list[str]:
             value = getattr(section, f.name)
             if not is_read(section, f) and value != f.default:
                 readers = f.metadata["read_by"]
-                found.append(f"{key}.{f.name}={plain(value)} has no effect: {key}.{chooser}="
-                             f"{plain(getattr(section, chooser))} does not read it (only "
-                             f"{' and '.join(readers)} {'does' if len(readers) == 1 else 'do'})")
+                found.append(
+                    f"{key}.{f.name}={plain(value)} has no effect: {key}.{chooser}="
+                    f"{plain(getattr(section, chooser))} does not read it (only "
+                    f"{' and '.join(readers)} {'does' if len(readers) == 1 else 'do'})"
+                )
     return found
 
 

@@ -6,10 +6,10 @@ from the composed config once, each section checking its values (fields.Section)
 Each field declares its rule, whether it changes pixels, and which method reads it
 (config/fields.py).
 """
+
 from __future__ import annotations
 
-from dataclasses import field
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, List, Optional
 
@@ -125,28 +125,42 @@ class SamplerConfig(Section):
 
     # a name in schedulers.SCHEDULERS; in the fingerprint as "name", its key before
     # schedulers were selectable
-    scheduler: str = setting("euler", rule=Rule(problem=checks.scheduler_problem),
-                             pixels=pixels(key="name"))
+    scheduler: str = setting("euler", rule=Rule(problem=checks.scheduler_problem), pixels=pixels(key="name"))
     # null: the model's schedule (dev shifts by resolution); a number: that fixed shift
-    shift: Optional[float] = setting(None, rule=Rule(problem=checks.shift_problem), pixels=pixels(
-        value=lambda s: float(s.shift), when=lambda s: s.shift is not None))
+    shift: Optional[float] = setting(
+        None,
+        rule=Rule(problem=checks.shift_problem),
+        pixels=pixels(value=lambda s: float(s.shift), when=lambda s: s.shift is not None),
+    )
     steps: int = setting(rule=Rule(minimum=1), pixels=pixels())
-    guidance: float = setting(rule=Rule(problem=checks.guidance_problem),
-                              pixels=pixels(value=lambda s: float(s.guidance)))
+    guidance: float = setting(
+        rule=Rule(problem=checks.guidance_problem), pixels=pixels(value=lambda s: float(s.guidance))
+    )
     # > 1 renders rows that have a negative prompt with true CFG (2x cost)
-    true_cfg: float = setting(1.0, rule=Rule(problem=checks.true_cfg_problem), pixels=pixels(
-        value=lambda s: float(s.true_cfg), when=lambda s: s.true_cfg != 1))
+    true_cfg: float = setting(
+        1.0,
+        rule=Rule(problem=checks.true_cfg_problem),
+        pixels=pixels(value=lambda s: float(s.true_cfg), when=lambda s: s.true_cfg != 1),
+    )
     # for rows without their own negative_prompt
-    negative_prompt: str = setting("", pixels=pixels(
-        value=lambda s: s.negative_prompt.strip(), when=lambda s: bool(s.negative_prompt.strip())))
+    negative_prompt: str = setting(
+        "",
+        pixels=pixels(
+            value=lambda s: s.negative_prompt.strip(), when=lambda s: bool(s.negative_prompt.strip())
+        ),
+    )
     # width and height enter the fingerprint as the run's image size (after `aspect`)
     width: int = setting(rule=Rule(multiple=16), pixels=pixels(value=lambda s: _size(s)[0]))
     height: int = setting(rule=Rule(multiple=16), pixels=pixels(value=lambda s: _size(s)[1]))
     # e.g. 16:9: replaces width/height at `megapixels`; with `megapixels`, in the fingerprint
     # as the "area" the rows' own aspects fit
-    aspect: Optional[str] = setting(None, rule=Rule(problem=checks.aspect_problem, hint=checks.aspect_hint),
-                                    pixels=pixels(key="area", value=area, when=lambda s: (
-                                        s.aspect is not None or s.megapixels is not None)))
+    aspect: Optional[str] = setting(
+        None,
+        rule=Rule(problem=checks.aspect_problem, hint=checks.aspect_hint),
+        pixels=pixels(
+            key="area", value=area, when=lambda s: s.aspect is not None or s.megapixels is not None
+        ),
+    )
     # null: the area of width x height; 1 = 1024x1024 pixels
     megapixels: Optional[float] = setting(None, rule=Rule(problem=checks.positive_problem))
     max_sequence_length: int = setting(rule=Rule(minimum=1), pixels=pixels())
@@ -170,8 +184,12 @@ class CacheConfig(Section):
     # absent from the fingerprint without caching: runs made before caching keep theirs
     method: CacheMethod = setting(CacheMethod.none, pixels=pixels(when=lambda c: c.method != "none"))
     # fbcache: relative change of the first block's residual under which the rest is reused
-    threshold: float = setting(0.08, rule=Rule(problem=checks.guidance_problem, if_read=True),
-                               pixels=pixels(value=lambda c: float(c.threshold)), read_by=("fbcache",))
+    threshold: float = setting(
+        0.08,
+        rule=Rule(problem=checks.guidance_problem, if_read=True),
+        pixels=pixels(value=lambda c: float(c.threshold)),
+        read_by=("fbcache",),
+    )
     # taylorseer: a full step every `interval` steps after the warm-up
     interval: int = setting(2, rule=Rule(minimum=1, if_read=True), pixels=pixels(), read_by=("taylorseer",))
     # taylorseer: steps computed in full before the first prediction
@@ -211,13 +229,21 @@ class OutputConfig(Section):
     # null: outputs/<dataset>-<model>-<quant>-<fingerprint>, resumed by the same command
     dir: Optional[str] = None
     format: ImageFormat = setting(ImageFormat.png, pixels=pixels(group="image"))
-    quality: int = setting(95, rule=Rule(problem=checks.quality_problem), pixels=pixels(  # jpg / webp
-        group="image", when=lambda o: o.format != "png"))
+    quality: int = setting(
+        95,
+        rule=Rule(problem=checks.quality_problem),
+        pixels=pixels(  # jpg / webp
+            group="image", when=lambda o: o.format != "png"
+        ),
+    )
     # flat: images/<id>.png | sharded: images/00000/<id>.png | webdataset: shards/000000.tar
     layout: Layout = Layout.flat
     # images per folder (null: 10,000) or samples per tar shard (null: 1,000)
-    shard_size: Optional[int] = setting(None, rule=Rule(minimum=1), read_by=tuple(
-        name for name, layout in LAYOUTS.items() if layout.default_size is not None))
+    shard_size: Optional[int] = setting(
+        None,
+        rule=Rule(minimum=1),
+        read_by=tuple(name for name, layout in LAYOUTS.items() if layout.default_size is not None),
+    )
     captions: bool = False  # write the prompt as <id>.txt beside each image (LoRA trainers read these)
 
     def check(self) -> None:
@@ -264,8 +290,12 @@ class FluxBatchConfig(Section):
     output: OutputConfig = field(default_factory=OutputConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     # LoRAs on top of the transformer; in the fingerprint by their hash (model/lora.py)
-    lora: List[LoraConfig] = field(default_factory=list, metadata={"pixels": pixels(
-        group="", value=lambda c: lora_identity(c.lora), when=lambda c: bool(c.lora))})
+    lora: List[LoraConfig] = field(
+        default_factory=list,
+        metadata={
+            "pixels": pixels(group="", value=lambda c: lora_identity(c.lora), when=lambda c: bool(c.lora))
+        },
+    )
     # base seed; an item's seed is derived from it, its id and k
     seed: int = setting(0, rule=Rule(minimum=0), pixels=pixels())
     num_images: int = setting(1, rule=Rule(minimum=1))  # images per prompt (a row may set its own)
@@ -279,9 +309,17 @@ class FluxBatchConfig(Section):
             check_rules(entry, f"lora.{i}.")
         # what the family lacks (a cache method, LoRA, true CFG) is refused in one line
         families.get(self.model.family).check_features(
-            plain(self.cache.method), bool(self.lora), self.sampler.true_cfg)
+            plain(self.cache.method), bool(self.lora), self.sampler.true_cfg
+        )
 
 
 # The sections of the config, by key.
-SECTIONS = {"model": ModelConfig, "quant": QuantConfig, "sampler": SamplerConfig, "cache": CacheConfig,
-            "dataset": DatasetConfig, "output": OutputConfig, "runtime": RuntimeConfig}
+SECTIONS = {
+    "model": ModelConfig,
+    "quant": QuantConfig,
+    "sampler": SamplerConfig,
+    "cache": CacheConfig,
+    "dataset": DatasetConfig,
+    "output": OutputConfig,
+    "runtime": RuntimeConfig,
+}

@@ -5,6 +5,7 @@ tokenizers, VAE, scheduler, the transformer in float32 safetensors) and the tran
 Q8_0 GGUF. Other quant types are written on first use into the cache from the float32
 weights, by the same GGUF code as `flux-batch-gguf quantize`.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,10 @@ from pathlib import Path
 
 VERSION = "demo-v2"  # bump when the shipped weights change: it enters the run fingerprint
 SHIPPED_TYPE = "Q8_0"
-HOW_TO_GET = ("The demo model ships inside the flux-batch package; reinstall flux-batch, or "
-              "retrain it with `python -m flux_batch.demo.train flux_batch/demo/model`")
+HOW_TO_GET = (
+    "The demo model ships inside the flux-batch package; reinstall flux-batch, or "
+    "retrain it with `python -m flux_batch.demo.train flux_batch/demo/model`"
+)
 
 
 def model_dir() -> Path:
@@ -47,4 +50,7 @@ def ensure_built(gguf_type: str) -> Path:
 def is_demo_file(path: str | os.PathLike) -> bool:
     """Whether `path` is one of the demo model's own transformer files."""
     path = Path(path)
-    return path.name.startswith("transformer-") and path.parent in (model_dir(), transformer_path("F32").parent)
+    return path.name.startswith("transformer-") and path.parent in (
+        model_dir(),
+        transformer_path("F32").parent,
+    )

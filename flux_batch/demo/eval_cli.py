@@ -1,4 +1,5 @@
 """`flux-batch-eval RUN_DIR`: how well a run of demo prompts shows what its prompts say."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,11 +14,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="flux-batch-eval",
         description="Score a run of demo-model prompts: colour, shape, size and position "
-                    "accuracy (and PSNR against a reference run); prints a table and writes "
-                    "RUN_DIR/eval.json.")
+        "accuracy (and PSNR against a reference run); prints a table and writes "
+        "RUN_DIR/eval.json.",
+    )
     parser.add_argument("run_dir", type=Path, help="a finished flux-batch run directory")
-    parser.add_argument("--reference", type=Path, metavar="RUN_DIR",
-                        help="another run of the same items: report PSNR against its images")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        metavar="RUN_DIR",
+        help="another run of the same items: report PSNR against its images",
+    )
     parser.add_argument("-o", "--output", type=Path, help="JSON file (default: RUN_DIR/eval.json)")
     args = parser.parse_args(argv)
     from flux_batch.demo.evaluation import evaluate, table

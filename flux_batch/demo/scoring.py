@@ -5,6 +5,7 @@ the image border). Its colour is the nearest palette hue to the region's median 
 shape comes from how much of its bounding box it fills (a square fills all of it, a circle
 pi/4, a triangle half); its size from the box's side, its position from the box's centre.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -34,6 +35,7 @@ LARGE_SIDE = SIZES["small"][1] + SIZES["large"][0]  # a side between the small a
 @dataclass(frozen=True)
 class Reading:
     """What a picture shows; all None when it shows no shape."""
+
     colour: Optional[str] = None
     shape: Optional[str] = None
     size: Optional[str] = None
@@ -69,7 +71,8 @@ def read(image: np.ndarray) -> Reading:
         shape="square" if fill > FILL_SQUARE else "circle" if fill > FILL_TRIANGLE else "triangle",
         size="large" if (width + height) / 2 > LARGE_SIDE else "small",
         position=_position((xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2),
-        fill=round(fill, 3), hue=round(hue, 1),
+        fill=round(fill, 3),
+        hue=round(hue, 1),
     )
 
 
@@ -108,4 +111,4 @@ def matches(caption: Caption, reading: Reading) -> dict[str, Optional[bool]]:
 def psnr(a: np.ndarray, b: np.ndarray, cap: float = 100.0) -> float:
     """Peak signal-to-noise ratio of two uint8 pictures in dB; identical pictures get `cap`."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return cap if mse == 0 else min(cap, 10 * math.log10(255.0 ** 2 / mse))
+    return cap if mse == 0 else min(cap, 10 * math.log10(255.0**2 / mse))

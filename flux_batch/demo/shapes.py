@@ -5,6 +5,7 @@ triangle on the left". `draw` renders one with PIL: the shape, filled, on a plai
 background. Everything not named in the caption (size, position, a little jitter) is drawn
 from the random generator passed in, so a seed fixes the whole data stream.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -52,8 +53,10 @@ class Caption:
 
 def all_captions() -> list[Caption]:
     """Every caption the grammar makes (6 x 3 x 3 x 6 = 324)."""
-    return [Caption(c, s, z, p) for c, s, z, p in itertools.product(
-        COLOURS, SHAPES, (None, *SIZES), (None, *POSITIONS))]
+    return [
+        Caption(c, s, z, p)
+        for c, s, z, p in itertools.product(COLOURS, SHAPES, (None, *SIZES), (None, *POSITIONS))
+    ]
 
 
 def vocabulary() -> list[str]:
@@ -79,7 +82,8 @@ def parse(prompt: str) -> Optional[Caption]:
 def random_caption(rng: random.Random) -> Caption:
     """Each optional part is present half the time."""
     return Caption(
-        rng.choice(list(COLOURS)), rng.choice(SHAPES),
+        rng.choice(list(COLOURS)),
+        rng.choice(SHAPES),
         rng.choice(list(SIZES)) if rng.random() < 0.5 else None,
         rng.choice(list(POSITIONS)) if rng.random() < 0.5 else None,
     )

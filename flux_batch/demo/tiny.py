@@ -5,6 +5,7 @@ folder (its family's pieces: families/flux1/tiny.py), plus one GGUF file per qua
 written by the same GGUF code as real quantizations and loaded through the same
 `from_single_file` path as real FLUX files. It proves the plumbing; it draws noise.
 """
+
 from __future__ import annotations
 
 import os

@@ -18,6 +18,7 @@ same numbers. OUT becomes a diffusers pipeline folder (the transformer in float3
 plus `transformer-Q8_0.gguf` written by the project's quantizer, `train-log.jsonl` (every
 step's losses) and `training.json` (settings, wall and CPU seconds per stage).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,7 +81,9 @@ class Log:
         return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
 
     def step(self, stage: str, step: int, total: int, **losses: float) -> None:
-        self.file.write(json.dumps({"stage": stage, "step": step, **{k: round(v, 6) for k, v in losses.items()}}) + "\n")
+        self.file.write(
+            json.dumps({"stage": stage, "step": step, **{k: round(v, 6) for k, v in losses.items()}}) + "\n"
+        )
         if step % self.every == 0 or step == total:
             shown = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
             print(f"{stage} {step}/{total} {shown} ({self.wall():.0f} s, {self.cpu():.0f} CPU-s)", flush=True)
@@ -128,8 +131,9 @@ def train_vae(s: Settings, rng: random.Random, log: Log):
     with torch.no_grad():  # latent statistics -> FLUX-style shift and scaling factors
         x = images_tensor([draw(random_caption(rng), rng) for _ in range(256)])
         latents = vae.encode(x).latent_dist.mean
-    vae.register_to_config(shift_factor=round(latents.mean().item(), 4),
-                           scaling_factor=round(1.0 / latents.std().item(), 4))
+    vae.register_to_config(
+        shift_factor=round(latents.mean().item(), 4), scaling_factor=round(1.0 / latents.std().item(), 4)
+    )
     return vae
 
 
@@ -158,8 +162,9 @@ def finetune_decoder(s: Settings, log: Log, vae):
 def weighted_mse(recon, x, shape_weight: float):
     """Squared error with the shape's pixels weighing 1 + shape_weight: the background fills
     most of a picture, and a plain mean lets the shape's hue and edges drift."""
-    from flux_batch.demo.shapes import BACKGROUND
     import torch
+
+    from flux_batch.demo.shapes import BACKGROUND
 
     background = torch.tensor(BACKGROUND, dtype=x.dtype).view(1, 3, 1, 1) / 127.5 - 1.0
     shape = ((x - background).abs().amax(1, keepdim=True) > 0.05).to(x.dtype)
@@ -196,7 +201,7 @@ class LatentPool:
         means, stds = [], []
         with torch.no_grad():
             for start in range(0, s.pool, 256):
-                x = images_tensor([draw(c, rng) for c in captions[start:start + 256]])
+                x = images_tensor([draw(c, rng) for c in captions[start : start + 256]])
                 posterior = vae.encode(x).latent_dist
                 means.append(posterior.mean)
                 stds.append(posterior.std)
@@ -238,9 +243,16 @@ class Batch:
 
 
 def predict(model, batch: Batch, rows, seq, pooled, guidance):
-    return model(hidden_states=batch.noisy[rows], encoder_hidden_states=seq, pooled_projections=pooled,
-                 timestep=batch.t[rows], guidance=guidance, img_ids=batch.img_ids,
-                 txt_ids=batch.txt_ids, return_dict=False)[0]
+    return model(
+        hidden_states=batch.noisy[rows],
+        encoder_hidden_states=seq,
+        pooled_projections=pooled,
+        timestep=batch.t[rows],
+        guidance=guidance,
+        img_ids=batch.img_ids,
+        txt_ids=batch.txt_ids,
+        return_dict=False,
+    )[0]
 
 
 def distill(s: Settings, batch: Batch, teacher, gen):
@@ -340,8 +352,15 @@ def text_pipeline(folder: Path):
     clip, t5 = C.text_encoders(clip_tok, t5_tok)
     clip.save_pretrained(folder / "text_encoder")
     t5.save_pretrained(folder / "text_encoder_2")
-    return FluxPipeline(scheduler=C.scheduler(), vae=None, text_encoder=clip, tokenizer=clip_tok,
-                        text_encoder_2=t5, tokenizer_2=t5_tok, transformer=None)
+    return FluxPipeline(
+        scheduler=C.scheduler(),
+        vae=None,
+        text_encoder=clip,
+        tokenizer=clip_tok,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tok,
+        transformer=None,
+    )
 
 
 STAGES = {  # stage -> the settings its result depends on (besides the earlier stages')
@@ -405,8 +424,13 @@ def _train_into(tmp: Path, out: Path, s: Settings, resume: Path | None) -> dict:
     log.file.close()
     _save(tmp, vae, transformer)
     total = {k: round(sum(stage[k] for stage in stages.values()), 1) for k in ("wall_s", "cpu_s")}
-    summary = {"version": VERSION, "settings": asdict(s), "stages": stages, "total": total,
-               "torch": torch.__version__}
+    summary = {
+        "version": VERSION,
+        "settings": asdict(s),
+        "stages": stages,
+        "total": total,
+        "torch": torch.__version__,
+    }
     (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
@@ -420,20 +444,28 @@ def _resumed(folder: Path, s: Settings):
 
     before = json.loads((folder / "training.json").read_text())
     stages = before.get("stages") or {  # a summary from before stage times: stages 1 and 2
-        "vae": before["vae"], "transformer": {k: round(before["total"][k] - before["vae"][k], 1)
-                                              for k in ("wall_s", "cpu_s")}}
+        "vae": before["vae"],
+        "transformer": {k: round(before["total"][k] - before["vae"][k], 1) for k in ("wall_s", "cpu_s")},
+    }
     settings = {**{"finetune_steps": 0, "decoder_steps": 0}, **before["settings"]}
     for stage in stages:
         for key in STAGES[stage]:
             if key in settings and list(np_tuple(settings[key])) != list(np_tuple(getattr(s, key))):
-                raise SystemExit(f"{folder}: its {stage} stage was trained with {key}={settings[key]}, "
-                                 f"not {getattr(s, key)}")
+                raise SystemExit(
+                    f"{folder}: its {stage} stage was trained with {key}={settings[key]}, "
+                    f"not {getattr(s, key)}"
+                )
     later = [stage for stage in STAGES if stage not in stages and settings[STAGES[stage][0]]]
     if later:
-        raise SystemExit(f"{folder}: it was trained with {', '.join(later)} steps but holds no "
-                         "such stage; resume only from a finished folder with later stages off")
-    return (AutoencoderKL.from_pretrained(folder / "vae").eval().requires_grad_(False),
-            FluxTransformer2DModel.from_pretrained(folder / "transformer"), dict(stages))
+        raise SystemExit(
+            f"{folder}: it was trained with {', '.join(later)} steps but holds no "
+            "such stage; resume only from a finished folder with later stages off"
+        )
+    return (
+        AutoencoderKL.from_pretrained(folder / "vae").eval().requires_grad_(False),
+        FluxTransformer2DModel.from_pretrained(folder / "transformer"),
+        dict(stages),
+    )
 
 
 def np_tuple(value):
@@ -447,8 +479,13 @@ def _save(folder: Path, vae, transformer) -> None:
     transformer.save_pretrained(folder / "transformer")
     C.scheduler().save_pretrained(folder / "scheduler")
     (folder / "model_index.json").write_text(json.dumps(C.MODEL_INDEX, indent=2) + "\n")
-    quantize_checkpoint(folder / "transformer", folder / "transformer-Q8_0.gguf", "Q8_0",
-                        layout="diffusers", name=f"flux-batch {VERSION}")
+    quantize_checkpoint(
+        folder / "transformer",
+        folder / "transformer-Q8_0.gguf",
+        "Q8_0",
+        layout="diffusers",
+        name=f"flux-batch {VERSION}",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,14 +493,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flux_batch.demo.train",
         description="Train the demo model (a tiny FLUX drawing coloured shapes) into OUT. "
-                    "The defaults reproduce the shipped weights.")
+        "The defaults reproduce the shipped weights.",
+    )
     parser.add_argument("out", type=Path, help="folder to write (replaced when it exists)")
     for name, value in asdict(defaults).items():
         if isinstance(value, (int, float)):
             parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
-    parser.add_argument("--resume", type=Path, metavar="DIR",
-                        help="continue a folder trained with the same settings but later stages "
-                             "off (e.g. --finetune-steps 0): its stages are loaded, the rest run")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue a folder trained with the same settings but later stages "
+        "off (e.g. --finetune-steps 0): its stages are loaded, the rest run",
+    )
     args = parser.parse_args(argv)
     s = Settings(**{k: v for k, v in vars(args).items() if k not in ("out", "resume")})
     summary = train(args.out, s, args.resume)

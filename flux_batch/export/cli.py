@@ -4,6 +4,7 @@ Converts a run of any layout. Every image is checked against its manifest sha256
 read; the export is built in a hidden folder beside OUT_DIR and renamed into place only
 when complete, so a kill or an error leaves nothing under the final name (a later export
 removes the leftover)."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,19 +24,26 @@ from flux_batch.store.lock import RunLock
 from flux_batch.store.names import MANIFEST, README, RUN_INFO
 
 # format -> (its writer, the card's data files, its default --shard-size)
-FORMATS = {"webdataset": (webdataset.write_webdataset, webdataset.DATA_FILES, WebDataset.default_size),
-           "parquet": (parquet.write_parquet, parquet.DATA_FILES, parquet.ROWS_PER_FILE)}
+FORMATS = {
+    "webdataset": (webdataset.write_webdataset, webdataset.DATA_FILES, WebDataset.default_size),
+    "parquet": (parquet.write_parquet, parquet.DATA_FILES, parquet.ROWS_PER_FILE),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="flux-batch-export",
         description="Convert a finished flux-batch run into WebDataset tar shards or Parquet "
-                    "files, with a dataset card; every image is checked against its sha256.")
+        "files, with a dataset card; every image is checked against its sha256.",
+    )
     parser.add_argument("run_dir", type=Path, help="a flux-batch run directory (any layout)")
     parser.add_argument("--to", required=True, choices=tuple(FORMATS))
-    parser.add_argument("--shard-size", type=int, default=None,
-                        help="samples per tar file or rows per Parquet file (default 1000)")
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help="samples per tar file or rows per Parquet file (default 1000)",
+    )
     parser.add_argument("-o", "--output", type=Path, help="folder to create (default: RUN_DIR-<format>)")
     a = parser.parse_args(argv)
     try:
@@ -100,12 +108,14 @@ def _fsync_tree(folder: Path) -> None:
     fsync_dir(folder)
 
 
-def _write_card(run_dir: Path, out: Path, data_files: list[str], count: int, to: str,
-                shard_size: int) -> None:
+def _write_card(
+    run_dir: Path, out: Path, data_files: list[str], count: int, to: str, shard_size: int
+) -> None:
     info = json.loads((run_dir / RUN_INFO).read_text()) if (run_dir / RUN_INFO).exists() else {}
     layout = f"{to}, {shard_size:,} samples per file, exported from {run_dir.name}"
-    (out / README).write_text(card(run_dir.name, data_files, info.get("settings", {}), count, layout),
-                              encoding="utf-8")
+    (out / README).write_text(
+        card(run_dir.name, data_files, info.get("settings", {}), count, layout), encoding="utf-8"
+    )
 
 
 if __name__ == "__main__":

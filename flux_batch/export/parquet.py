@@ -3,6 +3,7 @@ image (bytes and path, as the `datasets` Image feature stores them) with its rec
 columns and the whole record as JSON (a row's own columns vary from run to run). The schema
 carries the `datasets` features, so `load_dataset("parquet", …)` and the Hub's viewer show the
 images as images."""
+
 from __future__ import annotations
 
 import json
@@ -17,12 +18,21 @@ DATA = "data"
 DATA_FILES = [f"{DATA}/*.parquet"]
 ROWS_PER_FILE = 1000  # the default --shard-size
 COLUMNS = {  # record field -> (arrow type name, datasets dtype)
-    "id": ("string", "string"), "k": ("int64", "int64"), "prompt": ("string", "string"),
-    "seed": ("int64", "int64"), "width": ("int64", "int64"), "height": ("int64", "int64"),
-    "steps": ("int64", "int64"), "guidance": ("float64", "float64"),
-    "negative_prompt": ("string", "string"), "true_cfg": ("float64", "float64"),
-    "scheduler": ("string", "string"), "model": ("string", "string"), "quant": ("string", "string"),
-    "file_name": ("string", "string"), "sha256": ("string", "string"),
+    "id": ("string", "string"),
+    "k": ("int64", "int64"),
+    "prompt": ("string", "string"),
+    "seed": ("int64", "int64"),
+    "width": ("int64", "int64"),
+    "height": ("int64", "int64"),
+    "steps": ("int64", "int64"),
+    "guidance": ("float64", "float64"),
+    "negative_prompt": ("string", "string"),
+    "true_cfg": ("float64", "float64"),
+    "scheduler": ("string", "string"),
+    "model": ("string", "string"),
+    "quant": ("string", "string"),
+    "file_name": ("string", "string"),
+    "sha256": ("string", "string"),
 }
 ROWS_PER_GROUP = 100  # images per row group: a reader holds one group of images at a time
 
@@ -32,8 +42,9 @@ def write_parquet(samples: Iterable[Sample], out: Path, count: int, shard_size: 
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise ExportError("flux-batch-export --to parquet needs pyarrow: "
-                          "pip install 'flux-batch[export]'") from None
+        raise ExportError(
+            "flux-batch-export --to parquet needs pyarrow: pip install 'flux-batch[export]'"
+        ) from None
     schema = _schema(pa)
     files = -(-count // shard_size)
     (out / DATA).mkdir(parents=True)

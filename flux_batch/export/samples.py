@@ -1,5 +1,6 @@
 """A run's samples read back for export: each manifest record with its image's bytes, checked
 against the record's sha256 before anything is written."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +9,8 @@ from typing import Iterator
 
 from flux_batch.errors import FluxBatchError
 from flux_batch.store.layouts.tars import Sample
-from flux_batch.store.names import MANIFEST
 from flux_batch.store.manifest import read_records
+from flux_batch.store.names import MANIFEST
 from flux_batch.store.reader import RunImages
 
 
@@ -37,9 +38,12 @@ def samples(run_dir: Path, records: list[dict]) -> Iterator[Sample]:
         try:
             data = images.read(record["file_name"])
         except OSError as e:
-            raise ExportError(f"{path}: cannot read the image of manifest line {number + 1} "
-                              f"({e.strerror or e})") from None
+            raise ExportError(
+                f"{path}: cannot read the image of manifest line {number + 1} ({e.strerror or e})"
+            ) from None
         if hashlib.sha256(data).hexdigest() != record.get("sha256"):
-            raise ExportError(f"{path}: its sha256 differs from manifest line {number + 1}: "
-                              "the file changed after it was written; nothing was exported")
+            raise ExportError(
+                f"{path}: its sha256 differs from manifest line {number + 1}: "
+                "the file changed after it was written; nothing was exported"
+            )
         yield Sample(f"{number:09d}", path.suffix.lstrip("."), data, record, record["prompt"])

@@ -3,6 +3,7 @@ run's own tar writer (store/layouts/tars.py: `<key>.<png|webp|jpg>`, `<key>.json
 manifest record, `<key>.txt` with the prompt), the layout `webdataset.WebDataset` and `datasets`'
 webdataset builder read; plus `index.parquet`, one row per sample: its key, shard and record
 (store/sample_index.py, the run's own index writer)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,13 +1,24 @@
 """Model families, by their `model.family` name: each one a `base.Family` in a module or folder
 of its own (FLUX.1: families/flux1/). docs/development.md says how to add one."""
+
 from __future__ import annotations
 
 from flux_batch.errors import ConfigError
 from flux_batch.families import flux1
 from flux_batch.families.base import Embedding, Family, Features
 
-__all__ = ["DEFAULT", "Embedding", "Family", "Features", "check_model", "for_tensors", "get",
-           "key_table", "names", "of_pipeline"]
+__all__ = [
+    "DEFAULT",
+    "Embedding",
+    "Family",
+    "Features",
+    "check_model",
+    "for_tensors",
+    "get",
+    "key_table",
+    "names",
+    "of_pipeline",
+]
 
 DEFAULT = "flux1"  # model.family's default
 _FAMILIES: dict[str, Family] = {f.name: f for f in (flux1.FAMILY,)}
@@ -21,8 +32,9 @@ def get(name: str) -> Family:
     """The family called `name`, or ConfigError naming model.family and the known ones."""
     family = _FAMILIES.get(name)
     if family is None:
-        raise ConfigError(f"model.family={name}: unknown model family; the known ones are "
-                          f"{', '.join(names())}")
+        raise ConfigError(
+            f"model.family={name}: unknown model family; the known ones are {', '.join(names())}"
+        )
     return family
 
 

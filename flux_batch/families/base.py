@@ -16,6 +16,7 @@ A family (FLUX.1 today; FLUX.2, Chroma and Kontext to come) owns:
 Everything else (batching, seeds, placement, offload, dequantizing, the schedules, caches,
 output) is the same for every family and stays out of here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,8 +90,9 @@ class Family:
         """One prompt's embedding, as the pipeline's own encoder computes it."""
         raise NotImplementedError
 
-    def call_args(self, batch: list[Item], embeds: Embedding, negative: Embedding | None,
-                  max_sequence_length: int) -> dict[str, Any]:
+    def call_args(
+        self, batch: list[Item], embeds: Embedding, negative: Embedding | None, max_sequence_length: int
+    ) -> dict[str, Any]:
         """The pipeline call's arguments for a batch of items (one Settings; an image-input
         family reads each item's image), besides generators, output_type and the step
         callback; `negative` only under true CFG."""
@@ -107,13 +109,17 @@ class Family:
         """ConfigError naming the key when a config asks for what this family lacks."""
         f = self.features
         if cache_method not in f.cache_methods:
-            raise ConfigError(f"cache={cache_method}: not available for model.family={self.name} "
-                              f"({self.label}); it has {', '.join(sorted(f.cache_methods))}")
+            raise ConfigError(
+                f"cache={cache_method}: not available for model.family={self.name} "
+                f"({self.label}); it has {', '.join(sorted(f.cache_methods))}"
+            )
         if loras and not f.lora:
             raise ConfigError(f"lora: model.family={self.name} ({self.label}) does not load LoRAs")
         if true_cfg > 1 and not f.true_cfg:
-            raise ConfigError(f"sampler.true_cfg={true_cfg}: model.family={self.name} "
-                              f"({self.label}) has no true classifier-free guidance")
+            raise ConfigError(
+                f"sampler.true_cfg={true_cfg}: model.family={self.name} "
+                f"({self.label}) has no true classifier-free guidance"
+            )
 
     # the embedded tiny model
 

@@ -6,6 +6,7 @@ with or without the `model.diffusion_model.` prefix (a full checkpoint's VAE and
 encoder tensors are then ignored). Nothing is read until a tensor is asked for, so converting
 holds one tensor (or the parts of one fused tensor) in memory at a time.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,10 @@ class Checkpoint:
         self.keys = families.key_table(self.names)  # the family's BFL <-> diffusers table
         self.layout = self.keys.layout_of(self.names)
         if self.layout is None:
-            raise CheckpointError(f"{source}: no FLUX transformer tensors found (expected "
-                                  "img_in/double_blocks or x_embedder/transformer_blocks names)")
+            raise CheckpointError(
+                f"{source}: no FLUX transformer tensors found (expected "
+                "img_in/double_blocks or x_embedder/transformer_blocks names)"
+            )
 
     def _handle(self, path: Path):
         from safetensors import safe_open
@@ -69,8 +72,10 @@ def open_checkpoint(source: str | os.PathLike) -> Checkpoint:
     if source.is_dir():
         return Checkpoint(_folder_tensors(source), source)
     if source.suffix != ".safetensors":
-        raise CheckpointError(f"{source}: only .safetensors files and diffusers folders are read "
-                              "(pickled .ckpt/.pt/.bin files are never loaded)")
+        raise CheckpointError(
+            f"{source}: only .safetensors files and diffusers folders are read "
+            "(pickled .ckpt/.pt/.bin files are never loaded)"
+        )
     return Checkpoint(_file_tensors(source), source)
 
 
@@ -89,7 +94,7 @@ def _file_tensors(path: Path) -> dict[str, tuple[Path, str]]:
     prefix = families.key_table(keys).BFL_PREFIX
     prefixed = [k for k in keys if k.startswith(prefix)]
     if prefixed:  # a full checkpoint: keep the transformer only
-        return {k[len(prefix):]: (path, k) for k in prefixed}
+        return {k[len(prefix) :]: (path, k) for k in prefixed}
     return {k: (path, k) for k in keys}
 
 
@@ -120,8 +125,10 @@ def plan(ckpt: Checkpoint, layout: str) -> list[PlannedTensor]:
     source_names = [f.bfl for f in table] if ckpt.layout == "bfl" else [p for f in table for p in f.parts]
     unknown = sorted(set(ckpt.names) - set(source_names))
     if unknown:
-        raise CheckpointError(f"{ckpt.source}: unexpected tensor {unknown[0]!r} for a FLUX "
-                              f"transformer with {n_double} double and {n_single} single blocks")
+        raise CheckpointError(
+            f"{ckpt.source}: unexpected tensor {unknown[0]!r} for a FLUX "
+            f"transformer with {n_double} double and {n_single} single blocks"
+        )
     missing = [n for n in source_names if n not in ckpt.where]
     if missing:
         raise CheckpointError(f"{ckpt.source}: tensor {missing[0]!r} is missing")
@@ -154,7 +161,9 @@ def _split(ckpt: Checkpoint, fused) -> list[PlannedTensor]:
         tensor = ckpt.get(fused.bfl)
         if fused.swap:
             tensor = ckpt.keys.swap_halves(tensor)
-        return tensor[offsets[i]:offsets[i] + sizes[i]].clone()
+        return tensor[offsets[i] : offsets[i] + sizes[i]].clone()
 
-    return [PlannedTensor(part, (size, *shape[1:]), lambda i=i: load(i))
-            for i, (part, size) in enumerate(zip(fused.parts, sizes))]
+    return [
+        PlannedTensor(part, (size, *shape[1:]), lambda i=i: load(i))
+        for i, (part, size) in enumerate(zip(fused.parts, sizes))
+    ]

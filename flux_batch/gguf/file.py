@@ -9,6 +9,7 @@ Files from other converters may hold 1-D BF16 tensors; the loader reads those (g
 Writing streams: the header and tensor table are written from shapes alone, then each tensor
 is read, quantized and appended, so memory holds one tensor at a time.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,17 @@ GGUF_MAGIC = b"GGUF"
 WRITABLE_TYPES = ("Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1", "BF16", "F16", "F32")
 # Input/output layers kept in high precision, in diffusers and BFL key names.
 KEEP_PREFIXES = (
-    "x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out",
-    "img_in", "txt_in", "time_in", "vector_in", "guidance_in", "final_layer",
+    "x_embedder",
+    "context_embedder",
+    "time_text_embed",
+    "norm_out",
+    "proj_out",
+    "img_in",
+    "txt_in",
+    "time_in",
+    "vector_in",
+    "guidance_in",
+    "final_layer",
 )
 SMALL = 1024  # tensors with fewer values than this are not worth quantizing
 
@@ -65,6 +75,7 @@ def _expected_size(path: Path) -> int:
     import gguf
 
     with open(path, "rb") as f:
+
         def read(n: int) -> bytes:
             data = f.read(n)
             if len(data) < n:
@@ -140,6 +151,7 @@ def stored_bytes(shape: tuple[int, ...], ggml_type: str) -> int:
 @dataclass
 class WriteStats:
     """What a write did: per-type counts and bytes, input bytes as float32, seconds."""
+
     types: dict[str, list[int]] = field(default_factory=dict)  # type -> [tensors, bytes]
     values: int = 0
     seconds: float = 0.0
@@ -220,8 +232,9 @@ def _as_planned(tensors) -> list:
     if isinstance(tensors, Mapping):
         from flux_batch.gguf.checkpoint import PlannedTensor
 
-        return [PlannedTensor(name, tuple(np.shape(a)), lambda a=a: _as_torch(a))
-                for name, a in tensors.items()]
+        return [
+            PlannedTensor(name, tuple(np.shape(a)), lambda a=a: _as_torch(a)) for name, a in tensors.items()
+        ]
     return list(tensors)
 
 
@@ -249,4 +262,3 @@ def tensor_types(path: str | os.PathLike) -> dict[str, str]:
     """name -> GGML type name of every tensor in a GGUF file."""
     reader = open_reader(path)
     return {t.name: t.tensor_type.name for t in reader.tensors}
-

@@ -1,4 +1,5 @@
 """What a FLUX GGUF file holds: family, layout, variant, size, tensor types, memory when loaded."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,23 @@ from flux_batch.gguf.file import open_reader
 UNQUANTIZED = ("F32", "F16")  # diffusers loads these as plain tensors in the compute dtype
 # what diffusers 0.42's GGUF layers run (diffusers.quantizers.gguf.utils.SUPPORTED_GGUF_QUANT_TYPES),
 # plus the plain types; written out so checking a file imports neither diffusers nor torch
-LOADABLE_TYPES = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
-                  "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"}
+LOADABLE_TYPES = {
+    "F32",
+    "F16",
+    "BF16",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q8_0",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+    "IQ4_NL",
+    "IQ4_XS",
+}
 
 
 def summarize(path: str | os.PathLike) -> dict:
@@ -22,8 +38,10 @@ def summarize(path: str | os.PathLike) -> dict:
     family = families.for_tensors(names)
     keys = (family or families.get(families.DEFAULT)).keys
     prefixed = any(name.startswith(keys.BFL_PREFIX) for name in names)
-    shapes = {name: tuple(int(d) for d in reversed(t.shape))
-              for name, t in zip(keys.unprefixed(names), reader.tensors)}
+    shapes = {
+        name: tuple(int(d) for d in reversed(t.shape))
+        for name, t in zip(keys.unprefixed(names), reader.tensors)
+    }
     layout = keys.layout_of(shapes)
     n_double, n_single = keys.block_counts(shapes, layout) if layout else (0, 0)
     hidden = shapes.get("img_in.weight" if layout == "bfl" else "x_embedder.weight", (None,))[0]
@@ -64,8 +82,10 @@ def loading_problem(path: str | os.PathLike) -> str | None:
         return "no FLUX transformer tensors in it (img_in/double_blocks or x_embedder/transformer_blocks)"
     unsupported = sorted(set(info["types"]) - LOADABLE_TYPES)
     if unsupported:
-        return (f"it holds {', '.join(unsupported)} tensors, which diffusers' GGUF layers do not "
-                f"run (they run {', '.join(sorted(LOADABLE_TYPES))})")
+        return (
+            f"it holds {', '.join(unsupported)} tensors, which diffusers' GGUF layers do not "
+            f"run (they run {', '.join(sorted(LOADABLE_TYPES))})"
+        )
     return None
 
 
@@ -113,10 +133,14 @@ def render(info: dict) -> str:
     if info["layout"]:
         guidance = "guidance_in present" if info["variant"] == "dev" else "no guidance_in"
         label = families.get(info["family"]).label if info.get("family") else "FLUX"
-        lines.append(f"model         {label} {info['variant']} ({guidance}), {info['double_blocks']} double + "
-                     f"{info['single_blocks']} single blocks, hidden size {info['hidden_size']}")
-    lines.append(f"parameters    {count_text(info['parameters'])} ({info['parameters']:,}) in "
-                 f"{info['tensors']} tensors")
+        lines.append(
+            f"model         {label} {info['variant']} ({guidance}), {info['double_blocks']} double + "
+            f"{info['single_blocks']} single blocks, hidden size {info['hidden_size']}"
+        )
+    lines.append(
+        f"parameters    {count_text(info['parameters'])} ({info['parameters']:,}) in "
+        f"{info['tensors']} tensors"
+    )
     lines.append(f"file type     {info['file_type']}, quantization version {info['quantization_version']}")
     lines.append("")
     lines.append(f"{'type':<6} {'tensors':>7} {'parameters':>15} {'bytes':>15} {'bits/weight':>11}")
@@ -125,7 +149,9 @@ def render(info: dict) -> str:
         lines.append(f"{name:<6} {e['tensors']:>7} {e['values']:>15,} {e['bytes']:>15,} {bits:>11.2f}")
     loaded = info["loaded_bytes"]
     lines.append("")
-    lines.append(f"loaded        {size_text(loaded['bfloat16'])} with bfloat16 compute, "
-                 f"{size_text(loaded['float32'])} with float32 (quantized weights stay packed; "
-                 "F32/F16 tensors take the compute dtype)")
+    lines.append(
+        f"loaded        {size_text(loaded['bfloat16'])} with bfloat16 compute, "
+        f"{size_text(loaded['float32'])} with float32 (quantized weights stay packed; "
+        "F32/F16 tensors take the compute dtype)"
+    )
     return "\n".join(lines)

@@ -15,6 +15,7 @@ families/flux1/keys.py). A LoRA with text-encoder weights, or with keys that rea
 SRC, is refused in one line: baking only part of it would render something else than the
 run-time LoRA.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,15 +57,19 @@ def lora_deltas(spec: LoraSpec) -> dict[str, "object"]:
     try:
         state, alphas = FluxLoraLoaderMixin.lora_state_dict(spec.path, return_alphas=True)
     except (ValueError, KeyError, RuntimeError, OSError) as e:
-        raise ValueError(f"--lora {spec.path}: cannot be read as a FLUX LoRA "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ValueError(
+            f"--lora {spec.path}: cannot be read as a FLUX LoRA "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         m = _LORA_KEY.match(key)
         if m is None:
             where = "text-encoder weights" if key.startswith("text_encoder") else f"the key {key!r}"
-            raise ValueError(f"--lora {spec.path}: holds {where}, which a transformer GGUF cannot "
-                             "carry; apply it at run time with lora=[…]")
+            raise ValueError(
+                f"--lora {spec.path}: holds {where}, which a transformer GGUF cannot "
+                "carry; apply it at run time with lora=[…]"
+            )
         pairs.setdefault(m[1], {})[m[2]] = value.float()
     deltas = {}
     for module, pair in pairs.items():
@@ -77,8 +82,9 @@ def lora_deltas(spec: LoraSpec) -> dict[str, "object"]:
     return deltas
 
 
-def merge_lora(src: str | os.PathLike, out: str | os.PathLike, loras: list[LoraSpec], qtype: str,
-               name: str | None = None) -> WriteStats:
+def merge_lora(
+    src: str | os.PathLike, out: str | os.PathLike, loras: list[LoraSpec], qtype: str, name: str | None = None
+) -> WriteStats:
     """Write OUT: SRC's transformer with the LoRAs baked in, quantized to `qtype`."""
     import numpy as np
     import torch
@@ -97,8 +103,7 @@ def merge_lora(src: str | os.PathLike, out: str | os.PathLike, loras: list[LoraS
 
     def load(tensor_name: str):
         t = tensors[tensor_name]
-        values = torch.from_numpy(np.ascontiguousarray(
-            dequantize(t.data, t.tensor_type), dtype=np.float32))
+        values = torch.from_numpy(np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32))
         values = values.reshape(torch_shape(t))
         return values + added[tensor_name] if tensor_name in added else values
 
@@ -140,11 +145,14 @@ def _placed(deltas: dict, tensors: dict, layout: str, spec: LoraSpec) -> dict:
             placed.update({f"{module}.weight": delta for module, delta in deltas.items()})
     missing = sorted(n for n in placed if n not in tensors)
     if missing:
-        raise ValueError(f"--lora {spec.path}: {missing[0].removesuffix('.weight')} is not a layer "
-                         "of this transformer (is it a LoRA for another model?)")
+        raise ValueError(
+            f"--lora {spec.path}: {missing[0].removesuffix('.weight')} is not a layer "
+            "of this transformer (is it a LoRA for another model?)"
+        )
     for n, delta in placed.items():
         shape = torch_shape(tensors[n])
         if tuple(delta.shape) != shape:
-            raise ValueError(f"--lora {spec.path}: its update of {n} is {tuple(delta.shape)}, the "
-                             f"weight is {shape}")
+            raise ValueError(
+                f"--lora {spec.path}: its update of {n} is {tuple(delta.shape)}, the weight is {shape}"
+            )
     return placed

@@ -21,6 +21,7 @@ rewritten in place meanwhile (reading a page that is gone kills the process with
 replacing it by rename, as `flux-batch-gguf quantize` and the tiny model builder do, is safe,
 since the mapping keeps the old file.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,10 @@ def state_dict(path: str | os.PathLike) -> dict:
     for tensor in reader.tensors:
         kind = tensor.tensor_type
         if kind not in plain and kind not in SUPPORTED_GGUF_QUANT_TYPES:
-            raise ValueError(f"{tensor.name} has the quantization type {kind.name}, which "
-                             "diffusers' GGUF layers do not support")
+            raise ValueError(
+                f"{tensor.name} has the quantization type {kind.name}, which "
+                "diffusers' GGUF layers do not support"
+            )
         weights = torch.from_numpy(tensor.data)  # shares the mapping's memory
         if kind == gguf.GGMLQuantizationType.BF16 and len(tensor.shape) == 1:
             # a bias or norm scale (stable-diffusion.cpp keeps a bf16 source's as BF16): a

@@ -1,4 +1,5 @@
 """Quantizing a FLUX transformer checkpoint into a GGUF file, tensor by tensor."""
+
 from __future__ import annotations
 
 import os
@@ -22,20 +23,28 @@ class QuantizeResult:
         types = ", ".join(f"{t} {n}" for t, (n, _) in sorted(self.stats.types.items()))
         size = os.path.getsize(self.out)
         rate = s.values * 4 / 1e6 / s.seconds if s.seconds else 0.0
-        return (f"{self.out}: {self.qtype}, {self.layout} layout, {sum(n for n, _ in s.types.values())} "
-                f"tensors ({types}), {size_text(size)} in {s.seconds:.1f} s "
-                f"({rate:.0f} MB/s of float32 weights)")
+        return (
+            f"{self.out}: {self.qtype}, {self.layout} layout, {sum(n for n, _ in s.types.values())} "
+            f"tensors ({types}), {size_text(size)} in {s.seconds:.1f} s "
+            f"({rate:.0f} MB/s of float32 weights)"
+        )
 
 
-def quantize_checkpoint(src, out, qtype: str, layout: str = "bfl", name: str | None = None,
-                        progress: bool = False) -> QuantizeResult:
+def quantize_checkpoint(
+    src, out, qtype: str, layout: str = "bfl", name: str | None = None, progress: bool = False
+) -> QuantizeResult:
     ckpt = open_checkpoint(src)
     tensors = plan(ckpt, layout)
     metadata = {"general.name": name} if name else {}
     bar = _bar(tensors) if progress else None
     try:
-        stats = write_gguf(out, tensors, qtype, metadata,
-                           progress=(lambda _n, done, _t: bar.update(done - bar.n)) if bar else None)
+        stats = write_gguf(
+            out,
+            tensors,
+            qtype,
+            metadata,
+            progress=(lambda _n, done, _t: bar.update(done - bar.n)) if bar else None,
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -49,5 +58,4 @@ def _bar(tensors):
 
     total = sum(math.prod(t.shape) for t in tensors)
     # disable=None: shown on a terminal only, so logs and pipes get the summary line alone
-    return tqdm(total=total, unit="weights", unit_scale=True, desc="quantizing", leave=False,
-                disable=None)
+    return tqdm(total=total, unit="weights", unit_scale=True, desc="quantizing", leave=False, disable=None)

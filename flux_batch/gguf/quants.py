@@ -6,6 +6,7 @@ trunc and round, packing on int64 words) over cache-sized chunks, one chunk per 
 Values the reference turns into NaN (a block whose scale underflows) are cast to 0, as
 numpy's float-to-int cast does on x86.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,16 @@ import numpy as np
 import torch
 
 # (elements per block, bytes per block) of the types written here, as in gguf.GGML_QUANT_SIZES
-BLOCK = {"Q8_0": (32, 34), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q4_0": (32, 18),
-         "Q4_1": (32, 20), "BF16": (1, 2), "F16": (1, 2), "F32": (1, 4)}
+BLOCK = {
+    "Q8_0": (32, 34),
+    "Q5_0": (32, 22),
+    "Q5_1": (32, 24),
+    "Q4_0": (32, 18),
+    "Q4_1": (32, 20),
+    "BF16": (1, 2),
+    "F16": (1, 2),
+    "F32": (1, 4),
+}
 CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32 per step: its temporaries stay in the CPU cache
 WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -42,7 +51,7 @@ def quantize(x: torch.Tensor | np.ndarray, ggml_type: str) -> np.ndarray:
     step = max(1, CHUNK_ELEMENTS // block)
 
     def run(start: int) -> None:
-        kernel(blocks[start:start + step].to(torch.float32), out_t[start:start + step])
+        kernel(blocks[start : start + step].to(torch.float32), out_t[start : start + step])
 
     starts = range(0, blocks.shape[0], step)
     workers = min(len(starts), WORKERS)
@@ -123,6 +132,7 @@ def _peak(x: torch.Tensor) -> torch.Tensor:
 
 def _symmetric(levels: int):
     """Q4_0 / Q5_0: scale from the signed value of largest magnitude, offset `levels / 2`."""
+
     def kernel(x: torch.Tensor, out: torch.Tensor) -> None:
         peak = _peak(x)
         d = peak / -(levels // 2)
@@ -133,11 +143,13 @@ def _symmetric(levels: int):
         if levels == 32:
             _high_bits(q, out[:, 2:6])
         _nibbles(q, out[:, -16:])
+
     return kernel
 
 
 def _affine(levels: int):
     """Q4_1 / Q5_1: scale and minimum per block."""
+
     def kernel(x: torch.Tensor, out: torch.Tensor) -> None:
         low, high = x.amin(1, keepdim=True), x.amax(1, keepdim=True)  # faster than aminmax
         d = (high - low) / (levels - 1)
@@ -149,6 +161,7 @@ def _affine(levels: int):
         if levels == 32:
             _high_bits(q, out[:, 4:8])
         _nibbles(q, out[:, -16:])
+
     return kernel
 
 
@@ -165,5 +178,11 @@ def _bf16(x: torch.Tensor, out: torch.Tensor) -> None:
     out.copy_(bits)
 
 
-KERNELS = {"Q8_0": _q8_0, "Q5_0": _symmetric(32), "Q5_1": _affine(32), "Q4_0": _symmetric(16),
-           "Q4_1": _affine(16), "BF16": _bf16}
+KERNELS = {
+    "Q8_0": _q8_0,
+    "Q5_0": _symmetric(32),
+    "Q5_1": _affine(32),
+    "Q4_0": _symmetric(16),
+    "Q4_1": _affine(16),
+    "BF16": _bf16,
+}

@@ -6,6 +6,7 @@ models would otherwise hold several in memory at once); put such axes first on t
 so that jobs sharing a model run next to each other. Prompt embeddings are kept too, by the
 prompt encoder (render/encoder.py).
 """
+
 from __future__ import annotations
 
 import gc
@@ -14,7 +15,6 @@ from typing import Any
 
 from flux_batch.model.files import ModelFiles
 from flux_batch.model.load import LoadOptions, load_pipeline
-
 
 _pipeline: tuple[tuple, Any] | None = None
 
@@ -38,7 +38,11 @@ def _file_stamp(path: str) -> tuple:
 def pipeline_key(files: ModelFiles, options: LoadOptions, device: str) -> tuple:
     """Everything that makes two jobs need different pipeline objects."""
     return (
-        files.base, files.transformer, _file_stamp(files.transformer), options, device,
+        files.base,
+        files.transformer,
+        _file_stamp(files.transformer),
+        options,
+        device,
         files.loras,  # adapters are loaded into the pipeline: other LoRAs or scales, another one
     )
 
@@ -72,4 +76,3 @@ def release_pipeline() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-

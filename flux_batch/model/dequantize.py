@@ -13,6 +13,7 @@ instead of packed (Q8_0 to bf16: about twice; to float32: about four times).
 available RAM (and what a container's cgroup memory limit leaves), and never under model
 offload (the weights would cross the bus larger).
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,8 +56,12 @@ def wanted(mode: str, model, device: str, offloaded: bool) -> bool:
         return False
     need = added_bytes(model) * MARGIN + RESERVE
     free = _free_memory(device)
-    log.info("runtime.dequantize=auto: %.2f GiB more needed, %.2f GiB free: %s", need / 2**30,
-             free / 2**30, "dequantizing once" if need < free else "dequantizing at every step")
+    log.info(
+        "runtime.dequantize=auto: %.2f GiB more needed, %.2f GiB free: %s",
+        need / 2**30,
+        free / 2**30,
+        "dequantizing once" if need < free else "dequantizing at every step",
+    )
     return need < free
 
 
@@ -68,7 +73,8 @@ def _check_fits(model, device: str) -> None:
             f"runtime.dequantize=once: the dequantized weights need {need} bytes more "
             f"({need / 2**30:.2f} GiB, margin included) but {free} bytes ({free / 2**30:.2f} GiB) "
             f"are free on {device}; use runtime.dequantize=auto (dequantizes only when it fits) "
-            "or never")
+            "or never"
+        )
 
 
 def dequantize(model) -> int:
@@ -114,8 +120,10 @@ def _available_ram() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # v2
-                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+CGROUP_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # v2
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
 
 
 def _cgroup_room(files=CGROUP_FILES) -> int:

@@ -1,4 +1,5 @@
 """Which device and compute dtype a run uses, from `runtime.device` and `runtime.dtype`."""
+
 from __future__ import annotations
 
 from flux_batch.errors import ConfigError
@@ -20,4 +21,3 @@ def resolve_dtype(setting: str, device: str):
     if setting == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, setting)
-

@@ -2,6 +2,7 @@
 `<cache>/file-hashes.json` ($FLUX_BATCH_CACHE, default ~/.cache/flux-batch) by the file's real
 path, size, mtime and inode. Hashing a 12 GB transformer takes tens of seconds; a later run
 with the same file reads the hash back. A file changed in any of those is hashed again."""
+
 from __future__ import annotations
 
 import hashlib

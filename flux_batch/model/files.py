@@ -3,6 +3,7 @@ for the embedded models; fetched, for hub specs) and checked before anything loa
 
 Only GGUF and safetensors weights are read: nothing is unpickled and no remote code runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,10 @@ class ModelFiles:
 
     def record(self) -> dict:
         """What run.json keeps of the files: names and SHA-256s."""
-        return {"transformer": {"name": os.path.basename(self.transformer), "sha256": self.transformer_sha256},
-                "lora": [lora.record() for lora in self.loras]}
+        return {
+            "transformer": {"name": os.path.basename(self.transformer), "sha256": self.transformer_sha256},
+            "lora": [lora.record() for lora in self.loras],
+        }
 
 
 def check_same_model(previous: dict | None, files: ModelFiles) -> None:
@@ -44,7 +47,8 @@ def check_same_model(previous: dict | None, files: ModelFiles) -> None:
         raise ModelFileError(
             f"model.transformer={files.transformer}: its content changed since this run began "
             f"(sha256 {then['sha256'][:12]}… then, {now[:12]}… now), so its images would mix two "
-            "models; restore the file, or start a new run (another output.dir)")
+            "models; restore the file, or start a new run (another output.dir)"
+        )
 
 
 def model_identity(m: DictConfig) -> dict:
@@ -106,9 +110,7 @@ def _resolve_base(m: DictConfig) -> str:
     base = os.path.expanduser(str(m.base))
     if os.path.isdir(base):
         if not os.path.isfile(os.path.join(base, "model_index.json")):
-            raise ModelFileError(
-                f"model.base={base}: not a diffusers pipeline folder (no model_index.json)"
-            )
+            raise ModelFileError(f"model.base={base}: not a diffusers pipeline folder (no model_index.json)")
         return base
     if not HUB_ID.match(base):
         raise _missing("model.base folder", base, m.how_to_get)
@@ -159,4 +161,3 @@ def check_weights_file(path: str, key: str) -> None:
     problem = loading_problem(path)
     if problem:
         raise ModelFileError(f"{key}={path}: {problem}")
-

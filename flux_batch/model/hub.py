@@ -1,5 +1,6 @@
 """Files from the Hugging Face hub: `owner/repo/path/file.gguf` specs and pipeline folders by id,
 fetched into huggingface_hub's own cache. Offline, gated or unknown: one line naming the key."""
+
 from __future__ import annotations
 
 import re
@@ -37,8 +38,9 @@ def fetch_pipeline_folder(key: str, hub_id: str, patterns, hint: str = "") -> st
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(hub_id, allow_patterns=list(patterns),
-                                 ignore_patterns=["*.bin", "*.pt", "*.ckpt", "*.pth"])
+        return snapshot_download(
+            hub_id, allow_patterns=list(patterns), ignore_patterns=["*.bin", "*.pt", "*.ckpt", "*.pth"]
+        )
     except Exception as e:  # offline, gated, or unknown id
         raise ModelFileError(
             f"{key}={hub_id}: cannot fetch it from the Hugging Face hub ({type(e).__name__}). {hint}"

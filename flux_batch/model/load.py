@@ -4,6 +4,7 @@ and placement.
 
 Only GGUF and safetensors weights are read: nothing is unpickled and no remote code runs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,9 @@ def load_pipeline(files: ModelFiles, options: LoadOptions, device: str):
     transformer = load_transformer(files.transformer, files.base, dtype, family=family)
     family.check_transformer(transformer, files.transformer, options.model, options.variant)
     try:  # use_safetensors: a folder holding only pickled .bin weights is refused, not unpickled
-        pipe = family.pipeline_class().from_pretrained(files.base, transformer=transformer,
-                                                       dtype=dtype, use_safetensors=True)
+        pipe = family.pipeline_class().from_pretrained(
+            files.base, transformer=transformer, dtype=dtype, use_safetensors=True
+        )
     except (ValueError, OSError) as e:
         raise ModelFileError(
             f"model.base={files.base}: cannot be loaded as a FLUX pipeline with safetensors "
@@ -57,8 +59,11 @@ def load_pipeline(files: ModelFiles, options: LoadOptions, device: str):
     lora.apply(pipe, files.loras)  # adapters before placement, so offload hooks see them
     offloaded = _place(pipe, options.offload, device)
     if dequantize.wanted(options.dequantize, pipe.transformer, device, offloaded):
-        log.info("dequantized %d GGUF layers once (runtime.dequantize=%s)",
-                 dequantize.dequantize(pipe.transformer), options.dequantize)
+        log.info(
+            "dequantized %d GGUF layers once (runtime.dequantize=%s)",
+            dequantize.dequantize(pipe.transformer),
+            options.dequantize,
+        )
     pin_execution_device(pipe)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -82,7 +87,12 @@ def load_transformer(transformer: str, base: str, dtype, lean: bool = True, fami
             subfolder="transformer",
             dtype=dtype,
         )
-    except (ValueError, OSError, KeyError, RuntimeError) as e:  # RuntimeError: a shape diffusers' reader cannot place
+    except (
+        ValueError,
+        OSError,
+        KeyError,
+        RuntimeError,
+    ) as e:  # RuntimeError: a shape diffusers' reader cannot place
         raise ModelFileError(
             f"model.transformer={transformer}: cannot be loaded as a FLUX transformer "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
@@ -118,9 +128,15 @@ def pin_execution_device(pipe) -> None:
     cls = type(pipe)
     if cls not in _PINNED.values():
         if cls not in _PINNED:
-            _PINNED[cls] = type(cls.__name__, (cls,), {
-                "__module__": cls.__module__, "__doc__": cls.__doc__,
-                "_execution_device": property(lambda self: self.__dict__["_flux_batch_device"])})
+            _PINNED[cls] = type(
+                cls.__name__,
+                (cls,),
+                {
+                    "__module__": cls.__module__,
+                    "__doc__": cls.__doc__,
+                    "_execution_device": property(lambda self: self.__dict__["_flux_batch_device"]),
+                },
+            )
         pipe.__class__ = _PINNED[cls]
     pipe.__dict__["_flux_batch_device"] = device
 
@@ -131,8 +147,8 @@ def _fits(pipe, device: str) -> bool:
 
     needed = sum(
         sum(p.numel() * p.element_size() for p in component.parameters())
-        for component in pipe.components.values() if isinstance(component, torch.nn.Module)
+        for component in pipe.components.values()
+        if isinstance(component, torch.nn.Module)
     )
     free, _ = torch.cuda.mem_get_info(torch.device(device))
     return needed * 1.2 + 4 * 2**30 < free
-

@@ -6,6 +6,7 @@ one entry's scale. Only .safetensors files are read; diffusers' Flux loader conv
 Kohya (sd-scripts), XLabs and BFL layouts to its own. A file none of whose keys reach a layer
 is refused, naming it, rather than rendering the base model unchanged.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,6 @@ class LoraFile:
 
     def record(self) -> dict:
         return {"name": self.name, "sha256": self.sha256, "scale": self.scale}
-
-
 
 
 def _check_suffix(key: str, path: str) -> None:
@@ -112,8 +111,7 @@ def _load(pipe, lora: LoraFile) -> None:
         ) from None
     if _adapted_layers(pipe, lora.adapter) == 0:
         raise ModelFileError(
-            f"{where}: none of its keys match a layer of this model (is it a LoRA for another "
-            "model family?)"
+            f"{where}: none of its keys match a layer of this model (is it a LoRA for another model family?)"
         )
     log.info("LoRA %s (%s) at scale %g", lora.name, lora.sha256[:12], lora.scale)
 

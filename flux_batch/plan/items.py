@@ -3,6 +3,7 @@
 An item's seed depends only on the base seed, its id and k, so its starting noise never
 depends on batching, order, limit, resume, sharding or device.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -83,7 +84,9 @@ def assign_ids(rows: Iterable[Row], path: str) -> list[str]:
     problems = []
     for row, item_id in zip(rows, ids):
         if item_id in first_line:
-            problems.append(f"{path}:{row.line}: duplicate id {item_id!r} (first on line {first_line[item_id]})")
+            problems.append(
+                f"{path}:{row.line}: duplicate id {item_id!r} (first on line {first_line[item_id]})"
+            )
         else:
             first_line[item_id] = row.line
     if problems:
@@ -96,8 +99,15 @@ class Plan:
     lazily: `items(skip=done)` makes Items, seeds included, only for the keys not skipped, so
     finding that a long finished run has nothing to do costs little more than reading it."""
 
-    def __init__(self, rows: list[Row], path: str, defaults: Settings | RowDefaults,
-                 base_seed: int, num_images: int, limit: int | None = None):
+    def __init__(
+        self,
+        rows: list[Row],
+        path: str,
+        defaults: Settings | RowDefaults,
+        base_seed: int,
+        num_images: int,
+        limit: int | None = None,
+    ):
         if isinstance(defaults, Settings):
             defaults = RowDefaults(defaults)
         self.base_seed = base_seed
@@ -122,9 +132,13 @@ class Plan:
     def check_free_columns(self, names: tuple[str, ...], why: str) -> None:
         """PromptFileError naming each row with a column of one of `names`: fields the
         manifest records gain for `why` (e.g. a tar shard's `shard` and `key`)."""
-        problems = [f"{self.path}:{row.line}: column {column!r} would overwrite the manifest field "
-                    f"of that name that {why} adds"
-                    for row, *_ in self._rows for column in row.extra if column.lower() in names]
+        problems = [
+            f"{self.path}:{row.line}: column {column!r} would overwrite the manifest field "
+            f"of that name that {why} adds"
+            for row, *_ in self._rows
+            for column in row.extra
+            if column.lower() in names
+        ]
         if problems:
             raise PromptFileError(problems)
 
@@ -143,20 +157,32 @@ class Plan:
                 o = row.overrides
                 seed = o["seed"] + k if "seed" in o else item_seed(self.base_seed, item_id, k)
                 stem = item_id if n == 1 else f"{item_id}_{k}"
-                items.append(Item(item_id, k, row.prompt, seed, settings, stem, row.line, negative,
-                                  row.extra, offset + k))
+                items.append(
+                    Item(
+                        item_id,
+                        k,
+                        row.prompt,
+                        seed,
+                        settings,
+                        stem,
+                        row.line,
+                        negative,
+                        row.extra,
+                        offset + k,
+                    )
+                )
             offset += n
         return items
 
 
-def expand(rows: list[Row], path: str, defaults: Settings | RowDefaults, base_seed: int,
-           num_images: int) -> list[Item]:
+def expand(
+    rows: list[Row], path: str, defaults: Settings | RowDefaults, base_seed: int, num_images: int
+) -> list[Item]:
     """All items of a prompt file, in file order."""
     return Plan(rows, path, defaults, base_seed, num_images).items()
 
 
-def _all_row_settings(rows: list[Row], path: str,
-                      defaults: RowDefaults) -> list[tuple[Settings, str | None]]:
+def _all_row_settings(rows: list[Row], path: str, defaults: RowDefaults) -> list[tuple[Settings, str | None]]:
     """Every row's settings, or PromptFileError naming each row whose settings contradict.
     Rows with the same overrides share one result: most rows of a long file have none."""
     found: dict[tuple, tuple[Settings, str | None] | str] = {}
@@ -187,14 +213,18 @@ def row_settings(row: Row, defaults: RowDefaults) -> tuple[Settings, str | None]
     true_cfg = float(o.get("true_cfg", d.true_cfg))
     negative = o.get("negative_prompt") or defaults.negative_prompt.strip() or None
     if "negative_prompt" in o and true_cfg <= 1:
-        raise ValueError("negative_prompt has no effect with true_cfg=1: set sampler.true_cfg "
-                         "(or the row's true_cfg) above 1 to render with it")
+        raise ValueError(
+            "negative_prompt has no effect with true_cfg=1: set sampler.true_cfg "
+            "(or the row's true_cfg) above 1 to render with it"
+        )
     if "true_cfg" in o and true_cfg > 1 and negative is None:
         raise ValueError(f"true_cfg={true_cfg:g} has no effect without a negative_prompt")
     if true_cfg <= 1:
         negative = None
     settings = Settings(
-        width=width, height=height, steps=o.get("steps", d.steps),
+        width=width,
+        height=height,
+        steps=o.get("steps", d.steps),
         guidance=float(o.get("guidance", d.guidance)),
         true_cfg=true_cfg if negative is not None else 1.0,
         scheduler=o.get("scheduler", d.scheduler),

@@ -7,6 +7,7 @@ then the file was read and checked whole before, with this outcome. The file is 
 only when an item is pending. Like the manifest index it is disposable: deleting it is always
 safe, and a damaged or stale one is ignored.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -75,8 +76,12 @@ def keep(run_dir: Path, plan: Plan | KnownPlan) -> None:
     if isinstance(plan, KnownPlan) or getattr(plan, "digest", None) is None:
         return
     keys = plan.keys()
-    index = {"digest": plan.digest, "count": len(keys), "ids": "\n".join(item_id for item_id, _ in keys),
-             "ks": "\n".join(str(k) for _, k in keys)}
+    index = {
+        "digest": plan.digest,
+        "count": len(keys),
+        "ids": "\n".join(item_id for item_id, _ in keys),
+        "ks": "\n".join(str(k) for _, k in keys),
+    }
     try:
         write_atomic(run_dir / PLAN_INDEX, json.dumps(index).encode(), durable=False)
     except OSError:

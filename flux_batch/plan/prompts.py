@@ -3,6 +3,7 @@
 `read_rows()` returns every row of a file, or raises PromptFileError listing every problem
 as `FILE:LINE: reason`, so a bad file is refused whole before any model loads.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,8 +31,7 @@ MAX_PROMPT_CHARS = 20_000
 # (an auto id hashes the prompt: changing it would re-render such rows of existing runs).
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
 CONTROL_NAMES = {0x00: "NUL", 0x0D: "carriage return", 0x1B: "escape", 0x7F: "DEL"}
-CONTROL_RULE = ("only tab and newline (LF or CRLF) may appear in text written into the manifest "
-                "and the image")
+CONTROL_RULE = "only tab and newline (LF or CRLF) may appear in text written into the manifest and the image"
 # What a row carries into its manifest line and its image beside the fields flux-batch writes:
 # real prompt sets carry a handful of columns (a category, a source, a note), and the bound keeps
 # a line and an image's metadata small next to the prompt's own 20,000 characters at most.
@@ -43,8 +43,10 @@ MAX_CARRIED_BYTES = 16 * 1024  # of the carried columns as JSON, UTF-8
 INT_OVERRIDES = ("num_images", "seed", "width", "height", "steps")
 FLOAT_OVERRIDES = ("guidance",)
 TEXT_OVERRIDES = ("negative_prompt", "scheduler", "aspect")
-RULES = {name: rule_of(FluxBatchConfig if name in ("num_images", "seed") else SamplerConfig, name)
-         for name in (*INT_OVERRIDES, *FLOAT_OVERRIDES, "true_cfg", "scheduler", "aspect")}
+RULES = {
+    name: rule_of(FluxBatchConfig if name in ("num_images", "seed") else SamplerConfig, name)
+    for name in (*INT_OVERRIDES, *FLOAT_OVERRIDES, "true_cfg", "scheduler", "aspect")
+}
 # Manifest keys a leftover column of the prompt file may not take over.
 
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".txt": "txt"}
@@ -71,8 +73,10 @@ def detect_format(path: Path, fmt: str) -> str:
     found = EXTENSIONS.get(path.suffix.lower())
     if found is None:
         raise PromptFileError(
-            [f"{path}: unknown prompt file format {path.suffix or '(no extension)'!r}; "
-             f"use .jsonl, .csv, .tsv or .txt, or set dataset.format"]
+            [
+                f"{path}: unknown prompt file format {path.suffix or '(no extension)'!r}; "
+                f"use .jsonl, .csv, .tsv or .txt, or set dataset.format"
+            ]
         )
     return found
 
@@ -206,12 +210,16 @@ def _header_problem(columns: list[str], fields: Fields) -> str | None:
             return f"the header's {problem}; {CONTROL_RULE}"
         seen.add(key)
     if len(carried := _carried_names(seen, fields)) > MAX_CARRIED_COLUMNS:
-        return (f"the header has {len(columns):,} columns, {len(carried):,} of them carried into "
-                f"the manifest and the image; the limit is {MAX_CARRIED_COLUMNS} carried columns")
+        return (
+            f"the header has {len(columns):,} columns, {len(carried):,} of them carried into "
+            f"the manifest and the image; the limit is {MAX_CARRIED_COLUMNS} carried columns"
+        )
     if prompt_field.lower() not in seen:  # most often a file without a header row
         shown = ", ".join(repr(c[:40]) for c in columns[:5])
-        return (f"no {prompt_field!r} column in the header ({shown}); the first line must name "
-                "the columns (or set dataset.prompt_field)")
+        return (
+            f"no {prompt_field!r} column in the header ({shown}); the first line must name "
+            "the columns (or set dataset.prompt_field)"
+        )
     return None
 
 
@@ -256,8 +264,9 @@ def _to_row(line: int, record: dict[str, Any], fields: Fields) -> tuple[Row | No
     elif not prompt.strip():
         errors.append(f"empty {fields.prompt!r}")
     elif len(prompt) > MAX_PROMPT_CHARS:
-        errors.append(f"{fields.prompt!r} is {len(prompt):,} characters long; the limit is "
-                      f"{MAX_PROMPT_CHARS:,}")
+        errors.append(
+            f"{fields.prompt!r} is {len(prompt):,} characters long; the limit is {MAX_PROMPT_CHARS:,}"
+        )
 
     row_id = take(fields.id)
     if row_id is not None:
@@ -344,12 +353,16 @@ def _carried_names(lower_names: set[str], fields: Fields) -> set[str]:
 def _carried_problems(extra: dict[str, Any]) -> list[str]:
     """The columns a row carries, bounded in count and in size as JSON."""
     if len(extra) > MAX_CARRIED_COLUMNS:
-        return [f"{len(extra):,} columns would be carried into the manifest and the image; the "
-                f"limit is {MAX_CARRIED_COLUMNS}"]
+        return [
+            f"{len(extra):,} columns would be carried into the manifest and the image; the "
+            f"limit is {MAX_CARRIED_COLUMNS}"
+        ]
     size = len(json.dumps(extra, ensure_ascii=False).encode())
     if size > MAX_CARRIED_BYTES:
-        return [f"the columns carried into the manifest and the image take {size:,} bytes as JSON; "
-                f"the limit is {MAX_CARRIED_BYTES:,} (16 KiB)"]
+        return [
+            f"the columns carried into the manifest and the image take {size:,} bytes as JSON; "
+            f"the limit is {MAX_CARRIED_BYTES:,} (16 KiB)"
+        ]
     return []
 
 

@@ -3,6 +3,7 @@
 A megapixel here is 1024 x 1024 pixels (FLUX's native size), so `megapixels=1` keeps the
 pixel count of the default 1024x1024 image. Both sides are rounded to multiples of 16.
 """
+
 from __future__ import annotations
 
 import math

@@ -13,6 +13,7 @@ batch and every batch after it; at 1 the items fail as any other error would.
 Batch size never changes an item's noise; it changes its kernels, so pixels follow the batch
 size actually used (logged), within the tolerance DESIGN.md states across batch sizes.
 """
+
 from __future__ import annotations
 
 import gc
@@ -44,8 +45,7 @@ class BatchSizer:
         if not self.auto or failed <= 1:
             return False
         self.size = max(1, min(self.size, failed) // 2)
-        log.warning("out of memory with a batch of %d: batch_size=auto goes down to %d",
-                    failed, self.size)
+        log.warning("out of memory with a batch of %d: batch_size=auto goes down to %d", failed, self.size)
         release_memory()
         return True
 
@@ -60,8 +60,13 @@ def for_run(setting, pipe, settings: list, max_sequence_length: int, device: str
     else:
         budget, cap, where = available_ram() // 2, MAX_CPU, "half the available RAM"
     size = max(1, min(cap, budget // per_item))
-    log.info("batch_size=auto: %d (%.1f GiB of %s, about %.2f GiB per item)",
-             size, budget / 2**30, where, per_item / 2**30)
+    log.info(
+        "batch_size=auto: %d (%.1f GiB of %s, about %.2f GiB per item)",
+        size,
+        budget / 2**30,
+        where,
+        per_item / 2**30,
+    )
     return BatchSizer(size, auto=True)
 
 
@@ -115,7 +120,8 @@ def is_out_of_memory(e: BaseException) -> bool:
     import torch
 
     return isinstance(e, torch.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    )
 
 
 def release_memory() -> None:

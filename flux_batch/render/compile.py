@@ -7,6 +7,7 @@ C++ compiler is needed); dynamic shapes after the second size avoid one compile 
 Compiled kernels fuse operations, so pixels may differ from eager ones within the tolerance
 across batch sizes; compile is not part of the run fingerprint, like batch_size.
 """
+
 from __future__ import annotations
 
 import logging

@@ -5,6 +5,7 @@ depends on the batch it lands in or on what the cache held: cached and fresh run
 same pixels, bit for bit. A process keeps the embeddings between the runs of a sweep, keyed by
 the text encoders' identity, the prompt and max_sequence_length.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -87,15 +88,15 @@ def encoders_identity(files, pipe, device: str, dtype) -> str:
     loras = ()
     if files.loras and adapts_text_encoders(pipe):
         loras = tuple((lora.sha256, lora.scale) for lora in files.loras)
-    return encoders_digest(files.base, str(dtype), device, loras,
-                           families.of_pipeline(pipe).encoder_folders)
+    return encoders_digest(files.base, str(dtype), device, loras, families.of_pipeline(pipe).encoder_folders)
 
 
 SMALL_FILE = 16 << 20  # files below this size are hashed by content
 
 
-def encoders_digest(base: str, dtype: str, device: str, loras: tuple = (),
-                    folders: tuple[str, ...] | None = None) -> str:
+def encoders_digest(
+    base: str, dtype: str, device: str, loras: tuple = (), folders: tuple[str, ...] | None = None
+) -> str:
     """SHA-256 naming the text encoders of a pipeline folder without reading their weights: the
     contents of their small files (configs, tokenizers), the size, modification time and
     resolved name of the large ones (in the Hugging Face cache that name is the file's content

@@ -9,6 +9,7 @@ batch size 1 this is diffusers' `FirstBlockCacheConfig`, operation for operation
 
 Imported only when the cache is used: it imports torch and diffusers.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,10 +24,12 @@ def apply(transformer, threshold: float) -> None:
     state = StateManager(ItemState)
     counts = transformer._flux_batch_fbcache_counts = [0, 0]  # item-steps, of them skipped
     HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(
-        Head(state, threshold, counts), HEAD_HOOK)
+        Head(state, threshold, counts), HEAD_HOOK
+    )
     for i, block in enumerate(blocks[1:], start=2):
         HookRegistry.check_if_exists_or_initialize(block).register_hook(
-            Block(state, is_tail=i == len(blocks)), BLOCK_HOOK)
+            Block(state, is_tail=i == len(blocks)), BLOCK_HOOK
+        )
     # diffusers caches which blocks carry hooks when it first sets a cache context: a pipeline
     # that rendered before (a sweep's kept one) would never give these hooks their context
     HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
@@ -101,8 +104,12 @@ class Block(ModelHook):
             encoder, hidden = self.fn_ref.original_forward(*args, **kwargs)
         elif bool(compute.any()):  # the items that need the block, as a smaller batch
             index = compute.nonzero().squeeze(1)
-            part = {**kwargs, "hidden_states": hidden[index], "encoder_hidden_states": encoder[index],
-                    "temb": kwargs["temb"][index]}
+            part = {
+                **kwargs,
+                "hidden_states": hidden[index],
+                "encoder_hidden_states": encoder[index],
+                "temb": kwargs["temb"][index],
+            }
             part_encoder, part_hidden = self.fn_ref.original_forward(*args, **part)
             encoder = encoder.index_copy(0, index, part_encoder)
             hidden = hidden.index_copy(0, index, part_hidden)
@@ -116,11 +123,15 @@ class Block(ModelHook):
             state.tail = (encoder - head_encoder, hidden - head_hidden)
             return encoder, hidden
         compute = state.compute
-        state.tail = (torch.where(rows(compute, encoder), encoder - head_encoder, state.tail[0]),
-                      torch.where(rows(compute, hidden), hidden - head_hidden, state.tail[1]))
+        state.tail = (
+            torch.where(rows(compute, encoder), encoder - head_encoder, state.tail[0]),
+            torch.where(rows(compute, hidden), hidden - head_hidden, state.tail[1]),
+        )
         # an item that skipped: its first block's output plus the remaining blocks' residual
-        return (torch.where(rows(compute, encoder), encoder, state.tail[0] + head_encoder),
-                torch.where(rows(compute, hidden), hidden, state.tail[1] + head_hidden))
+        return (
+            torch.where(rows(compute, encoder), encoder, state.tail[0] + head_encoder),
+            torch.where(rows(compute, hidden), hidden, state.tail[1] + head_hidden),
+        )
 
 
 def rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

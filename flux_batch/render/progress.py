@@ -7,6 +7,7 @@ batch in progress. Off a terminal (a log file, Slurm) a line is logged every
 `step k of n, X s/step, ETA for the run`. The line comes from a timer, not from the steps, so
 it comes even when one step outlasts the interval.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,15 @@ class StepProgress:
     """Counts item-steps (a step of a batch of B items is B of them) to tell the step of the
     batch in progress and the time left for the run."""
 
-    def __init__(self, bar, item_steps: int, enabled: bool, label: str = "",
-                 failed: Callable[[], int] = lambda: 0, every: float | None = None):
+    def __init__(
+        self,
+        bar,
+        item_steps: int,
+        enabled: bool,
+        label: str = "",
+        failed: Callable[[], int] = lambda: 0,
+        every: float | None = None,
+    ):
         self.bar = bar  # the image bar (tqdm): disabled off a terminal
         self.item_steps = item_steps  # of the whole run (this process's items)
         self.enabled = enabled

@@ -4,6 +4,7 @@ Items batch together only when their Settings agree (size, steps, guidance, true
 scheduler). Each item brings its own CPU generator, so its starting noise is the same whatever
 batch it lands in.
 """
+
 from __future__ import annotations
 
 import time
@@ -35,8 +36,14 @@ def batches(items: list[Item], batch_size: int | Callable[[], int]) -> Iterator[
 class Renderer:
     """Runs a family's pipeline on batches of items and returns float images in [0, 1]."""
 
-    def __init__(self, pipe, max_sequence_length: int, should_stop: Callable[[], bool],
-                 encode: Callable[[list[str]], Embedding], shift: float | None = None):
+    def __init__(
+        self,
+        pipe,
+        max_sequence_length: int,
+        should_stop: Callable[[], bool],
+        encode: Callable[[list[str]], Embedding],
+        shift: float | None = None,
+    ):
         self.pipe = pipe
         self.family = families.of_pipeline(pipe)  # what the call takes, how latents decode
         self.max_sequence_length = max_sequence_length
@@ -65,8 +72,12 @@ class Renderer:
         one plain pipeline call, which encodes, denoises and decodes."""
         return self.denoise(batch, self.encode, output_type="np")
 
-    def denoise(self, batch: list[Item], encode: Callable[[list[str]], Embedding] | None = None,
-                output_type: str = "latent"):
+    def denoise(
+        self,
+        batch: list[Item],
+        encode: Callable[[list[str]], Embedding] | None = None,
+        output_type: str = "latent",
+    ):
         """The pipeline call for a batch; with output_type="latent" it stops before the VAE
         and returns the packed latents, which `decode` turns into the same images."""
         import torch
@@ -83,8 +94,9 @@ class Renderer:
         if self.progress is not None:
             self.progress.begin(len(batch), s.steps)
         try:
-            output = self.pipe(**args, generator=generators, output_type=output_type,
-                               callback_on_step_end=self._check_stop)
+            output = self.pipe(
+                **args, generator=generators, output_type=output_type, callback_on_step_end=self._check_stop
+            )
         finally:
             if self.progress is not None:
                 self.progress.end()

@@ -7,15 +7,17 @@ VAE onto the accelerator and off again.
 phased: for a chunk of `runtime.chunk_size` items, every prompt is encoded first, the text
 encoders leave the accelerator, each batch is denoised with the transformer resident (the same
 pipeline call, stopped before the VAE: output_type="latent"), then each batch is decoded by the
-VAE with the pipeline's own decode steps: after the chunk under model offload, at once when every
-model is resident (nothing moves, and a kill loses one batch, not the chunk). Same calls on the same batches: the same pixels, bit
-for bit. Peak accelerator memory is the larger of the text encoders and the transformer with
-its activations, not their sum, and each model moves once per chunk instead of once per batch.
+VAE with the pipeline's own decode steps: after the chunk under model offload, at once when
+every model is resident (nothing moves, and a kill loses one batch, not the chunk). Same calls
+on the same batches: the same pixels, bit for bit. Peak accelerator memory is the larger of the
+text encoders and the transformer with its activations, not their sum, and each model moves once
+per chunk instead of once per batch.
 `auto` is phased when the run has more than one batch.
 
 A stop request ends the run after the batch being denoised (its images are dropped); batches of
 the chunk already denoised are decoded and written first.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +25,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator
-
 
 from flux_batch import families
 from flux_batch.config import CacheConfig
@@ -178,14 +179,19 @@ class Schedule:
         except Exception as e:
             if is_out_of_memory(e) and self.sizer.shrink(len(batch)):
                 size = self.sizer.size
-                return [done for i in range(0, len(batch), size)
-                        for done in self._guarded(batch[i:i + size], step,
-                                                  None if latents is None else latents[i:i + size])]
+                return [
+                    done
+                    for i in range(0, len(batch), size)
+                    for done in self._guarded(
+                        batch[i : i + size], step, None if latents is None else latents[i : i + size]
+                    )
+                ]
             log.exception("batch of %d failed", len(batch))
             return [Rendered(batch, error=e)]
 
 
 # Placement under diffusers' model CPU offload (nothing to do when every model is resident).
+
 
 def _hooks(pipe) -> list:
     return list(getattr(pipe, "_all_hooks", None) or [])
@@ -234,8 +240,15 @@ class RenderOptions:
     cache: CacheConfig = field(default_factory=CacheConfig)
 
 
-def for_run(pipe, files, device: str, items: list[Item], should_stop: Callable[[], bool],
-            options: RenderOptions, progress=None) -> Schedule:
+def for_run(
+    pipe,
+    files,
+    device: str,
+    items: list[Item],
+    should_stop: Callable[[], bool],
+    options: RenderOptions,
+    progress=None,
+) -> Schedule:
     """The schedule `options` ask for, with its prompt encoder and batch size; `progress`
     (progress.StepProgress) is told of each denoising step."""
     msl = options.max_sequence_length

@@ -17,6 +17,7 @@ The state lives in diffusers' hooks on the transformer and is reset before every
 (`reset`): a batch never sees another batch's state. Hooks stay installed on a pipeline kept
 for the next job of a sweep and are replaced when that job asks for another setting.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,9 +42,15 @@ def apply(transformer, options: Any) -> None:
 
         # factors in float32: bfloat16 (diffusers' default) costs accuracy for little memory,
         # since the lite variant keeps the transformer's output only
-        transformer.enable_cache(TaylorSeerCacheConfig(
-            cache_interval=options.interval, disable_cache_before_step=options.warmup,
-            max_order=options.order, taylor_factors_dtype=torch.float32, use_lite_mode=True))
+        transformer.enable_cache(
+            TaylorSeerCacheConfig(
+                cache_interval=options.interval,
+                disable_cache_before_step=options.warmup,
+                max_order=options.order,
+                taylor_factors_dtype=torch.float32,
+                use_lite_mode=True,
+            )
+        )
     transformer._flux_batch_cache = options
 
 

@@ -11,6 +11,7 @@ Two ways to split a run, which combine:
 Either way each item has exactly one owner, whatever the counts and however uneven, and the
 shares change freely between a run and its resume.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -41,8 +42,9 @@ class Worker:
         if not isinstance(num_slices, int) or num_slices < 1:
             raise ConfigError(f"runtime.num_shards={num_slices}: must be an integer >= 1")
         if not isinstance(job_slice, int) or not 0 <= job_slice < num_slices:
-            raise ConfigError(f"runtime.shard={job_slice}: must be between 0 and runtime.num_shards - 1 "
-                              f"({num_slices - 1})")
+            raise ConfigError(
+                f"runtime.shard={job_slice}: must be between 0 and runtime.num_shards - 1 ({num_slices - 1})"
+            )
         world = int(environ.get("WORLD_SIZE", "1") or 1)
         rank = int(environ.get("RANK", "0") or 0) if world > 1 else 0
         local_rank = int(environ.get("LOCAL_RANK", rank) or 0) if world > 1 else 0
@@ -72,7 +74,8 @@ class Worker:
         """The name of this worker's manifest part (metadata.<part>.jsonl); None when alone. A
         slice's part is named `shard-<i>` on disk, as run directories made before had it."""
         names = ([f"shard-{self.job_slice}"] if self.sliced else []) + (
-            [f"rank-{self.rank}"] if self.distributed else [])
+            [f"rank-{self.rank}"] if self.distributed else []
+        )
         return "-".join(names) or None
 
     @property
@@ -88,11 +91,11 @@ class Worker:
 
     def slice_items(self, items: Sequence[T]) -> list[T]:
         """This slice's items: every num_slices-th of the plan, from position `job_slice`."""
-        return list(items[self.job_slice::self.num_slices])
+        return list(items[self.job_slice :: self.num_slices])
 
     def rank_items(self, pending: Sequence[T]) -> list[T]:
         """This rank's items: every world-th pending item of its slice, from position `rank`."""
-        return list(pending[self.rank::self.world])
+        return list(pending[self.rank :: self.world])
 
     def device(self, setting: str, cuda_available: bool) -> str:
         """Each rank of a launch on its own GPU: `auto` and `cuda` become cuda:LOCAL_RANK."""
@@ -135,7 +138,8 @@ class Group:
                     raise FluxBatchError(
                         f"rank {worker.rank} of {worker.world} (RANK, WORLD_SIZE) cannot reach the "
                         f"others: {str(e).splitlines()[0]}; start the ranks with accelerate launch "
-                        "or torchrun") from None
+                        "or torchrun"
+                    ) from None
             Group._initialized = True
 
     def broadcast(self, value: Any) -> Any:

@@ -1,4 +1,5 @@
 """JSONL logs that grow by whole, fsynced lines: the manifest and the errors log."""
+
 from __future__ import annotations
 
 import errno
@@ -71,4 +72,3 @@ class AppendLog:
         if self._file is not None:
             self._file.close()
             self._file = None
-

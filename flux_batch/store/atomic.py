@@ -1,4 +1,5 @@
 """Whole-file writes that a crash cannot tear: temp file, fsync, rename, fsync the folder."""
+
 from __future__ import annotations
 
 import os
@@ -6,7 +7,6 @@ import socket
 from pathlib import Path
 
 from flux_batch import faults
-
 
 TMP_SUFFIX = ".tmp"
 
@@ -42,4 +42,3 @@ def write_atomic(path: Path, data: bytes, fault_point: str = "", durable: bool =
         raise
     if durable:
         fsync_dir(path.parent)
-

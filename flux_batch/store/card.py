@@ -1,5 +1,6 @@
 """The dataset card: README.md in a run directory (or an export), with the YAML header the
 Hugging Face Hub reads (which files make the dataset) and a description from run.json."""
+
 from __future__ import annotations
 
 import json
@@ -10,16 +11,22 @@ from flux_batch.store.atomic import write_atomic
 from flux_batch.store.layouts import Layout
 from flux_batch.store.names import README, RUN_INFO
 
-SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                   (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"))
+SIZE_CATEGORIES = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+)
 
 
 def size_category(count: int) -> str:
     return next((name for limit, name in SIZE_CATEGORIES if count < limit), "n>10M")
 
 
-def card(title: str, data_files: list[str], settings: dict[str, Any], count: int,
-         layout: str, extra: str = "") -> str:
+def card(
+    title: str, data_files: list[str], settings: dict[str, Any], count: int, layout: str, extra: str = ""
+) -> str:
     """The card's text. `data_files`: the patterns that make the train split."""
     paths = "\n".join(f"    - {json.dumps(pattern)}" for pattern in data_files)
     model = settings.get("model", {})
@@ -28,12 +35,21 @@ def card(title: str, data_files: list[str], settings: dict[str, Any], count: int
         ("model", f"{model.get('name', '?')} ({model.get('variant', '?')})"),
         ("transformer", _file_identity(model)),
         ("quant", settings.get("quant", "?")),
-        ("sampler", f"{sampler.get('name', '?')}, {sampler.get('steps', '?')} steps, guidance "
-                    f"{sampler.get('guidance', '?')}, {sampler.get('width', '?')}x{sampler.get('height', '?')}"),
+        (
+            "sampler",
+            f"{sampler.get('name', '?')}, {sampler.get('steps', '?')} steps, guidance "
+            f"{sampler.get('guidance', '?')}, {sampler.get('width', '?')}x{sampler.get('height', '?')}",
+        ),
         ("base seed", settings.get("seed", "?")),
         ("step cache", _cache(settings.get("cache"))),
-        ("LoRA", ", ".join(f"{lora.get('name', lora.get('path', '?'))} x{lora.get('scale', 1):g}"
-                           for lora in settings.get("lora", [])) or "none"),
+        (
+            "LoRA",
+            ", ".join(
+                f"{lora.get('name', lora.get('path', '?'))} x{lora.get('scale', 1):g}"
+                for lora in settings.get("lora", [])
+            )
+            or "none",
+        ),
         ("images", f"{count:,}"),
         ("layout", layout),
     ]

@@ -4,6 +4,7 @@ PNG: a `parameters` text chunk in the infotext style (prompt, then `Steps: …, 
 the manifest record as JSON under `flux_batch`. JPEG/WebP: the infotext as EXIF UserComment.
 The embedded record has no `sha256`: a file cannot hold its own hash.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,17 +20,26 @@ EXTENSIONS = {"png": ".png", "webp": ".webp", "jpg": ".jpg"}
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
 
 
-def infotext(record: dict[str, Any], sampler: str, model_label: str,
-             extra: dict[str, str] | None = None, model_sha256: str | None = None) -> str:
+def infotext(
+    record: dict[str, Any],
+    sampler: str,
+    model_label: str,
+    extra: dict[str, str] | None = None,
+    model_sha256: str | None = None,
+) -> str:
     """`<prompt>\n[Negative prompt: …\n]Steps: …, Sampler: …, …` with `extra` fields last;
     `Model hash` is the file's SHA-256 cut to 10 hex digits, as AUTOMATIC1111 and Forge write it."""
     negative = record.get("negative_prompt")
     fields = {
-        "Steps": record["steps"], "Sampler": sampler,
+        "Steps": record["steps"],
+        "Sampler": sampler,
         "CFG scale": f"{record.get('true_cfg', 1):g}",
-        "Distilled CFG Scale": f"{record['guidance']:g}", "Seed": record["seed"],
+        "Distilled CFG Scale": f"{record['guidance']:g}",
+        "Seed": record["seed"],
         "Size": f"{record['width']}x{record['height']}",
-        **({"Model hash": model_sha256[:10]} if model_sha256 else {}), "Model": model_label, **(extra or {}),
+        **({"Model hash": model_sha256[:10]} if model_sha256 else {}),
+        "Model": model_label,
+        **(extra or {}),
     }
     return (
         f"{record['prompt']}\n"

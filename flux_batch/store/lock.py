@@ -1,4 +1,5 @@
 """Locks on a run directory: flocks that die with their process, so never stale."""
+
 from __future__ import annotations
 
 import fcntl
@@ -46,4 +47,3 @@ def _holder(pid: str, path: Path) -> str:
     if pid:
         return f"pid {pid}"
     return f"the shards of a sharded run (their pids are in {path.name}.shard-*)"
-

@@ -5,6 +5,7 @@ A record is one line of JSON, appended with fsync after its image is in place (s
 left by a kill (or a run still appending) is not a record, and a damaged line elsewhere names
 its line number.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,7 +44,7 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
     whose image is gone, or a key written twice, is the caller's to judge."""
     path = run_dir / MANIFEST
     data = path.read_bytes()
-    lines = data[:data.rfind(b"\n") + 1].split(b"\n")[:-1]
+    lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
     return [parse_line(path, number, line) for number, line in enumerate(lines, 1) if line.strip()]
 
 
@@ -154,7 +155,7 @@ class Manifest:
         manifest, atomically, then read it again: they are pending, and no reader meets a record
         whose sample is gone. The caller holds the merge lock."""
         data = self.path.read_bytes()
-        lines = data[:data.rfind(b"\n") + 1].split(b"\n")[:-1]
+        lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
         needle = f"{tar}/".encode()  # only lines naming the tar are parsed
         kept = [line for line in lines if needle not in line or not self._names(line, keys, tar)]
         write_atomic(self.path, b"".join(line + b"\n" for line in kept))
@@ -197,8 +198,9 @@ class Manifest:
         if self._index_stale:
             digest = self._digest()
             whole = digest is not None and os.path.getsize(self.path) == self._length
-            manifest_index.write(self.index_path, digest, self._length, self._lines,
-                                 manifest=self.path if whole else None)
+            manifest_index.write(
+                self.index_path, digest, self._length, self._lines, manifest=self.path if whole else None
+            )
             self._index_stale = False
 
     def _digest(self) -> str | None:
@@ -213,4 +215,3 @@ class Manifest:
         except OSError:
             return None
         return digest.hexdigest()
-

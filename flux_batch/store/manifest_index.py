@@ -12,6 +12,7 @@ those are unchanged, a start trusts it without reading the manifest at all (what
 finished run of a million items quick to resume). The ids, ks and file_names are stored as
 three newline-joined strings, which parse far faster than a million small lists.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -90,13 +91,20 @@ def write(path: Path, digest: str, length: int, entries: list[Entry], manifest: 
     files = [file_name for _, file_name in entries]
     if any("\n" in text for text in ids) or any("\n" in text for text in files):
         return  # a hand-edited manifest with a newline in a name: no index, parsed each time
-    index = {"version": VERSION, "bytes": length, "sha256": digest, "count": len(entries),
-             "ids": "\n".join(ids), "ks": "\n".join(str(k) for (_, k), _ in entries),
-             "files": "\n".join(files)}
+    index = {
+        "version": VERSION,
+        "bytes": length,
+        "sha256": digest,
+        "count": len(entries),
+        "ids": "\n".join(ids),
+        "ks": "\n".join(str(k) for (_, k), _ in entries),
+        "files": "\n".join(files),
+    }
     try:
         if manifest is not None:
             index["stat"] = stat_key(manifest)
-        write_atomic(path, json.dumps(index, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
-                     durable=False)
+        write_atomic(
+            path, json.dumps(index, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), durable=False
+        )
     except OSError:
         pass

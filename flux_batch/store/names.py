@@ -1,5 +1,6 @@
 """The names of the files in a run directory (see docs/run-directory.md); where each layout puts
 its images is the layout's own (store/layouts/)."""
+
 from __future__ import annotations
 
 MANIFEST = "metadata.jsonl"  # one record per finished image

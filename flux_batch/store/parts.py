@@ -8,6 +8,7 @@ metadata.jsonl (errors.jsonl), the file replaced atomically — and deleted. Mer
 of a launch or shard. A kill between the replace and the delete leaves lines twice; the manifest
 keeps the later one when it is next loaded.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -18,10 +19,10 @@ from pathlib import Path
 from typing import Iterator
 
 from flux_batch.errors import LockedError
-from flux_batch.store.names import ERRORS, LOCK, MANIFEST
-from flux_batch.store.lock import RunLock
-from flux_batch.store.atomic import fsync_dir, write_atomic
 from flux_batch.store.append_log import whole_lines_end
+from flux_batch.store.atomic import fsync_dir, write_atomic
+from flux_batch.store.lock import RunLock
+from flux_batch.store.names import ERRORS, LOCK, MANIFEST
 
 PART = re.compile(r"^(?:metadata|errors)\.((?:shard-\d+-)?rank-\d+|shard-\d+)\.jsonl$")
 MERGE_LOCK = f"{LOCK}.merge"

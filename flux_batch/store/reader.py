@@ -1,13 +1,14 @@
 """A run's images read back by their manifest file_name, whatever the layout: a file under
 images/, or a member of a tar shard (`shards/000007.tar/000000123.png`). Used by export,
 evaluation, the sweep grid and gallery."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from flux_batch.store.names import container
 from flux_batch.store.layouts.tars import member_offsets
+from flux_batch.store.names import container
 
 
 class RunImages:
@@ -54,8 +55,10 @@ class RunImages:
         if tar not in self._members:
             with open(self.run_dir / tar, "rb") as f:
                 self._members[tar] = member_offsets(f)
-        member = file_name[len(tar) + 1:]
+        member = file_name[len(tar) + 1 :]
         try:
             return self._members[tar][member]
         except KeyError:
-            raise FileNotFoundError(2, "no such member in the tar shard", str(self.run_dir / file_name)) from None
+            raise FileNotFoundError(
+                2, "no such member in the tar shard", str(self.run_dir / file_name)
+            ) from None

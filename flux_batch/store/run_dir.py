@@ -4,6 +4,7 @@ Crash safety rests on one order: an image is written to a temp file, fsynced and
 place; only then is its manifest line appended, flushed and fsynced. So at any kill point an
 item is either done (line + file) or not (no line; maybe an orphan file, replaced next run).
 """
+
 from __future__ import annotations
 
 import json
@@ -134,8 +135,7 @@ class RunStore:
         path = (self.dir / file_name).resolve()
         images = self.images.resolve()
         # ids are validated when the prompt file is read; this is the last guard
-        inside = path.parent == images or (path.parent.parent == images
-                                           and is_image_folder(path.parent.name))
+        inside = path.parent == images or (path.parent.parent == images and is_image_folder(path.parent.name))
         if not inside or self.images.is_symlink() or path.parent.is_symlink():
             raise RunDirError(f"refusing to write outside {self.images}: {file_name!r}")
         return path
@@ -169,4 +169,3 @@ class RunStore:
             return (record["id"], record["k"]) not in self.manifest
         except (ValueError, KeyError, TypeError):
             return False  # a torn or damaged line of a log: dropped
-

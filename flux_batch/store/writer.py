@@ -1,6 +1,7 @@
 """Writing finished images: encode each with its metadata and write it atomically (in a pool of
 threads, off the render path), then append its manifest record, in order (never the other way
 round: see run_dir.py)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -61,8 +62,14 @@ class ImageWriter:
     A failed write stops the run at the next hand-in or at `drain` with `write_error`'s line.
     """
 
-    def __init__(self, store: RunStore, options: ImageOptions, workers: int = 2, queue: int = 8,
-                 on_written: Callable[[Item], None] = lambda item: None):
+    def __init__(
+        self,
+        store: RunStore,
+        options: ImageOptions,
+        workers: int = 2,
+        queue: int = 8,
+        on_written: Callable[[Item], None] = lambda item: None,
+    ):
         self.store = store
         self.options = options
         self.loras = [lora.record() for lora in options.loras]
@@ -76,10 +83,19 @@ class ImageWriter:
         s, o = item.settings, self.options
         record = {  # a tar shard's sample: its member's name, placed in its shard when added
             "file_name": o.layout.file_name(item.index, item.file_stem, EXTENSIONS[o.format]),
-            "id": item.id, "k": item.k, "prompt": item.prompt, "seed": item.seed,
-            "width": s.width, "height": s.height, "steps": s.steps, "guidance": s.guidance,
-            "negative_prompt": item.negative_prompt or "", "true_cfg": s.true_cfg,
-            "scheduler": s.scheduler, "model": o.model, "quant": o.quant,
+            "id": item.id,
+            "k": item.k,
+            "prompt": item.prompt,
+            "seed": item.seed,
+            "width": s.width,
+            "height": s.height,
+            "steps": s.steps,
+            "guidance": s.guidance,
+            "negative_prompt": item.negative_prompt or "",
+            "true_cfg": s.true_cfg,
+            "scheduler": s.scheduler,
+            "model": o.model,
+            "quant": o.quant,
         }
         if o.model_sha256 is not None:
             record["model_sha256"] = o.model_sha256

@@ -6,6 +6,7 @@ jobs; it pins `hydra.sweep.dir` and lists the common keys in Hydra's own
 (basic, joblib, submitit) applies to each job's config, in whatever process the job runs. Each
 job then keeps its own state in sweep.json (JobTracker).
 """
+
 from __future__ import annotations
 
 import os
@@ -60,11 +61,15 @@ class SweepCallback(Callback):
             hydra.overrides.hydra.append(f"hydra.sweep.dir={_quote(sweep_dir)}")
             hydra.overrides.hydra.append(f"hydra.job.config.override_dirname.exclude_keys=[{keys}]")
         self.invocation = f"{now()}-{os.getpid()}"
-        axes = {o.get_key_element(): list(o.sweep_string_iterator())
-                for o in parsed if o.is_sweep_override() and o.is_discrete_sweep()}
-        jobs = {job_name(job, common): {"name": job_name(job, common),
-                                        "overrides": swept_overrides(job, common)}
-                for job in _expand(parsed) or []}  # the shards of a job are one entry
+        axes = {
+            o.get_key_element(): list(o.sweep_string_iterator())
+            for o in parsed
+            if o.is_sweep_override() and o.is_discrete_sweep()
+        }
+        jobs = {
+            job_name(job, common): {"name": job_name(job, common), "overrides": swept_overrides(job, common)}
+            for job in _expand(parsed) or []
+        }  # the shards of a job are one entry
         jobs = list(jobs.values())
         SweepState(sweep_dir).start(jobs, list(hydra.overrides.task), axes, self.invocation)
 
@@ -78,9 +83,11 @@ def summary_line(sweep_dir: str, state: dict[str, Any], invocation: str) -> str:
     ran = [job for job in jobs if job.get("invocation") == invocation]
     done = sum(job.get("state") == DONE for job in jobs)
     total = lambda key: sum(job.get(key, 0) for job in ran)  # noqa: E731
-    return (f"{sweep_dir}: {len(jobs)} jobs, {done} done; rendered {total('rendered')}, "
-            f"skipped {total('skipped')} already done, failed {total('failed')}; "
-            f"model loaded {total('model_loads')} time(s)")
+    return (
+        f"{sweep_dir}: {len(jobs)} jobs, {done} done; rendered {total('rendered')}, "
+        f"skipped {total('skipped')} already done, failed {total('failed')}; "
+        f"model loaded {total('model_loads')} time(s)"
+    )
 
 
 class JobTracker:
@@ -111,25 +118,32 @@ class JobTracker:
 
     def __enter__(self) -> "JobTracker":
         if self.state:
-            self._update(overrides=self.overrides, state="running", pid=os.getpid(),
-                         invocation=self.invocation)
+            self._update(
+                overrides=self.overrides, state="running", pid=os.getpid(), invocation=self.invocation
+            )
         return self
 
     def refuse_output_dir(self, cfg: DictConfig) -> None:
         """In a sweep the job folder is the run directory; an output.dir would be ignored."""
         if self.state and cfg.output.dir is not None:
-            raise ConfigError(f"output.dir={cfg.output.dir}: a sweep names each job's run "
-                              "directory itself; use hydra.sweep.dir=DIR to choose the sweep's folder")
+            raise ConfigError(
+                f"output.dir={cfg.output.dir}: a sweep names each job's run "
+                "directory itself; use hydra.sweep.dir=DIR to choose the sweep's folder"
+            )
 
     def finished(self, summary) -> None:
         if self.state and summary.show:  # not the other ranks of a launch: rank 0 counts them
             self._update(
-                state=DONE if not summary.failed else "partial", total=summary.total,
-                rendered=summary.rendered, skipped=summary.skipped, failed=summary.failed,
-                model_loads=summary.model_loads, seconds=round(summary.render_seconds, 3))
+                state=DONE if not summary.failed else "partial",
+                total=summary.total,
+                rendered=summary.rendered,
+                skipped=summary.skipped,
+                failed=summary.failed,
+                model_loads=summary.model_loads,
+                seconds=round(summary.render_seconds, 3),
+            )
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.state and exc_type is not None:
             state = "interrupted" if issubclass(exc_type, Interrupted) else "failed"
             self._update(state=state, error=str(exc).splitlines()[0][:300] if str(exc) else exc_type.__name__)
-

@@ -1,4 +1,5 @@
 """`flux-batch-grid SWEEP_DIR`: a comparison grid (PNG) and, with --html, a gallery page."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,19 +14,36 @@ ITEM_AXES = ("prompt", "id")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="flux-batch-grid",
-        description="Draw a labelled comparison grid of a flux-batch sweep: jobs against prompts.")
+        description="Draw a labelled comparison grid of a flux-batch sweep: jobs against prompts.",
+    )
     parser.add_argument("sweep_dir", type=Path, help="the sweep folder (hydra.sweep.dir)")
     parser.add_argument("-o", "--output", type=Path, help="grid file (default: SWEEP_DIR/grid.png)")
-    parser.add_argument("--rows", choices=(*ITEM_AXES, "job"), default=None,
-                        help="what the rows are: prompt (labelled by prompt), id, or job (default: prompt)")
-    parser.add_argument("--cols", choices=(*ITEM_AXES, "job"), default=None,
-                        help="what the columns are (default: job)")
-    parser.add_argument("--max-prompts", type=int, default=None, metavar="N",
-                        help="only the first N prompts (images) of the sweep")
-    parser.add_argument("--cell", type=int, default=256, metavar="PX",
-                        help="thumbnail size: each image is scaled to fit PX×PX (default 256)")
-    parser.add_argument("--html", action="store_true",
-                        help="also write index.html, a static gallery, next to the grid")
+    parser.add_argument(
+        "--rows",
+        choices=(*ITEM_AXES, "job"),
+        default=None,
+        help="what the rows are: prompt (labelled by prompt), id, or job (default: prompt)",
+    )
+    parser.add_argument(
+        "--cols", choices=(*ITEM_AXES, "job"), default=None, help="what the columns are (default: job)"
+    )
+    parser.add_argument(
+        "--max-prompts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only the first N prompts (images) of the sweep",
+    )
+    parser.add_argument(
+        "--cell",
+        type=int,
+        default=256,
+        metavar="PX",
+        help="thumbnail size: each image is scaled to fit PX×PX (default 256)",
+    )
+    parser.add_argument(
+        "--html", action="store_true", help="also write index.html, a static gallery, next to the grid"
+    )
     args = parser.parse_args(argv)
     args.rows, args.cols = _axes(parser, args.rows, args.cols)
     if args.max_prompts is not None and args.max_prompts < 1:
@@ -58,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def make(args: argparse.Namespace) -> str:
-    from flux_batch.sweep import gallery, grid, results as sweep_results
+    from flux_batch.sweep import gallery, grid
+    from flux_batch.sweep import results as sweep_results
 
     results = sweep_results.load(args.sweep_dir)
     if args.max_prompts:
@@ -67,8 +86,10 @@ def make(args: argparse.Namespace) -> str:
     item_labels = [_item_label(results, key, item_axis) for key in results.items]
     job_labels = [results.job_label(job) for job in results.jobs]
     extract_to = results.dir / sweep_results.EXTRACTED
-    cells = [[job.image_path(key, extract_to) if key in job.records else None
-              for job in results.jobs] for key in results.items]
+    cells = [
+        [job.image_path(key, extract_to) if key in job.records else None for job in results.jobs]
+        for key in results.items
+    ]
     if args.rows == "job":
         cells = [list(column) for column in zip(*cells)]
         rows, cols = job_labels, item_labels

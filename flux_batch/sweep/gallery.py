@@ -3,6 +3,7 @@
 Images are linked by paths relative to the page, so the sweep folder can be moved or served
 as it is. The page shows the grid (prompts × jobs) and every manifest record in a table.
 """
+
 from __future__ import annotations
 
 import html
@@ -35,24 +36,31 @@ def write(results: SweepResults, out: Path, grid_png: Path | None = None) -> Pat
     """Write the gallery page to `out` (index.html); returns its path."""
     page_dir = out.parent
     jobs = results.jobs
-    parts = [f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{_e(results.dir.name)}</title>",
-             f"<style>{STYLE}</style></head><body>", f"<h1>{_e(results.dir.name)}</h1>"]
+    parts = [
+        f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{_e(results.dir.name)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>{_e(results.dir.name)}</h1>",
+    ]
     if grid_png is not None:
         parts.append(f"<p><a href='{_href(grid_png, page_dir)}'>comparison grid (PNG)</a></p>")
     parts.append("<h2>Images</h2><table><tr><th>prompt</th>")
     parts += [f"<th>{'<br>'.join(_e(line) for line in results.job_label(job))}</th>" for job in jobs]
     parts.append("</tr>")
     for key in results.items:
-        parts.append(f"<tr><td class='prompt'><b>{_e(key[0])}</b>"
-                     f"{'' if key[1] == 0 else ' #' + str(key[1])}<br>{_e(results.prompt(key))}</td>")
+        parts.append(
+            f"<tr><td class='prompt'><b>{_e(key[0])}</b>"
+            f"{'' if key[1] == 0 else ' #' + str(key[1])}<br>{_e(results.prompt(key))}</td>"
+        )
         for job in jobs:
             record = job.records.get(key)
             if record is None:
                 parts.append("<td class='cell'><div class='missing'></div></td>")
                 continue
             src = _href(job.image_path(key, results.dir / EXTRACTED), page_dir)
-            parts.append(f"<td class='cell'><a href='{src}'><img src='{src}' alt='{_e(key[0])}'></a>"
-                         f"seed {_e(record.get('seed'))}</td>")
+            parts.append(
+                f"<td class='cell'><a href='{src}'><img src='{src}' alt='{_e(key[0])}'></a>"
+                f"seed {_e(record.get('seed'))}</td>"
+            )
         parts.append("</tr>")
     parts.append("</table>")
     parts += _manifest_table(results, page_dir)

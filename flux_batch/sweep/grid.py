@@ -3,6 +3,7 @@
 The layout (every cell's box and source file) is stored in the PNG itself, as JSON in a
 `flux_batch_grid` text chunk, so tools can map a click or a crop back to its image.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -43,6 +44,7 @@ def find_font(size: int = FONT_SIZE):
 @dataclass
 class Axis:
     """Labels of one axis: one list of text lines per row or column."""
+
     labels: list[list[str]]
 
 
@@ -95,6 +97,7 @@ def thumbnail_size(size: tuple[int, int], cell: int) -> tuple[int, int]:
 @dataclass
 class Layout:
     """Where everything goes: label lines, column width, the origin of the image area."""
+
     col_lines: list[list[str]]
     row_lines: list[list[str]]
     col_w: int
@@ -122,24 +125,40 @@ def plan(font, rows: Axis, cols: Axis, cell: int, title: str) -> Layout:
     header_h = max(len(lines) for lines in col_lines) * line_h + PAD
     left, top = MARGIN + label_w + GAP, MARGIN + title_h + header_h + GAP
     n_rows, n_cols = len(rows.labels), len(cols.labels)
-    size = (left + n_cols * col_w + (n_cols - 1) * GAP + MARGIN,
-            top + n_rows * cell + (n_rows - 1) * GAP + MARGIN)
+    size = (
+        left + n_cols * col_w + (n_cols - 1) * GAP + MARGIN,
+        top + n_rows * cell + (n_rows - 1) * GAP + MARGIN,
+    )
     return Layout(col_lines, row_lines, col_w, line_h, title_h, left, top, size)
 
 
-def draw(cells: list[list[Path | None]], rows: Axis, cols: Axis, cell: int, out: Path,
-         title: str = "", font=None) -> Image.Image:
+def draw(
+    cells: list[list[Path | None]], rows: Axis, cols: Axis, cell: int, out: Path, title: str = "", font=None
+) -> Image.Image:
     """Draw cells[r][c] (image files, None for a missing one) under labels; save a PNG."""
     font = font or find_font()
     layout = plan(font, rows, cols, cell, title)
     grid = Image.new("RGB", layout.size, BACKGROUND)
     _labels(ImageDraw.Draw(grid), font, layout, title, cell)
-    boxes = [{"row": r, "col": c} | _paste(grid, font, path, layout.cell_origin(r, c, cell), cell)
-             for r, row in enumerate(cells) for c, path in enumerate(row)]
+    boxes = [
+        {"row": r, "col": c} | _paste(grid, font, path, layout.cell_origin(r, c, cell), cell)
+        for r, row in enumerate(cells)
+        for c, path in enumerate(row)
+    ]
     info = PngInfo()
-    info.add_text("flux_batch_grid", json.dumps({
-        "cell": cell, "rows": rows.labels, "cols": cols.labels, "header_bottom": layout.top - GAP,
-        "cells": [box for box in boxes if "box" in box]}, ensure_ascii=False))
+    info.add_text(
+        "flux_batch_grid",
+        json.dumps(
+            {
+                "cell": cell,
+                "rows": rows.labels,
+                "cols": cols.labels,
+                "header_bottom": layout.top - GAP,
+                "cells": [box for box in boxes if "box" in box],
+            },
+            ensure_ascii=False,
+        ),
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out, pnginfo=info, optimize=True)
     return grid

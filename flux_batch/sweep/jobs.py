@@ -5,6 +5,7 @@ never by a job number or by settings common to all jobs, and the default sweep f
 by the settings common to all jobs. So the same command finds every job's run again and renders
 only what is missing, and a value added to an axis renders only the new jobs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from flux_batch.fingerprint import fingerprint, pixel_settings, slug
-
 
 SINGLE_JOB = "single"  # the folder of a multirun that sweeps nothing
 
@@ -40,18 +40,22 @@ def job_name(job_overrides: list[str], common_keys: set[str]) -> str:
     """`key=value,...` of the swept overrides, sorted, as Hydra's override_dirname writes it."""
     parts = sorted(
         f"{o.get_key_element()}={_safe(o.get_value_element_as_str())}"
-        for o in parse_overrides(job_overrides) if o.key_or_group not in common_keys
+        for o in parse_overrides(job_overrides)
+        if o.key_or_group not in common_keys
     )
     name = ",".join(parts) or SINGLE_JOB
     if len(name) > MAX_NAME:  # file systems cap names at 255 bytes
         digest = hashlib.sha256(name.encode()).hexdigest()[:12]
-        name = f"{name[:MAX_NAME - 13]}-{digest}"
+        name = f"{name[: MAX_NAME - 13]}-{digest}"
     return name
 
 
 def swept_overrides(job_overrides: list[str], common_keys: set[str]) -> dict[str, str]:
-    return {o.get_key_element(): o.get_value_element_as_str()
-            for o in parse_overrides(job_overrides) if o.key_or_group not in common_keys}
+    return {
+        o.get_key_element(): o.get_value_element_as_str()
+        for o in parse_overrides(job_overrides)
+        if o.key_or_group not in common_keys
+    }
 
 
 def job_dir_resolver(*, _root_: DictConfig) -> str:
@@ -64,8 +68,9 @@ def job_dir_resolver(*, _root_: DictConfig) -> str:
 def sweep_dir_resolver(*, _root_: DictConfig) -> str:
     """The default `hydra.sweep.dir`: multirun/<dataset>-<model>-<8 hex of the common
     settings>, from the sweep's base config, where swept values are not applied yet."""
-    swept = {o.key_or_group for o in parse_overrides(list(_root_.hydra.overrides.task)) if o.is_sweep_override()}
+    swept = {
+        o.key_or_group for o in parse_overrides(list(_root_.hydra.overrides.task)) if o.is_sweep_override()
+    }
     dataset = "datasets" if swept & {"dataset", "dataset.path"} else slug(Path(str(_root_.dataset.path)).stem)
     model = "models" if "model" in swept else slug(_root_.model.name)
     return f"multirun/{dataset}-{model}-{fingerprint(pixel_settings(_root_))[:8]}"
-

@@ -3,6 +3,7 @@
 Read from sweep.json when there is one, else from the job folders Hydra left (each with its
 `.hydra/overrides.yaml`), so sweeps made by other versions can be compared too.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from flux_batch.errors import FluxBatchError
-from flux_batch.store.names import MANIFEST
 from flux_batch.store.manifest import read_records
+from flux_batch.store.names import MANIFEST
 from flux_batch.store.reader import RunImages
 from flux_batch.sweep.state import SWEEP_FILE
 
@@ -75,8 +76,10 @@ def _jobs_from_file(sweep_dir: Path) -> list[Job]:
         state = json.loads((sweep_dir / SWEEP_FILE).read_text())
     except ValueError as e:
         raise FluxBatchError(f"{sweep_dir / SWEEP_FILE}: not valid JSON ({e})") from None
-    return [Job(j["name"], sweep_dir / j["name"], dict(j.get("overrides", {})), j.get("state", "unknown"))
-            for j in state.get("jobs", [])]
+    return [
+        Job(j["name"], sweep_dir / j["name"], dict(j.get("overrides", {})), j.get("state", "unknown"))
+        for j in state.get("jobs", [])
+    ]
 
 
 def _jobs_from_folders(sweep_dir: Path) -> list[Job]:

@@ -4,6 +4,7 @@ Jobs may run in several processes at once (joblib, submitit), so every change is
 read-modify-write under an flock, and the file is replaced atomically: a reader sees the old
 file or the new one, never a torn one.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -52,8 +53,9 @@ class SweepState:
         finally:
             os.close(fd)  # releases the flock
 
-    def start(self, jobs: list[dict[str, Any]], command: list[str], axes: dict[str, list[str]],
-              invocation: str) -> None:
+    def start(
+        self, jobs: list[dict[str, Any]], command: list[str], axes: dict[str, list[str]], invocation: str
+    ) -> None:
         """A sweep starts: list its jobs. A job done before stays done until it runs again;
         any other (pending, or left `running` by a killed process) is pending."""
         with self.editing() as state:
@@ -62,8 +64,9 @@ class SweepState:
             for job in jobs:
                 old = before.get(job["name"], {})
                 listed.append({**old, **job, "state": DONE if old.get("state") == DONE else "pending"})
-            state.update(command=command, axes=axes, invocation=invocation, started=now(),
-                         finished=None, jobs=listed)
+            state.update(
+                command=command, axes=axes, invocation=invocation, started=now(), finished=None, jobs=listed
+            )
 
     def update_job(self, name: str, **fields: Any) -> None:
         """Set fields of job `name` (added when a sweeper did not list it up front)."""
@@ -89,8 +92,12 @@ class SweepState:
                     job[key] = fields.pop(key)
             shards = {k: v for k, v in job.get("shards", {}).items() if int(k) < num_shards}
             shards.setdefault(str(shard), {}).update(fields, updated=now())
-            job.update(shards=shards, num_shards=num_shards, updated=now(),
-                       state=_shards_state([shards.get(str(i), {}).get("state") for i in range(num_shards)]))
+            job.update(
+                shards=shards,
+                num_shards=num_shards,
+                updated=now(),
+                state=_shards_state([shards.get(str(i), {}).get("state") for i in range(num_shards)]),
+            )
             for key in ("total", "rendered", "skipped", "failed", "model_loads"):
                 job[key] = sum(s.get(key, 0) for s in shards.values())
 

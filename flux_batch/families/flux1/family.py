@@ -1,5 +1,6 @@
 """FLUX.1 (dev and schnell, and the fine-tunes of their architecture): `FluxPipeline` with CLIP-L
 (pooled) and T5-XXL (per token) text encoders, 2x2-packed latents, a VAE with shift and scale."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,11 +16,23 @@ class Flux1(Family):
     name = "flux1"
     label = "FLUX.1"
     variants = ("dev", "schnell")  # dev: a guidance embedding; schnell: none
-    features = Features(cache_methods=frozenset({"none", "fbcache", "taylorseer"}), lora=True,
-                        true_cfg=True, image_inputs=False)
+    features = Features(
+        cache_methods=frozenset({"none", "fbcache", "taylorseer"}),
+        lora=True,
+        true_cfg=True,
+        image_inputs=False,
+    )
     encoder_folders = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-    pipeline_files = ("model_index.json", "scheduler/*", "text_encoder/*", "text_encoder_2/*",
-                      "tokenizer/*", "tokenizer_2/*", "vae/*", "transformer/config.json")
+    pipeline_files = (
+        "model_index.json",
+        "scheduler/*",
+        "text_encoder/*",
+        "text_encoder_2/*",
+        "tokenizer/*",
+        "tokenizer_2/*",
+        "vae/*",
+        "transformer/config.json",
+    )
     embedding_names = ("prompt_embeds", "pooled_prompt_embeds")
     keys = keys
 
@@ -39,11 +52,17 @@ class Flux1(Family):
         has_guidance = any(name.startswith(GUIDANCE_TENSORS) for name in names)
         if has_guidance == (model.variant == "dev"):
             return
-        found = "FLUX.1-dev-style (it has a guidance embedding)" if has_guidance else \
-            "FLUX.1-schnell-style (it has no guidance embedding)"
+        found = (
+            "FLUX.1-dev-style (it has a guidance embedding)"
+            if has_guidance
+            else "FLUX.1-schnell-style (it has no guidance embedding)"
+        )
         wanted = "a dev" if model.variant == "dev" else "a schnell"
-        other = ("tiny" if has_guidance else "tiny-schnell") if model.builder in ("tiny", "demo") else \
-            ("flux-dev" if has_guidance else "flux-schnell")
+        other = (
+            ("tiny" if has_guidance else "tiny-schnell")
+            if model.builder in ("tiny", "demo")
+            else ("flux-dev" if has_guidance else "flux-schnell")
+        )
         raise ModelFileError(
             f"model.transformer={path}: this GGUF is {found}, but model={model.name} needs {wanted} "
             f"file; use model={other} with it, or a matching GGUF"
@@ -63,29 +82,35 @@ class Flux1(Family):
 
     def encode(self, pipe, prompt: str, max_sequence_length: int) -> Embedding:
         embeds, pooled, _ = pipe.encode_prompt(
-            prompt=[prompt], prompt_2=None, num_images_per_prompt=1,
+            prompt=[prompt],
+            prompt_2=None,
+            num_images_per_prompt=1,
             max_sequence_length=max_sequence_length,
         )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
-    def call_args(self, batch, embeds: Embedding, negative: Embedding | None,
-                  max_sequence_length: int) -> dict[str, Any]:
+    def call_args(
+        self, batch, embeds: Embedding, negative: Embedding | None, max_sequence_length: int
+    ) -> dict[str, Any]:
         settings = batch[0].settings
         args: dict[str, Any] = dict(embeds)
         if negative is not None:
             args.update({f"negative_{name}": tensor for name, tensor in negative.items()})
             args["true_cfg_scale"] = settings.true_cfg
-        args.update(width=settings.width, height=settings.height,
-                    num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                    max_sequence_length=max_sequence_length)
+        args.update(
+            width=settings.width,
+            height=settings.height,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            max_sequence_length=max_sequence_length,
+        )
         return args
 
     def decode(self, pipe, latents, settings, vae_device):
         import torch
 
         with torch.no_grad():
-            latents = pipe._unpack_latents(latents, settings.height, settings.width,
-                                           pipe.vae_scale_factor)
+            latents = pipe._unpack_latents(latents, settings.height, settings.width, pipe.vae_scale_factor)
             latents = (latents / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
             latents = latents.to(vae_device)
             image = pipe.vae.decode(latents, return_dict=False)[0]

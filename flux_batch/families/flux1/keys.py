@@ -8,6 +8,7 @@ shift, scale in BFL and scale, shift in diffusers). Converting either way reads 
 so the two directions are each other's inverse by construction; diffusers'
 `convert_flux_transformer_checkpoint_to_diffusers` is the other half of that pair.
 """
+
 from __future__ import annotations
 
 import re
@@ -41,12 +42,17 @@ def layout_of(names) -> str | None:
 
 def block_counts(names, layout: str) -> tuple[int, int]:
     """(double blocks, single blocks) from the numbered names."""
-    double, single = (("double_blocks", "single_blocks") if layout == "bfl"
-                      else ("transformer_blocks", "single_transformer_blocks"))
+    double, single = (
+        ("double_blocks", "single_blocks")
+        if layout == "bfl"
+        else ("transformer_blocks", "single_transformer_blocks")
+    )
+
     def count(prefix: str) -> int:
         pattern = re.compile(rf"^{prefix}\.(\d+)\.")
         found = {int(m[1]) for n in names if (m := pattern.match(n))}
         return max(found) + 1 if found else 0
+
     return count(double), count(single)
 
 
@@ -78,8 +84,7 @@ def fusions(n_double: int, n_single: int, guidance: bool) -> list[Fused]:
         linear(f"{b}.img_mod.lin", f"{d}.norm1.linear")
         linear(f"{b}.txt_mod.lin", f"{d}.norm1_context.linear")
         linear(f"{b}.img_attn.qkv", f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v")
-        linear(f"{b}.txt_attn.qkv", f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj",
-               f"{d}.attn.add_v_proj")
+        linear(f"{b}.txt_attn.qkv", f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj")
         scale(f"{b}.img_attn.norm.query_norm", f"{d}.attn.norm_q")
         scale(f"{b}.img_attn.norm.key_norm", f"{d}.attn.norm_k")
         scale(f"{b}.txt_attn.norm.query_norm", f"{d}.attn.norm_added_q")

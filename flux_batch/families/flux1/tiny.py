@@ -1,6 +1,7 @@
 """The pieces of FLUX.1's embedded `tiny` model (demo/tiny.py builds and caches it): a random
 FluxPipeline folder (CLIP and T5 encoders with tokenizers made by the `tokenizers` package,
 VAE, FlowMatchEuler scheduler, transformer config and weights)."""
+
 from __future__ import annotations
 
 import json
@@ -34,41 +35,76 @@ def save_components(folder: Path, variant: str = "dev") -> None:
     t5_tok = t5_tokenizer(folder / "tokenizer_2")
 
     torch.manual_seed(0)
-    CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(clip_tok), hidden_size=32, intermediate_size=64,
-        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=TOKEN_BUDGET,
-        projection_dim=32, bos_token_id=clip_tok.bos_token_id,
-        eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.pad_token_id,
-    )).save_pretrained(folder / "text_encoder")
+    CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(clip_tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=TOKEN_BUDGET,
+            projection_dim=32,
+            bos_token_id=clip_tok.bos_token_id,
+            eos_token_id=clip_tok.eos_token_id,
+            pad_token_id=clip_tok.pad_token_id,
+        )
+    ).save_pretrained(folder / "text_encoder")
 
     torch.manual_seed(0)
-    T5EncoderModel(T5Config(
-        vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, pad_token_id=t5_tok.pad_token_id,
-        eos_token_id=t5_tok.eos_token_id,
-    )).save_pretrained(folder / "text_encoder_2")
+    T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tok),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=t5_tok.pad_token_id,
+            eos_token_id=t5_tok.eos_token_id,
+        )
+    ).save_pretrained(folder / "text_encoder_2")
 
     torch.manual_seed(0)
     AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), norm_num_groups=4, sample_size=64,
-        use_quant_conv=False, use_post_quant_conv=False,
-        scaling_factor=0.3611, shift_factor=0.1159,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        norm_num_groups=4,
+        sample_size=64,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
     ).save_pretrained(folder / "vae")
 
     torch.manual_seed(0)
     FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-        guidance_embeds=variant == "dev", axes_dims_rope=(4, 6, 6),
+        patch_size=1,
+        in_channels=64,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=variant == "dev",
+        axes_dims_rope=(4, 6, 6),
     ).save_pretrained(folder / "transformer")
 
     # dev shifts its schedule by resolution; schnell's is unshifted, as in the real configs
     FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=3.0 if variant == "dev" else 1.0,
-        use_dynamic_shifting=variant == "dev", base_shift=0.5,
-        max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
+        num_train_timesteps=1000,
+        shift=3.0 if variant == "dev" else 1.0,
+        use_dynamic_shifting=variant == "dev",
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
     ).save_pretrained(folder / "scheduler")
 
     (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
@@ -84,8 +120,9 @@ def clip_tokenizer(folder: Path):
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
-                              model_max_length=TOKEN_BUDGET)
+    tokenizer = CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=TOKEN_BUDGET
+    )
     tokenizer.save_pretrained(folder)
     return tokenizer
 

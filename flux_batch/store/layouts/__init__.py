@@ -1,5 +1,6 @@
 """Output layouts: where a run puts its images (flat.py, sharded.py, webdataset.py, each one
 class of base.py's interface). `make_layout` is the one place a layout is picked by its name."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -2,6 +2,7 @@
 a kill leaves and how the next start repairs it, what is on disk for resume, the card's data
 files and the layout's part of the run fingerprint. One class per layout (flat.py, sharded.py,
 webdataset.py); `make_layout` (this package's __init__) picks it by name."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

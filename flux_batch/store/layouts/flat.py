@@ -1,5 +1,6 @@
 """layout=flat: `images/<stem>.png`, each image its own file (with `output.captions`, the prompt
 as `images/<stem>.txt` beside it); the run directory loads as an imagefolder."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,10 @@ from flux_batch.store.names import IMAGES
 if TYPE_CHECKING:
     from flux_batch.store.run_dir import RunStore
 
-LOAD_IMAGEFOLDER = ("\nLoad it with `datasets.load_dataset(\"imagefolder\", data_dir=...)` or from the Hub "
-                    "by its name; the `.txt` files beside the images, when present, are the prompts.\n")
+LOAD_IMAGEFOLDER = (
+    '\nLoad it with `datasets.load_dataset("imagefolder", data_dir=...)` or from the Hub '
+    "by its name; the `.txt` files beside the images, when present, are the prompts.\n"
+)
 
 
 class Flat(Layout):

@@ -1,5 +1,6 @@
 """layout=sharded: `images/<5 digits>/<stem>.png`, at most `size` images per folder (the folder
 is the item's plan position // size, so a path never changes with limit, resume or slices)."""
+
 from __future__ import annotations
 
 import os

@@ -3,12 +3,14 @@ hand or by a failing disk), without reading a finished run's every tar at each s
 
 Once a tar is sealed, listed and indexed, its writer appends its size and mtime_ns to a stamp
 log in the run directory (`.tar-stamps.jsonl`, `.tar-stamps.<part>.jsonl` for a scale-out run's
-worker: one writer per file; hidden, and outside shards/ and index/, which make the dataset). At each start, one stat per tar: a tar whose size and mtime_ns match one of its
+worker: one writer per file; hidden, and outside shards/ and index/, which make the dataset).
+At each start, one stat per tar: a tar whose size and mtime_ns match one of its
 stamps is as it was checked. A changed one has its members read: tar_repair.py then keeps its
 whole samples, unlists the rest and stamps it again. One never stamped (a run made before stamps,
 or a kill between listing and stamping) has its headers read: complete, with every listed member
 there, it is stamped as it is; else it is read whole like a changed one.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """The names of a webdataset run's files: tar shards, their samples' keys, their indexes."""
+
 from __future__ import annotations
 
 import os
@@ -47,6 +48,6 @@ def scan(folder: Path) -> Iterator[tuple[str | None, tuple[bool, int]]]:
     """(owner, (is temporary, number)) of every shard and temporary shard file in `folder`."""
     for name in os.listdir(folder):
         temp = name.startswith(".") and name.endswith(PARTIAL)
-        parsed = parse_tar_name(name[1:-len(PARTIAL)] if temp else name)
+        parsed = parse_tar_name(name[1 : -len(PARTIAL)] if temp else name)
         if parsed is not None:
             yield parsed[0], (temp, parsed[1])

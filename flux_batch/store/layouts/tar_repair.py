@@ -12,6 +12,7 @@ it, for the writers `mine` accepts:
   whole samples; the records of the others leave the manifest, so they render again and no
   reader meets a record whose sample is gone.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -24,9 +25,17 @@ from flux_batch.store.atomic import fsync_dir
 from flux_batch.store.layouts.base import Mine
 from flux_batch.store.layouts.tar_check import compare
 from flux_batch.store.layouts.tar_names import index_path, parse_tar_name, scan, tar_name
-from flux_batch.store.layouts.tars import (BLOCK, END_OF_ARCHIVE, IMAGE_EXTENSIONS, TarWriter,
-                                           members, read_records_of, sample_bytes, temp_path,
-                                           whole_samples)
+from flux_batch.store.layouts.tars import (
+    BLOCK,
+    END_OF_ARCHIVE,
+    IMAGE_EXTENSIONS,
+    TarWriter,
+    members,
+    read_records_of,
+    sample_bytes,
+    temp_path,
+    whole_samples,
+)
 from flux_batch.store.names import INDEX, container
 from flux_batch.store.parts import merge_lock
 
@@ -81,8 +90,11 @@ def _list_newest(tars: TarShards, names: Iterator[str]) -> None:
             listed[tar].add(file_name)
     for name in sorted(newest):
         with open(tars.run_dir / name, "rb") as f:  # headers only: the common case
-            images = [f"{name}/{member}" for member, _ in members(f, data=False)
-                      if member.rpartition(".")[2] in IMAGE_EXTENSIONS]
+            images = [
+                f"{name}/{member}"
+                for member, _ in members(f, data=False)
+                if member.rpartition(".")[2] in IMAGE_EXTENSIONS
+            ]
         if listed[name].issuperset(images):
             continue
         records = read_records_of(tars.run_dir / name)
@@ -100,7 +112,9 @@ def _match_indexes(tars: TarShards, shards: set[str], mine: Mine) -> None:
             tars.write_index(name, read_records_of(tars.run_dir / name))
     wanted = {index_path(tars.run_dir, name).name for name in shards}
     for index in sorted(indexes - wanted):  # their shard deleted by hand: its items render again
-        parsed = parse_tar_name(index.removesuffix(".parquet") + ".tar") if index.endswith(".parquet") else None
+        parsed = (
+            parse_tar_name(index.removesuffix(".parquet") + ".tar") if index.endswith(".parquet") else None
+        )
         if parsed is not None and mine(parsed[0]):
             os.unlink(folder / index)
 
@@ -127,8 +141,7 @@ def _recover(tars: TarShards, temp: Path) -> int:
     os.unlink(temp)  # only now: its samples are in a listed shard
     fsync_dir(temp.parent)
     if recovered:
-        log.warning("%s: recovered %d whole samples of a shard a kill left unfinished",
-                    temp.name, recovered)
+        log.warning("%s: recovered %d whole samples of a shard a kill left unfinished", temp.name, recovered)
     return recovered
 
 
@@ -150,8 +163,11 @@ def _check(tars: TarShards, name: str, listed: dict[str, tuple[str, int]]) -> No
                 for sample in whole_samples(f):
                     writer.add(sample, sample.record)
             if lost:  # before the tar is replaced: a kill between the two only leaves them unlisted
-                log.warning("%s changed after it was written: %d of its samples are gone or damaged "
-                            "and render again", name, len(lost))
+                log.warning(
+                    "%s changed after it was written: %d of its samples are gone or damaged and render again",
+                    name,
+                    len(lost),
+                )
                 with merge_lock(tars.run_dir):  # no other worker merges into the manifest meanwhile
                     tars.manifest.forget(lost, name)
         except BaseException:

@@ -5,6 +5,7 @@ A sample is three members, in this order: `<key>.<png|webp|jpg>` (the image as e
 `<key>.json` (its manifest record) and `<key>.txt` (its prompt). Members carry no clock, owner
 or mode from the machine: the same samples, the same bytes.
 """
+
 from __future__ import annotations
 
 import errno
@@ -46,9 +47,11 @@ def member_bytes(name: str, data: bytes) -> bytes:
 def sample_bytes(sample: Sample, record: dict) -> bytes:
     """The sample's three members, `record` as its json."""
     record_json = json.dumps(record, ensure_ascii=False).encode("utf-8")
-    return (member_bytes(f"{sample.key}.{sample.extension}", sample.image)
-            + member_bytes(f"{sample.key}.json", record_json)
-            + member_bytes(f"{sample.key}.txt", sample.prompt.encode("utf-8")))
+    return (
+        member_bytes(f"{sample.key}.{sample.extension}", sample.image)
+        + member_bytes(f"{sample.key}.json", record_json)
+        + member_bytes(f"{sample.key}.txt", sample.prompt.encode("utf-8"))
+    )
 
 
 def temp_path(path: Path) -> Path:
@@ -94,6 +97,7 @@ class TarWriter:
 
 
 # --- reading --------------------------------------------------------------------------------
+
 
 def whole_samples(f: BinaryIO) -> Iterator[Sample]:
     """The whole samples of a tar file, complete or torn: each sample's three members there and
@@ -153,7 +157,7 @@ def members(f: BinaryIO, data: bool = True) -> Iterator[tuple[str, bytes | None]
             content = f.read(_padded(info.size))
             if len(content) < info.size:
                 return
-            content = content[:info.size]
+            content = content[: info.size]
         if info.isreg():
             yield info.name, content
 

@@ -11,6 +11,7 @@ append), then its Parquet index `index/000007.parquet` is written, then its stam
 mtime, tar_check.py). So, as in the other layouts, a listed item is always in a complete file.
 What a kill or a later change leaves, and how the next start repairs it: tar_repair.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,10 @@ class WebDataset(Layout):
 
     def problem(self) -> str | None:
         if self.captions:
-            return ("output.captions=true: output.layout=webdataset stores each prompt as its "
-                    "sample's .txt already; drop output.captions")
+            return (
+                "output.captions=true: output.layout=webdataset stores each prompt as its "
+                "sample's .txt already; drop output.captions"
+            )
         return None
 
     def file_name(self, index: int, stem: str, extension: str) -> str:
@@ -50,10 +53,12 @@ class WebDataset(Layout):
         return [f"{SHARDS}/*.tar"]
 
     def card_text(self) -> tuple[str, str]:
-        return (f"{self.name}, {self.size:,} samples per tar",
-                "\nEach sample is `<key>.png` (or .webp/.jpg), `<key>.json` (its record) and `<key>.txt` "
-                "(its prompt). Load it with `datasets.load_dataset(\"webdataset\", data_files=...)` or "
-                "`webdataset.WebDataset(...)`; `index/*.parquet` lists every sample with its record.\n")
+        return (
+            f"{self.name}, {self.size:,} samples per tar",
+            "\nEach sample is `<key>.png` (or .webp/.jpg), `<key>.json` (its record) and `<key>.txt` "
+            '(its prompt). Load it with `datasets.load_dataset("webdataset", data_files=...)` or '
+            "`webdataset.WebDataset(...)`; `index/*.parquet` lists every sample with its record.\n",
+        )
 
     @staticmethod
     def on_disk(run_dir: Path, remove_temp: bool) -> set[str]:
