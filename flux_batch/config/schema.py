@@ -275,7 +275,7 @@ class RuntimeConfig(Section):
     # with num_shards > 1: this job renders items shard, shard + num_shards, ... (scale/ranks.py)
     shard: int = 0
     num_shards: int = 1  # independent jobs (a Slurm array) sharing one run directory
-    dry_run: bool = False  # print each rank's (shard's) share of the pending items and its device
+    dry_run: bool = False  # print each rank's (slice's) share of the pending items and its device
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Items: one per (row, k). Ids and seeds exactly as DESIGN.md's contract says.
 
 An item's seed depends only on the base seed, its id and k, so its starting noise never
-depends on batching, order, limit, resume, sharding or device.
+depends on batching, order, limit, resume, ranks, job slices or device.
 """
 
 from __future__ import annotations

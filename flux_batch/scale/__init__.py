@@ -1,1 +1,1 @@
-"""Scaling out: which items each rank or shard renders, and how they start and finish."""
+"""Scaling out: which items each rank or job slice renders, their devices and their group."""

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from flux_batch.errors import ConfigError
 from flux_batch.signals import Interrupted
-from flux_batch.sweep.jobs import SHARD_KEYS, job_name, parse_overrides, swept_overrides
+from flux_batch.sweep.jobs import SLICE_KEYS, job_name, parse_overrides, swept_overrides
 from flux_batch.sweep.state import DONE, SweepState, now
 
 
@@ -52,7 +52,7 @@ class SweepCallback(Callback):
         hydra = config.hydra
         parsed = parse_overrides(_sweep_arguments(config))
         common = {o.key_or_group for o in parsed if not o.is_sweep_override()}
-        common |= set(hydra.job.config.override_dirname.exclude_keys) | SHARD_KEYS
+        common |= set(hydra.job.config.override_dirname.exclude_keys) | SLICE_KEYS
         sweep_dir = os.path.abspath(str(hydra.sweep.dir))
         with read_write(hydra), open_dict(hydra):
             hydra.sweep.dir = sweep_dir
@@ -69,7 +69,7 @@ class SweepCallback(Callback):
         jobs = {
             job_name(job, common): {"name": job_name(job, common), "overrides": swept_overrides(job, common)}
             for job in _expand(parsed) or []
-        }  # the shards of a job are one entry
+        }  # the slices of a job are one entry
         jobs = list(jobs.values())
         SweepState(sweep_dir).start(jobs, list(hydra.overrides.task), axes, self.invocation)
 
@@ -107,12 +107,12 @@ class JobTracker:
         self.overrides = swept_overrides(list(cfg.overrides.task), exclude)
         self.invocation = self.state.read().get("invocation")
         given = {o.key_or_group: o.value() for o in parse_overrides(list(cfg.overrides.task))}
-        self.shard = (int(given.get("runtime.shard", 0)), int(given.get("runtime.num_shards", 1)))
+        self.job_slice = (int(given.get("runtime.shard", 0)), int(given.get("runtime.num_shards", 1)))
 
     def _update(self, **fields: Any) -> None:
-        shard, num_shards = self.shard
-        if num_shards > 1:
-            self.state.update_shard(self.name, shard, num_shards, **fields)
+        job_slice, num_slices = self.job_slice
+        if num_slices > 1:
+            self.state.update_slice(self.name, job_slice, num_slices, **fields)
         else:
             self.state.update_job(self.name, **fields)
 

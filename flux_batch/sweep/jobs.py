@@ -18,8 +18,8 @@ from flux_batch.fingerprint import fingerprint, pixel_settings, slug
 SINGLE_JOB = "single"  # the folder of a multirun that sweeps nothing
 
 
-# The shards of a run share its run directory: they never name a job folder.
-SHARD_KEYS = {"runtime.shard", "runtime.num_shards"}
+# The slices of a run (runtime.shard) share its run directory: they never name a job folder.
+SLICE_KEYS = {"runtime.shard", "runtime.num_shards"}
 
 
 MAX_NAME = 200

@@ -78,28 +78,29 @@ class SweepState:
                     return
             jobs.append({"name": name, **fields, "updated": now()})
 
-    def update_shard(self, name: str, shard: int, num_shards: int, **fields: Any) -> None:
-        """Set fields of one shard of job `name` (its shards share the job's run directory);
-        the job's own state and counts are those of its shards together."""
+    def update_slice(self, name: str, job_slice: int, num_slices: int, **fields: Any) -> None:
+        """Set fields of one slice of job `name` (runtime.shard of runtime.num_shards; its slices
+        share the job's run directory); the job's own state and counts are those of its slices
+        together. sweep.json keeps them under `shards` and `num_shards`, the config's words."""
         with self.editing() as state:
             jobs = state.setdefault("jobs", [])
             job = next((j for j in jobs if j["name"] == name), None)
             if job is None:
                 job = {"name": name}
                 jobs.append(job)
-            for key in ("overrides", "invocation"):  # the job's, not the shard's
+            for key in ("overrides", "invocation"):  # the job's, not the slice's
                 if key in fields:
                     job[key] = fields.pop(key)
-            shards = {k: v for k, v in job.get("shards", {}).items() if int(k) < num_shards}
-            shards.setdefault(str(shard), {}).update(fields, updated=now())
+            slices = {k: v for k, v in job.get("shards", {}).items() if int(k) < num_slices}
+            slices.setdefault(str(job_slice), {}).update(fields, updated=now())
             job.update(
-                shards=shards,
-                num_shards=num_shards,
+                shards=slices,
+                num_shards=num_slices,
                 updated=now(),
-                state=_shards_state([shards.get(str(i), {}).get("state") for i in range(num_shards)]),
+                state=_slices_state([slices.get(str(i), {}).get("state") for i in range(num_slices)]),
             )
             for key in ("total", "rendered", "skipped", "failed", "model_loads"):
-                job[key] = sum(s.get(key, 0) for s in shards.values())
+                job[key] = sum(s.get(key, 0) for s in slices.values())
 
     def finish(self) -> dict[str, Any]:
         with self.editing() as state:
@@ -107,8 +108,8 @@ class SweepState:
             return state
 
 
-def _shards_state(states: list[str | None]) -> str:
-    """A sharded job's state: running while a shard runs, done when every shard is."""
+def _slices_state(states: list[str | None]) -> str:
+    """A sliced job's state: running while a slice runs, done when every slice is."""
     for state in ("running", "failed", "interrupted", None, "pending", "partial"):
         if state in states:
             return state or "pending"
