@@ -1,4 +1,4 @@
-"""One run: validate → plan → share → render → store.
+"""One run: check → plan → session start → render → store → session end.
 
 The driver is the only stage that reads the whole config: it builds what each stage needs (the
 plan, the worker, the model files and load options, the render options, the image options) and
@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from flux_batch import faults
-from flux_batch import session as run_session
+from flux_batch import session as sessions
 from flux_batch.config import FluxBatchConfig, load, output_layout, plain
 from flux_batch.errors import TooManyErrors
 from flux_batch.faults import crash_point
@@ -119,7 +119,7 @@ def plan_items(cfg: FluxBatchConfig | DictConfig) -> list[Item]:
 
 
 def run(cfg: FluxBatchConfig | DictConfig, run_dir: str | os.PathLike) -> Summary:
-    """check → plan → share → render → store, building each stage's objects from `cfg` here."""
+    """check → plan → session → render → store, building each stage's objects from `cfg` here."""
     # a signal at any point ends the run through Interrupted: exit 130 / 143, manifest whole
     with StopSignals() as stop:
         cfg = load(cfg)  # the one conversion: every stage below reads the typed sections
@@ -130,27 +130,27 @@ def run(cfg: FluxBatchConfig | DictConfig, run_dir: str | os.PathLike) -> Summar
         layout = output_layout(cfg.output)
         if layout.placed_fields:
             plan.check_free_columns(layout.placed_fields, f"output.layout={layout.name}")
-        share = run_session.start(worker, run_dir, plan, settings, layout)  # this process's items
-        store, todo = share.store, share.todo
+        session = sessions.start(worker, run_dir, plan, settings, layout)  # this process's items
+        store, todo = session.store, session.todo
         try:
             summary = Summary(
                 store.dir,
-                total=share.scope,
-                skipped=share.scope - share.pending,
+                total=session.scope,
+                skipped=session.scope - session.pending,
                 job_slice=worker.slice_label,
                 ranks=worker.world,
             )
             if cfg.runtime.dry_run:
-                print(share.describe(resolve_device(worker.pick_device(cfg.runtime.device))), flush=True)
+                print(session.describe(resolve_device(worker.pick_device(cfg.runtime.device))), flush=True)
                 summary.show = False
                 return summary
             if todo:
-                _render_all(cfg, settings, worker, share, summary, stop)
+                _render_all(cfg, settings, worker, session, summary, stop)
                 if worker.alone:
                     store.prune_errors()  # items retried with success leave the errors log
             if worker.leader:  # the next start finds its pending items without parsing the file
                 known_plan.keep(store.dir, plan)  # (not before: a refused model leaves nothing)
-            _count_all_ranks(share, summary)
+            _count_all_ranks(session, summary)
             # the card: by a lone process or a launch's first rank (a slice knows only its
             # share); also by a run that finds a finished directory without one
             if summary.show and not summary.job_slice and (todo or not (store.dir / README).exists()):
@@ -219,10 +219,10 @@ def _write_card(cfg: FluxBatchConfig, store: RunStore, count: int) -> None:
     write_run_card(store.dir, count, output_layout(cfg.output), EXTENSIONS[plain(cfg.output.format)])
 
 
-def _count_all_ranks(share: Session, summary: Summary) -> None:
+def _count_all_ranks(session: Session, summary: Summary) -> None:
     """Rank 0 reports the counts of every rank; the other ranks report nothing."""
-    counts = run_session.end(
-        share,
+    counts = sessions.end(
+        session,
         {
             key: getattr(summary, key)
             for key in ("rendered", "failed", "render_seconds", "model_loads", "model_loaded")
@@ -239,20 +239,20 @@ def _render_all(
     cfg: FluxBatchConfig,
     settings: dict[str, Any],
     worker: Worker,
-    share: Session,
+    session: Session,
     summary: Summary,
     stop: StopSignals,
 ) -> None:
     from tqdm import tqdm
 
-    store, todo = share.store, share.todo
+    store, todo = session.store, session.todo
     device = resolve_device(worker.pick_device(cfg.runtime.device))
-    pipe, files, loaded = pipeline_for(cfg, device, share.previous)
+    pipe, files, loaded = pipeline_for(cfg, device, session.previous)
     summary.model_loads = int(loaded)
     summary.model_loaded = True
     crash_point("model_loaded")
     # written once the model is known to load, so a refused model leaves nothing behind
-    store.write_run_info(run_info(cfg, settings, share.previous, files.record()))
+    store.write_run_info(run_info(cfg, settings, session.previous, files.record()))
     failures = Failures(store, summary, cfg.max_errors)
     progress = tqdm(
         total=len(todo),
