@@ -136,6 +136,18 @@ def test_a_full_disk_at_the_start_fails_the_run_like_any_later_write(cli_server,
     assert [r["id"] for r in check_consistent(run)] == ["p0"]
 
 
+def test_a_run_directory_hydra_cannot_write_into_is_refused_in_one_line(cli_server, tmp_path):
+    """Not a full disk but a place that cannot hold a run (here .hydra/config.yaml is a folder):
+    one line naming the run directory, exit 2 like any refused run directory, nothing rendered."""
+    prompts = write_prompts(tmp_path / "p.jsonl", ROWS[:1])
+    run = tmp_path / "run"
+    (run / ".hydra" / "config.yaml").mkdir(parents=True)
+    refused = cli_server(tmp_path, f"dataset.path={prompts}", *FAST, f"output.dir={run}")
+    assert refused.returncode == 2, refused.stdout
+    assert refused.stdout.strip() == f"flux-batch: error: cannot use the run directory {run}: Is a directory"
+    assert not (run / "metadata.jsonl").exists()
+
+
 def test_a_full_disk_when_the_run_directory_is_opened_is_a_failed_write(tmp_path, monkeypatch):
     """The lock's pid is the run's first own write: ENOSPC there is exit 1, as later."""
     from flux_batch.errors import EXIT_FAILED, WriteError
