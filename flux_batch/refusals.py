@@ -55,14 +55,18 @@ def _omegaconf_line(hydra_message: str, cause: OmegaConfBaseException) -> str:
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         if override and not key.startswith(override[1]):
             key = f"{override[1]}.{key}"  # a key inside a value (lora=[{…}]) is named from there
-        known = _field_names(cause.object_type)
-        owner = key.rpartition(".")[0] or "the config"
-        return f"{key}: no such key" + (f"; {owner} has {', '.join(known)}" if known else "")
+        return no_such_key(key, _field_names(cause.object_type))
     merging = _MERGING.match(_first_line(hydra_message))
     expected = _expected(cause.object_type, cause.key)
     if merging and expected:
         return f"{merging[1]}: expected {expected}"
     return f"{key}: {_first_line(str(cause.msg))}"
+
+
+def no_such_key(key: str, known: list[str]) -> str:
+    """`output.nokey: no such key; output has dir, format, …` (`known`: the owner's keys)."""
+    owner = key.rpartition(".")[0] or "the config"
+    return f"{key}: no such key" + (f"; {owner} has {', '.join(known)}" if known else "")
 
 
 def _field_names(owner: Any) -> list[str]:

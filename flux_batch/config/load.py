@@ -22,6 +22,7 @@ from flux_batch.config.schema import (
     SamplerConfig,
 )
 from flux_batch.errors import ConfigError
+from flux_batch.refusals import no_such_key
 from flux_batch.store.layouts import Layout as StoreLayout
 from flux_batch.store.layouts import make_layout
 
@@ -62,10 +63,7 @@ def _refuse_added_keys(cfg: DictConfig) -> None:
         names = [f.name for f in dataclasses.fields(schema)]
         for name in node.keys():
             if name not in names:
-                owner = key or "the config"
-                raise ConfigError(
-                    f"{key + '.' if key else ''}{name}: no such key; {owner} has {', '.join(names)}"
-                )
+                raise ConfigError(no_such_key(f"{key}.{name}" if key else name, names))
 
 
 def unread_settings(cfg: FluxBatchConfig) -> list[str]:
