@@ -27,6 +27,7 @@ from flux_batch.config import register_schemas  # noqa: E402
 from flux_batch.demo import tiny  # noqa: E402
 from flux_batch.driver import run  # noqa: E402
 from flux_batch.errors import EXIT_BAD_INPUT, FluxBatchError  # noqa: E402
+from flux_batch.families import DEFAULT as DEFAULT_FAMILY  # noqa: E402
 from flux_batch.fingerprint import run_dir_resolver  # noqa: E402
 from flux_batch.hydra_output import ConfigNotSaved, guard_config_saves  # noqa: E402
 from flux_batch.refusals import refusal_line  # noqa: E402
@@ -43,7 +44,7 @@ def register_configs() -> None:
         "fb_run_dir": run_dir_resolver,
         "fb_sweep_dir": sweep_dir_resolver,
         "fb_job_dir": job_dir_resolver,
-        "fb_tiny_dir": lambda variant="dev": str(tiny.base_dir(variant)),
+        "fb_tiny_dir": lambda variant="dev", family=DEFAULT_FAMILY: str(tiny.base_dir(variant, family)),
         "fb_demo_dir": lambda: str(demo.model_dir()),
         "fb_demo_transformer": lambda gguf_type: str(demo.transformer_path(gguf_type)),
     }

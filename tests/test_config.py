@@ -157,9 +157,10 @@ def test_the_typed_config_is_built_once_and_read_only():
         cfg.sampler.steps = 3
 
 
-def test_model_family_defaults_to_flux1_and_stays_out_of_the_fingerprint():
+def test_model_family_defaults_to_flux1_and_enters_the_fingerprint_only_when_another():
     assert load(compose_cfg()).model.family == "flux1"
-    assert default_run_dir(compose_cfg("model.family=other")) == default_run_dir(compose_cfg())
+    assert default_run_dir(compose_cfg("model.family=flux1")) == default_run_dir(compose_cfg())
+    assert default_run_dir(compose_cfg("model.family=chroma")) != default_run_dir(compose_cfg())
     with pytest.raises(ConfigError, match="model.family=: must name a model family"):
         load(compose_cfg("model.family="))
 

@@ -85,7 +85,9 @@ class ModelConfig(Section):
     # one of the family's variants (flux1: dev, with a guidance embedding, or schnell), which
     # checks it (families/)
     variant: str = setting("dev", pixels=pixels())
-    family: str = "flux1"  # the model family (flux_batch.families); not in the fingerprint
+    # the model family (flux_batch.families); in the fingerprint when not FLUX.1's, so runs
+    # made before families keep their directories
+    family: str = setting("flux1", pixels=pixels(when=lambda m: m.family != "flux1"))
     steps: int = MISSING
     guidance: float = MISSING
     max_sequence_length: int = MISSING

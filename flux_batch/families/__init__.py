@@ -6,6 +6,7 @@ from __future__ import annotations
 from flux_batch.errors import ConfigError
 from flux_batch.families import flux1
 from flux_batch.families.base import Embedding, Family, Features
+from flux_batch.families.tensor_names import unprefixed
 
 __all__ = [
     "DEFAULT",
@@ -60,10 +61,9 @@ def of_pipeline(pipe) -> Family:
 def for_tensors(tensor_names) -> Family | None:
     """The family whose GGUF key table knows these tensor names (with or without the
     `model.diffusion_model.` prefix of full checkpoints), or None."""
-    tensor_names = list(tensor_names)
-    for family in _FAMILIES.values():
-        prefix = family.keys.BFL_PREFIX
-        if family.keys.layout_of([name.removeprefix(prefix) for name in tensor_names]):
+    names = unprefixed(tensor_names)
+    for family in _FAMILIES.values():  # families sharing a key table: the first one registered
+        if family.keys.identifies(names):
             return family
     return None
 

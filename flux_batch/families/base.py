@@ -103,6 +103,19 @@ class Family:
         floats: what the pipeline does after its denoising loop, step for step."""
         raise NotImplementedError
 
+    def negative_prompts(self, batch: list[Item]) -> list[str]:
+        """The negative prompts the call takes for a batch (one per item), or [] when it takes
+        none: FLUX.1's true CFG only; a family guided by classifier-free guidance itself
+        (Chroma, FLUX.2 [klein] base) takes one whenever its guidance is above 1."""
+        if batch[0].settings.true_cfg > 1:
+            return [item.negative_prompt or "" for item in batch]
+        return []
+
+    def describe(self, names: list[str]) -> str:
+        """What a GGUF's unprefixed tensor `names` of this family are, for messages: "FLUX.1
+        dev"."""
+        return f"{self.label} {self.keys.variant_of(names)}"
+
     # features
 
     def check_features(self, cache_method: str, loras: bool, true_cfg: float) -> None:

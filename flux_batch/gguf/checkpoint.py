@@ -121,7 +121,7 @@ def plan(ckpt: Checkpoint, layout: str) -> list[PlannedTensor]:
     """The tensors of `ckpt` named in `layout` ('bfl' or 'diffusers'), each read on demand."""
     keys = ckpt.keys
     n_double, n_single = keys.block_counts(ckpt.names, ckpt.layout)
-    table = keys.fusions(n_double, n_single, keys.has_guidance(ckpt.names))
+    table = keys.table(ckpt.names, ckpt.layout)
     source_names = [f.bfl for f in table] if ckpt.layout == "bfl" else [p for f in table for p in f.parts]
     unknown = sorted(set(ckpt.names) - set(source_names))
     if unknown:

@@ -63,7 +63,7 @@ def summarize(path: str | os.PathLike) -> dict:
         "family": family.name if family else None,
         "layout": layout,
         "prefix": keys.BFL_PREFIX if prefixed else None,
-        "variant": ("dev" if keys.has_guidance(shapes) else "schnell") if layout else None,
+        "variant": keys.variant_of(shapes) if layout else None,
         "double_blocks": n_double,
         "single_blocks": n_single,
         "hidden_size": hidden,

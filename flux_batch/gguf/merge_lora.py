@@ -127,7 +127,7 @@ def _placed(deltas: dict, tensors: dict, layout: str, spec: LoraSpec) -> dict:
     else:
         names = list(tensors)
         keys = families.key_table(names)
-        table = keys.fusions(*keys.block_counts(names, "bfl"), keys.has_guidance(names))
+        table = keys.table(names, "bfl")
         hidden = torch_shape(tensors["img_in.weight"])[0]
         placed = {}
         for fused in table:

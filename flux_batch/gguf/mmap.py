@@ -71,7 +71,7 @@ def diffusers_layout(tensors: dict) -> dict:
     if layout != "bfl":
         return tensors
     bfl = dict(zip(names, tensors.values()))
-    table = keys.fusions(*keys.block_counts(names, "bfl"), keys.has_guidance(names))
+    table = keys.table(names, "bfl")
     if {fused.bfl for fused in table} != bfl.keys() or "img_in.weight" not in bfl:
         return tensors
     hidden = bfl["img_in.weight"].shape[0]

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from flux_batch import demo, families
 from flux_batch.demo import tiny
 from flux_batch.errors import ConfigError, ModelFileError
+from flux_batch.families.tensor_names import unprefixed
 from flux_batch.gguf.file import WRITABLE_TYPES, check_gguf_file
 from flux_batch.gguf.inspect import loading_problem
 from flux_batch.model import lora
@@ -59,8 +60,12 @@ def model_identity(m: DictConfig) -> dict:
     """
     transformer = os.path.expanduser(str(m.transformer))
     if m.builder == "tiny":
-        if Path(transformer).parent == tiny.base_dir(m.variant):
-            return {"builder": tiny.VERSION, "transformer": os.path.basename(transformer)}
+        folder = tiny.base_dir(m.variant, family_of(m).name)
+        if Path(transformer).parent == folder:
+            return {
+                "builder": folder.name if m.family != families.DEFAULT else tiny.VERSION,
+                "transformer": os.path.basename(transformer),
+            }
     if m.builder == "demo":
         if demo.is_demo_file(transformer) and Path(str(m.base)) == demo.model_dir():
             return {"builder": demo.VERSION, "transformer": os.path.basename(transformer)}
@@ -75,11 +80,15 @@ def resolve_files(m: DictConfig, quant: DictConfig, loras) -> ModelFiles:
     `lora` of the config), building or downloading as needed."""
     if m.builder == "tiny":
         _check_writable(quant, "tiny")
-        tiny.ensure_built(quant.gguf_type, m.variant)  # an overridden path is used as given
+        tiny.ensure_built(
+            quant.gguf_type, m.variant, family_of(m).name
+        )  # an overridden path is used as given
     elif m.builder == "demo":
         _ensure_demo(m, quant)
     base = _resolve_base(m)  # the base first: a missing model names its folder first
     transformer = _resolve_transformer(m)
+    if not transformer.startswith(("http://", "https://")):
+        check_against_folder(transformer, base)
     local = not transformer.startswith(("http://", "https://"))
     return ModelFiles(base, transformer, lora.resolve(loras), file_sha256(transformer) if local else None)
 
@@ -137,8 +146,55 @@ def _check_gguf_variant(m: DictConfig, path: str) -> None:
     from gguf import GGUFReader
 
     family = family_of(m)
-    names = [t.name.removeprefix(family.keys.BFL_PREFIX) for t in GGUFReader(path).tensors]
+    names = unprefixed(t.name for t in GGUFReader(path).tensors)
+    found = families.for_tensors(names)
+    if found is not None and found.keys is not family.keys:
+        raise ModelFileError(
+            f"model.transformer={path}: this is a {found.describe(names)} transformer; "
+            f"model={m.name} expects {family.label}"
+        )
     family.check_file(path, names, m)
+
+
+def check_against_folder(path: str, base: str) -> None:
+    """The GGUF's blocks and width against the pipeline folder's transformer config, which
+    loading passes to diffusers (so a FLUX.2 [klein] file is never taken for [dev], as
+    diffusers' own detection does): a file of another size is refused in one line, before
+    anything loads."""
+    import json
+
+    from gguf import GGUFReader
+
+    config_file = Path(base) / "transformer" / "config.json"
+    if not config_file.is_file():
+        return
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as e:
+        raise ModelFileError(f"{config_file}: not a JSON transformer config ({e})") from None
+    tensors = GGUFReader(path).tensors
+    shapes = {
+        name: tuple(int(d) for d in reversed(t.shape))
+        for name, t in zip(unprefixed(t.name for t in tensors), tensors)
+    }
+    found = families.for_tensors(shapes)
+    if found is None:
+        return
+    layout = found.keys.layout_of(shapes)
+    double, single = found.keys.block_counts(shapes, layout)
+    width = shapes.get("img_in.weight" if layout == "bfl" else "x_embedder.weight", (None,))[0]
+    wanted = (
+        config.get("num_layers"),
+        config.get("num_single_layers"),
+        (config.get("num_attention_heads") or 0) * (config.get("attention_head_dim") or 0) or None,
+    )
+    if None in wanted or (double, single, width) == wanted:
+        return
+    raise ModelFileError(
+        f"model.transformer={path}: a transformer of {double} double and {single} single blocks, "
+        f"width {width}, but model.base={base} configures {wanted[0]} double and {wanted[1]} "
+        f"single blocks, width {wanted[2]}; use the pipeline folder of this model's size"
+    )
 
 
 def family_of(m) -> families.Family:

@@ -88,8 +88,10 @@ class Renderer:
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
         step_cache.reset(self.pipe.transformer)  # a batch never sees another batch's cache
         embeds = encode([item.prompt for item in batch])
-        # true CFG only where the batch has negative prompts (Settings keeps them apart)
-        negative = encode([item.negative_prompt for item in batch]) if s.true_cfg > 1 else None
+        # negative prompts only where the family's call uses them (FLUX.1: true CFG, which
+        # Settings keeps apart from the items without it)
+        negatives = self.family.negative_prompts(batch)
+        negative = encode(negatives) if negatives else None
         args = self.family.call_args(batch, embeds, negative, self.max_sequence_length)
         if self.progress is not None:
             self.progress.begin(len(batch), s.steps)

@@ -118,7 +118,7 @@ class Schedule:
         for batch in chunk:
             try:
                 for item in batch:  # the prompts Renderer.denoise asks for
-                    needed = [item.prompt] + ([item.negative_prompt] if item.settings.true_cfg > 1 else [])
+                    needed = [item.prompt] + self.render.family.negative_prompts([item])
                     for prompt in needed:
                         if prompt not in held:
                             held[prompt] = self.encoder.embedding(prompt)

@@ -1,76 +1,73 @@
 """FLUX.1 transformer tensor names: the Black Forest Labs layout and the diffusers layout (the
-family's GGUF key table, read by the GGUF tools through `families`).
+family's GGUF key table, read by the GGUF tools through `families`; the interface is in
+families/tensor_names.py).
 
-One table, `fusions`, says how each BFL tensor is made of diffusers tensors: concatenated
-along the first dimension (the fused qkv of double blocks; q, k, v and the MLP input in
-`linear1` of single blocks), or with its two halves swapped (the final norm's modulation is
-shift, scale in BFL and scale, shift in diffusers). Converting either way reads that table,
-so the two directions are each other's inverse by construction; diffusers'
+One table says how each BFL tensor is made of diffusers tensors: concatenated along the first
+dimension (the fused qkv of double blocks; q, k, v and the MLP input in `linear1` of single
+blocks), or with its two halves swapped (the final norm's modulation is shift, scale in BFL and
+scale, shift in diffusers). Converting either way reads that table, so the two directions are
+each other's inverse by construction; diffusers'
 `convert_flux_transformer_checkpoint_to_diffusers` is the other half of that pair.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from flux_batch.families.tensor_names import (
+    BFL_PREFIX,
+    Fused,
+    TableBuilder,
+    bfl_or_diffusers,
+    block_counts,
+    split_sizes,
+    swap_halves,
+    unprefixed,
+)
 
-BFL_PREFIX = "model.diffusion_model."
+__all__ = [
+    "BFL_PREFIX",
+    "Fused",
+    "block_counts",
+    "has_guidance",
+    "identifies",
+    "layout_of",
+    "split_sizes",
+    "swap_halves",
+    "table",
+    "unprefixed",
+    "variant_of",
+]
+
+# per-block modulation: FLUX.1's blocks have their own (FLUX.2 shares one, Chroma has none)
+MARKERS = ("double_blocks.0.img_mod.lin.weight", "transformer_blocks.0.norm1.linear.weight")
 
 
-@dataclass(frozen=True)
-class Fused:
-    bfl: str
-    parts: tuple[str, ...]  # diffusers names, concatenated along dim 0 in this order
-    swap: bool = False  # the two halves along dim 0 are swapped between layouts
-
-
-def unprefixed(names) -> list[str]:
-    """Tensor names without the `model.diffusion_model.` prefix of full checkpoints, which some
-    converters (stable-diffusion.cpp's) keep in a transformer-only GGUF."""
-    return [name.removeprefix(BFL_PREFIX) for name in names]
+def identifies(names) -> bool:
+    names = set(names)
+    return any(marker in names for marker in MARKERS)
 
 
 def layout_of(names) -> str | None:
     """'bfl' or 'diffusers' from a set of tensor names, or None when neither."""
-    names = set(names)
-    if "img_in.weight" in names or any(n.startswith("double_blocks.") for n in names):
-        return "bfl"
-    if "x_embedder.weight" in names or any(n.startswith("transformer_blocks.") for n in names):
-        return "diffusers"
-    return None
-
-
-def block_counts(names, layout: str) -> tuple[int, int]:
-    """(double blocks, single blocks) from the numbered names."""
-    double, single = (
-        ("double_blocks", "single_blocks")
-        if layout == "bfl"
-        else ("transformer_blocks", "single_transformer_blocks")
-    )
-
-    def count(prefix: str) -> int:
-        pattern = re.compile(rf"^{prefix}\.(\d+)\.")
-        found = {int(m[1]) for n in names if (m := pattern.match(n))}
-        return max(found) + 1 if found else 0
-
-    return count(double), count(single)
+    return bfl_or_diffusers(names)
 
 
 def has_guidance(names) -> bool:
     return any(n.startswith(("guidance_in.", "time_text_embed.guidance_embedder.")) for n in names)
 
 
+def variant_of(names) -> str:
+    """dev: a guidance embedding (FLUX.1-dev, Krea, Kontext); schnell: none."""
+    return "dev" if has_guidance(names) else "schnell"
+
+
+def table(names, layout: str) -> list[Fused]:
+    return fusions(*block_counts(names, layout), has_guidance(names))
+
+
 def fusions(n_double: int, n_single: int, guidance: bool) -> list[Fused]:
-    """Every tensor of a FLUX transformer, as BFL name <- diffusers parts, in BFL file order."""
-    table: list[Fused] = []
-
-    def linear(bfl: str, *parts: str, swap: bool = False) -> None:
-        for kind in ("weight", "bias"):
-            table.append(Fused(f"{bfl}.{kind}", tuple(f"{p}.{kind}" for p in parts), swap))
-
-    def scale(bfl: str, part: str) -> None:
-        table.append(Fused(f"{bfl}.scale", (f"{part}.weight",)))
-
+    """Every tensor of a FLUX.1 transformer, as BFL name <- diffusers parts, in BFL file order."""
+    t = TableBuilder()
+    linear, scale = t.linear, t.scale
     embedders = [("time_in", "timestep_embedder"), ("vector_in", "text_embedder")]
     if guidance:
         embedders.append(("guidance_in", "guidance_embedder"))
@@ -104,22 +101,4 @@ def fusions(n_double: int, n_single: int, guidance: bool) -> list[Fused]:
         linear(f"{b}.linear2", f"{d}.proj_out")
     linear("final_layer.linear", "proj_out")
     linear("final_layer.adaLN_modulation.1", "norm_out.linear", swap=True)
-    return table
-
-
-def split_sizes(fused: Fused, rows: int, hidden: int) -> list[int]:
-    """Rows of each diffusers part of a BFL tensor with `rows` rows: q, k and v are `hidden`
-    each; what is left is the last part (the MLP input of single blocks)."""
-    n = len(fused.parts)
-    if n == 1:
-        return [rows]
-    if fused.bfl.endswith(("qkv.weight", "qkv.bias")):
-        return [rows // n] * n
-    return [hidden] * (n - 1) + [rows - hidden * (n - 1)]
-
-
-def swap_halves(tensor):
-    import torch
-
-    first, second = tensor.chunk(2, dim=0)
-    return torch.cat([second, first], dim=0)
+    return t.entries
