@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from flux_batch import faults
+from flux_batch import families, faults
 from flux_batch import session as sessions
 from flux_batch.config import FluxBatchConfig, load, output_layout, plain
 from flux_batch.errors import TooManyErrors
@@ -207,12 +207,20 @@ def image_options(cfg: FluxBatchConfig, files: ModelFiles) -> ImageOptions:
         model=cfg.model.name,
         quant=cfg.quant.name,
         model_label=Path(files.transformer).name.removesuffix(".gguf"),
+        **family_fields(cfg.model.family),
         loras=files.loras,
         model_sha256=files.transformer_sha256,
         shift=cfg.sampler.shift,
         cache=cache_settings(cfg.cache),
         layout=output_layout(cfg.output),
     )
+
+
+def family_fields(name: str) -> dict:
+    """The family in the records of a run of another family than FLUX.1's."""
+    if name == families.DEFAULT:
+        return {}
+    return {"family": name, "family_label": families.get(name).label}
 
 
 def _write_card(cfg: FluxBatchConfig, store: RunStore, count: int) -> None:

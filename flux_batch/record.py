@@ -6,8 +6,9 @@ of the same name (plan/prompts.py), and the gallery shows them first (sweep/gall
 
 from __future__ import annotations
 
-# Every record has these, in this order; `model_sha256` only for a local transformer file (not a
-# URL), `lora` only when LoRAs are applied, `cache` only with step caching, `sha256` last.
+# Every record has these, in this order; `family` only for a family other than FLUX.1,
+# `model_sha256` only for a local transformer file (not a URL), `lora` only when LoRAs are
+# applied, `cache` only with step caching, `sha256` last.
 FIELDS = (
     "file_name",
     "id",
@@ -22,6 +23,7 @@ FIELDS = (
     "true_cfg",
     "scheduler",
     "model",
+    "family",
     "quant",
     "model_sha256",
     "lora",

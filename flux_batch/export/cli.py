@@ -114,7 +114,8 @@ def _write_card(
     info = json.loads((run_dir / RUN_INFO).read_text()) if (run_dir / RUN_INFO).exists() else {}
     layout = f"{to}, {shard_size:,} samples per file, exported from {run_dir.name}"
     (out / README).write_text(
-        card(run_dir.name, data_files, info.get("settings", {}), count, layout), encoding="utf-8"
+        card(run_dir.name, data_files, info.get("settings", {}), count, layout, files=info.get("files")),
+        encoding="utf-8",
     )
 
 

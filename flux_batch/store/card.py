@@ -25,15 +25,22 @@ def size_category(count: int) -> str:
 
 
 def card(
-    title: str, data_files: list[str], settings: dict[str, Any], count: int, layout: str, extra: str = ""
+    title: str,
+    data_files: list[str],
+    settings: dict[str, Any],
+    count: int,
+    layout: str,
+    extra: str = "",
+    files: dict | None = None,
 ) -> str:
-    """The card's text. `data_files`: the patterns that make the train split."""
+    """The card's text. `data_files`: the patterns that make the train split; `files`: run.json's
+    record of the model files (their SHA-256s)."""
     paths = "\n".join(f"    - {json.dumps(pattern)}" for pattern in data_files)
     model = settings.get("model", {})
     sampler = settings.get("sampler", {})
     rows = [
-        ("model", f"{model.get('name', '?')} ({model.get('variant', '?')})"),
-        ("transformer", _file_identity(model)),
+        ("model", f"{model.get('name', '?')} ({_family_label(model)} {model.get('variant', '?')})"),
+        ("transformer", _file_identity(model) + _sha256(files)),
         ("quant", settings.get("quant", "?")),
         (
             "sampler",
@@ -91,7 +98,9 @@ def write_run_card(run_dir: Path, count: int, layout: Layout, extension: str) ->
     except (OSError, ValueError):  # no run.json: nothing rendered here yet, nothing to describe
         return
     described, how = layout.card_text()
-    text = card(run_dir.name, layout.data_files(extension), info.get("settings", {}), count, described, how)
+    settings = info.get("settings", {})
+    data_files = layout.data_files(extension)
+    text = card(run_dir.name, data_files, settings, count, described, how, info.get("files"))
     write_atomic(run_dir / README, text.encode("utf-8"))
 
 
@@ -99,13 +108,26 @@ def _file_identity(model: dict, prefix: str = "") -> str:
     """The model's file identity from run.json, flattened: `transformer.name: x.gguf, …`."""
     parts = []
     for key, value in model.items():
-        if not prefix and key in ("name", "variant"):
+        if not prefix and key in ("name", "variant", "family"):
             continue
         if isinstance(value, dict):
             parts.append(_file_identity(value, f"{prefix}{key}."))
         else:
             parts.append(f"{prefix}{key}: {value}")
     return ", ".join(parts) or "?"
+
+
+def _family_label(model: dict) -> str:
+    """The family's label; a run made before families (or of FLUX.1) names none."""
+    from flux_batch import families
+
+    name = model.get("family", families.DEFAULT)
+    return families.get(name).label if name in families.names() else name
+
+
+def _sha256(files: dict | None) -> str:
+    sha = (((files or {}).get("transformer")) or {}).get("sha256")
+    return f", sha256: {sha}" if sha else ""
 
 
 def _cache(cache: dict | None) -> str:

@@ -32,6 +32,8 @@ class ImageOptions:
     model: str  # the model's config name, e.g. flux-dev
     quant: str  # the quant's config name, e.g. q8_0
     model_label: str  # the transformer file's stem, as infotext readers show it
+    family: str | None = None  # model.family when not FLUX.1's (whose records stay as they were)
+    family_label: str | None = None  # for infotext: "FLUX.2 [klein]"
     loras: tuple = ()  # model.lora.LoraFile
     model_sha256: str | None = None  # the transformer file's
     shift: float | None = None
@@ -40,6 +42,8 @@ class ImageOptions:
     infotext_extra: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self):
+        if self.family_label is not None:
+            self.infotext_extra["Family"] = self.family_label
         if self.shift is not None:
             self.infotext_extra["Shift"] = f"{self.shift:g}"
         if self.cache is not None:  # "fbcache threshold=0.08"
@@ -97,6 +101,8 @@ class ImageWriter:
             "model": o.model,
             "quant": o.quant,
         }
+        if o.family is not None:
+            record["family"] = o.family
         if o.model_sha256 is not None:
             record["model_sha256"] = o.model_sha256
         if self.loras:
