@@ -182,6 +182,7 @@ def load_options(cfg: FluxBatchConfig | DictConfig) -> LoadOptions:
         offload=plain(cfg.runtime.offload),
         dequantize=plain(cfg.runtime.dequantize),
         family=cfg.model.family,
+        encoder_device=plain(cfg.runtime.encoder_device),
     )
 
 

@@ -258,6 +258,15 @@ def write_prompts(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def left_behind(run_dir: Path) -> list[str]:
+    """What a refused run left in its directory besides Hydra's config snapshot and the log."""
+    return sorted(
+        str(p.relative_to(run_dir))
+        for p in run_dir.rglob("*")
+        if p.is_file() and ".hydra" not in p.parts and p.name != "flux-batch.log"
+    )
+
+
 def manifest(run_dir: Path) -> list[dict]:
     path = run_dir / "metadata.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

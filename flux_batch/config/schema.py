@@ -56,6 +56,11 @@ class Dequantize(str, Enum):
     auto = "auto"  # once when that fits in the device's free memory, else never
 
 
+class EncoderDevice(str, Enum):
+    auto = "auto"  # where the pipeline runs (offloaded with it under runtime.offload=model)
+    cpu = "cpu"  # the text encoders stay in host memory and run there (docs/models.md)
+
+
 class DType(str, Enum):
     auto = "auto"  # bfloat16 on CUDA, float32 elsewhere
     float32 = "float32"
@@ -264,6 +269,8 @@ class RuntimeConfig(Section):
     # GGUF weights dequantized once when they fit: faster, same pixels
     dequantize: Dequantize = Dequantize.auto
     dtype: DType = setting(DType.auto, pixels=pixels(group=""))
+    # cpu: FLUX.2 [dev]'s 48 GB encoder off a 24 or 48 GB GPU; embeddings move to the device
+    encoder_device: EncoderDevice = EncoderDevice.auto
     progress: bool = True  # progress bar (shown on a terminal only)
     schedule: Schedule = Schedule.auto
     # phased: items whose prompts are encoded, then denoised, then decoded together
@@ -278,6 +285,13 @@ class RuntimeConfig(Section):
     shard: int = 0
     num_shards: int = 1  # independent jobs (a Slurm array) sharing one run directory
     dry_run: bool = False  # print each rank's (slice's) share of the pending items and its device
+
+    def check(self) -> None:
+        if self.encoder_device == EncoderDevice.cpu and self.offload == Offload.model:
+            raise ConfigError(
+                "runtime.encoder_device=cpu: runtime.offload=model would move the text encoders "
+                "to the GPU at each prompt; use runtime.offload=auto or none with it"
+            )
 
 
 @dataclass

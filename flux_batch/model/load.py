@@ -8,6 +8,7 @@ Only GGUF and safetensors weights are read: nothing is unpickled and no remote c
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from flux_batch import families
@@ -32,6 +33,7 @@ class LoadOptions:
     offload: str  # none, model or auto
     dequantize: str = "never"  # never, once or auto (model/dequantize.py)
     family: str = families.DEFAULT  # model.family
+    encoder_device: str = "auto"  # auto or cpu: where the text encoders run
 
 
 def load_pipeline(files: ModelFiles, options: LoadOptions, device: str):
@@ -57,14 +59,17 @@ def load_pipeline(files: ModelFiles, options: LoadOptions, device: str):
         ) from None
     pipe.flux_batch_family = family.name  # families.of_pipeline reads it
     lora.apply(pipe, files.loras)  # adapters before placement, so offload hooks see them
-    offloaded = _place(pipe, options.offload, device)
+    offloaded = _place(pipe, options.offload, device, options.encoder_device == "cpu")
     if dequantize.wanted(options.dequantize, pipe.transformer, device, offloaded):
         log.info(
             "dequantized %d GGUF layers once (runtime.dequantize=%s)",
             dequantize.dequantize(pipe.transformer),
             options.dequantize,
         )
-    pin_execution_device(pipe)
+    # text encoders kept on the CPU would make diffusers answer their device (the first
+    # component's): the transformer's is where the pipeline runs
+    encoders_apart = getattr(pipe, "flux_batch_encoder_device", None) is not None
+    pin_execution_device(pipe, pipe.transformer.device if encoders_apart else None)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -99,23 +104,29 @@ def load_transformer(transformer: str, base: str, dtype, lean: bool = True, fami
         ) from None
 
 
-def _place(pipe, offload: str, device: str) -> bool:
-    """Move the pipeline to `device`, or offload it; whether it is offloaded."""
+def _place(pipe, offload: str, device: str, encoders_on_cpu: bool = False) -> bool:
+    """Move the pipeline to `device`, or offload it; whether it is offloaded. With
+    `encoders_on_cpu` the text encoders stay in host memory (runtime.encoder_device=cpu)."""
+    encoders = families.of_pipeline(pipe).text_encoders(pipe) if encoders_on_cpu else []
     if offload == "auto":
-        offload = "model" if device.startswith("cuda") and not _fits(pipe, device) else "none"
+        offload = "model" if device.startswith("cuda") and not _fits(pipe, device, encoders) else "none"
     if offload == "model":
         if not device.startswith("cuda"):
             raise ConfigError("runtime.offload=model needs a CUDA device")
         pipe.enable_model_cpu_offload(device=device)
         return True
     pipe.to(device)
+    if encoders:
+        for encoder in encoders:
+            encoder.to("cpu")
+        pipe.flux_batch_encoder_device = "cpu"
     return False
 
 
 _PINNED: dict[type, type] = {}
 
 
-def pin_execution_device(pipe) -> None:
+def pin_execution_device(pipe, device=None) -> None:
     """Answer `pipe._execution_device` from a value computed once, after placement.
 
     diffusers computes it at every read by walking every module of every component: 2 to 3 ms
@@ -124,7 +135,7 @@ def pin_execution_device(pipe) -> None:
     plain `pipe(prompt)` loop. Placement never changes after loading (under model offload the
     execution device is the offload hooks' device), so the value cannot go stale. The pipeline
     keeps its class name: only the property is replaced, in a subclass made once per class."""
-    device = pipe._execution_device
+    device = device if device is not None else pipe._execution_device
     cls = type(pipe)
     if cls not in _PINNED.values():
         if cls not in _PINNED:
@@ -141,14 +152,33 @@ def pin_execution_device(pipe) -> None:
     pipe.__dict__["_flux_batch_device"] = device
 
 
-def _fits(pipe, device: str) -> bool:
-    """Whether every component fits on the GPU at once, with room for activations."""
+@contextmanager
+def on_encoder_device(pipe):
+    """Inside, the pipeline's execution device is its text encoders' (runtime.encoder_device=cpu),
+    so its prompt encoder puts the token ids where the encoders are; outside, the pinned one."""
+    device = getattr(pipe, "flux_batch_encoder_device", None)
+    if device is None:
+        yield
+        return
+    import torch
+
+    pinned = pipe.__dict__["_flux_batch_device"]
+    pipe.__dict__["_flux_batch_device"] = torch.device(device)
+    try:
+        yield
+    finally:
+        pipe.__dict__["_flux_batch_device"] = pinned
+
+
+def _fits(pipe, device: str, elsewhere=()) -> bool:
+    """Whether every component (but those kept `elsewhere`) fits on the GPU at once, with room
+    for activations."""
     import torch
 
     needed = sum(
         sum(p.numel() * p.element_size() for p in component.parameters())
         for component in pipe.components.values()
-        if isinstance(component, torch.nn.Module)
+        if isinstance(component, torch.nn.Module) and not any(component is m for m in elsewhere)
     )
     free, _ = torch.cuda.mem_get_info(torch.device(device))
     return needed * 1.2 + 4 * 2**30 < free

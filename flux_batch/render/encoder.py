@@ -17,6 +17,7 @@ from pathlib import Path
 
 from flux_batch import families
 from flux_batch.families import Embedding
+from flux_batch.model.load import on_encoder_device
 
 PROMPT_CACHE_BYTES = 1 << 30  # embeddings kept in host memory, first come first kept
 
@@ -64,7 +65,8 @@ class PromptEncoder:
             return cached
         self.misses += 1
         started = time.perf_counter()
-        encoded = self.family.encode(self.pipe, prompt, self.max_sequence_length)
+        with on_encoder_device(self.pipe):
+            encoded = self.family.encode(self.pipe, prompt, self.max_sequence_length)
         embedding = {name: t.detach().cpu() for name, t in encoded.items()}  # copying is exact
         self.seconds += time.perf_counter() - started
         self._keep(key, embedding)
