@@ -1,6 +1,10 @@
-"""The reference loop: one FluxPipeline call per prompt, as diffusers' GGUF example renders.
+"""The reference loop: one pipeline call per prompt, as diffusers' GGUF example renders.
 
-    python bench/plain_loop.py BASE TRANSFORMER.gguf PROMPTS.jsonl OUT_DIR --width 128 ...
+    python bench/plain_loop.py BASE TRANSFORMER.gguf PROMPTS.jsonl OUT_DIR --family flux1 --width 128 ...
+
+`--family` picks the diffusers pipeline and transformer classes (FluxPipeline for flux1,
+Flux2KleinPipeline for flux2-klein, ChromaPipeline for chroma, ...); nothing else of
+flux-batch runs.
 
 Loads exactly as flux-batch does (from_single_file with GGUFQuantizationConfig, then
 from_pretrained), renders each JSONL row's `prompt` with a CPU generator seeded by its `seed`,
@@ -16,13 +20,16 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import FluxPipeline, FluxTransformer2DModel, GGUFQuantizationConfig
+from diffusers import GGUFQuantizationConfig
+
+from flux_batch import families
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     for name in ("base", "transformer", "prompts", "out"):
         parser.add_argument(name)
+    parser.add_argument("--family", default=families.DEFAULT)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4)
@@ -31,14 +38,15 @@ def main() -> None:
     a = parser.parse_args()
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32
-    transformer = FluxTransformer2DModel.from_single_file(
+    family = families.get(a.family)
+    transformer = family.transformer_class().from_single_file(
         a.transformer,
         quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
         config=a.base,
         subfolder="transformer",
         dtype=dtype,
     )
-    pipe = FluxPipeline.from_pretrained(a.base, transformer=transformer, dtype=dtype)
+    pipe = family.pipeline_class().from_pretrained(a.base, transformer=transformer, dtype=dtype)
     if cuda:
         pipe.enable_model_cpu_offload()
     pipe.set_progress_bar_config(disable=True)
