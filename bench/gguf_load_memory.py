@@ -1,6 +1,7 @@
 """Peak memory while loading a GGUF transformer: diffusers' reader against the mapped file.
 
     python bench/gguf_load_memory.py [--type Q8_0]   # writes the "GGUF loading memory" section
+    python bench/gguf_load_memory.py --family chroma # another family's full-width transformer
 
 Builds the full-width random FLUX transformer (tests/flux_wide.py: hidden 3072, one double and
 one single block), quantizes it with flux-batch's own quantizer (BFL layout, as published
@@ -11,6 +12,12 @@ flux-batch's (`from_single_file(state dict of views of the mapping)`). Each proc
 its peak resident memory (VmHWM) and its anonymous memory (RssAnon: its own allocations, not
 the file's pages), sampled every 10 ms by this script, after loading and after one forward
 pass, whose output must be identical.
+
+With `--family` (flux2, flux2-klein, chroma, kontext) the transformer is that family's tiny
+config at full width (hidden 3072, one double and one single block), made by its transformer
+class, and the two readers' loaded tensors are compared instead of a forward pass. Chroma's
+file is in the diffusers layout: diffusers' own reader converts a BFL Chroma file only at
+Chroma's real width (its converter assumes 3072 with the real block counts).
 """
 
 from __future__ import annotations
@@ -42,29 +49,34 @@ def status(pid: int | str = "self") -> dict[str, int]:
     return found
 
 
-def child(reader: str, gguf: str, base: str, out: str) -> None:
+def child(reader: str, gguf: str, base: str, out: str, family: str = "flux1") -> None:
     """Runs in the measured process: import, load, forward; print figures as JSON."""
     import numpy as np
     import torch
 
     import flux_wide
+    from flux_batch import families
     from flux_batch.model.load import load_transformer
 
     figures = {"imported": status()}
     started = time.perf_counter()
-    model = load_transformer(gguf, base, torch.float32, lean=READERS[reader])
+    model = load_transformer(gguf, base, torch.float32, lean=READERS[reader], family=families.get(family))
     figures["load_seconds"] = time.perf_counter() - started
     figures["loaded"] = status()
     print("loaded", flush=True)  # the parent's mark between the load and the forward
-    np.save(out, flux_wide.forward(model).numpy())
+    if family == "flux1":
+        np.save(out, flux_wide.forward(model).numpy())
+    else:  # every loaded tensor, by name: the two readers must agree on each
+        params = sorted(model.state_dict().items())
+        np.save(out, np.array([float(t.detach().view(-1).to(torch.float64).sum()) for _, t in params]))
     figures["forward"] = status()
     print(json.dumps(figures), flush=True)
 
 
-def measure(reader: str, gguf: Path, base: Path, out: Path) -> dict:
+def measure(reader: str, gguf: Path, base: Path, out: Path, family: str = "flux1") -> dict:
     """Run one reader in a fresh process, sampling its RssAnon during the load."""
     process = subprocess.Popen(
-        [sys.executable, __file__, "--child", reader, str(gguf), str(base), str(out)],
+        [sys.executable, __file__, "--child", reader, str(gguf), str(base), str(out), family],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -113,10 +125,40 @@ def build(work: Path, kind: str) -> tuple[Path, Path]:
     return gguf, work
 
 
+VARIANTS = {"flux2": "dev", "flux2-klein": "distilled", "chroma": "chroma", "kontext": "dev"}
+
+
+def build_family(work: Path, kind: str, family: str) -> tuple[Path, Path]:
+    """A family's tiny transformer config at full width (hidden 3072), 1 double + 1 single
+    block, quantized; only its config stays as the base folder's."""
+    import json
+
+    import torch
+
+    from bench.mid_model import rope_axes
+    from flux_batch import families
+    from flux_batch.demo import tiny
+    from flux_batch.gguf.quantize import quantize_checkpoint
+
+    tiny_base, _ = tiny.ensure_built("Q8_0", VARIANTS[family], family)
+    config = json.loads((tiny_base / "transformer" / "config.json").read_text())
+    config.update(num_layers=1, num_single_layers=1, num_attention_heads=24, attention_head_dim=128)
+    config["axes_dims_rope"] = rope_axes(config["axes_dims_rope"], 128)
+    torch.manual_seed(0)
+    source = work / "transformer"
+    families.get(family).transformer_class().from_config(config).save_pretrained(source)
+    gguf = work / f"wide-{family}-{kind}.gguf"
+    quantize_checkpoint(source, gguf, kind, layout="diffusers" if family == "chroma" else "bfl")
+    for weights in source.glob("*.safetensors"):
+        weights.unlink()
+    return gguf, work
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--type", default="Q8_0")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--family", default="flux1")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
         return child(*options.child)
@@ -125,10 +167,14 @@ def main() -> None:
     load = machine()
     mib = lambda n: f"{n / 2**20:.0f}"  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="gguf-load-") as work:
-        gguf, base = build(Path(work), options.type)
+        family = options.family
+        if family == "flux1":
+            gguf, base = build(Path(work), options.type)
+        else:
+            gguf, base = build_family(Path(work), options.type, family)
         size = gguf.stat().st_size
         f16 = f16_bytes(gguf)
-        results = {name: measure(name, gguf, base, Path(work) / f"{name}.npy") for name in READERS}
+        results = {name: measure(name, gguf, base, Path(work) / f"{name}.npy", family) for name in READERS}
         same = np.array_equal(np.load(Path(work) / "copy.npy"), np.load(Path(work) / "mapped.npy"))
     rows = [
         "| reader | peak RSS while loading MiB | peak RssAnon while loading MiB | "
@@ -145,6 +191,8 @@ def main() -> None:
             f"{r['load_seconds']:.1f} |"
         )
     copy, mapped = results["copy"], results["mapped"]
+    if family != "flux1":
+        return write_family_section(family, options.type, size, rows, copy, mapped, same, load)
     body = "\n".join(
         [
             f"The full-width random FLUX transformer (hidden 3072, 1 double + 1 single block), "
@@ -176,6 +224,35 @@ def main() -> None:
         ]
     )
     write_section("gguf_load_memory", "GGUF loading memory", body, ("torch", "diffusers", "gguf"), load)
+
+
+def write_family_section(family, kind, size, rows, copy, mapped, same, load) -> None:
+    from flux_batch import families
+
+    mib = lambda n: f"{n / 2**20:.0f}"  # noqa: E731
+    label = families.get(family).label
+    layout = "diffusers" if family == "chroma" else "BFL"
+    body = "\n".join(
+        [
+            f"{label}: the family's transformer at full width (hidden 3072, 1 double + 1 single "
+            f"block), {kind}, {layout} layout: a {mib(size)} MiB GGUF file. One fresh process per "
+            "reader, as in the FLUX.1 section above; `after one forward` is after a second read "
+            "of every tensor.",
+            "",
+            *rows,
+            "",
+            f"Peak RSS while loading: {mib(copy['loaded']['VmHWM'])} → {mib(mapped['loaded']['VmHWM'])} MiB "
+            f"({mapped['loaded']['VmHWM'] / copy['loaded']['VmHWM']:.2f}×). Loaded tensors identical: "
+            f"{'yes' if same else 'NO'}.",
+        ]
+    )
+    write_section(
+        f"gguf_load_memory_{family}",
+        f"GGUF loading memory: {label}",
+        body,
+        ("torch", "diffusers", "gguf"),
+        load,
+    )
 
 
 if __name__ == "__main__":
