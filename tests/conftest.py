@@ -259,11 +259,15 @@ def write_prompts(path: Path, rows: list[dict]) -> Path:
 
 
 def left_behind(run_dir: Path) -> list[str]:
-    """What a refused run left in its directory besides Hydra's config snapshot and the log."""
+    """What a refused run left in its directory besides Hydra's config snapshot, the log and
+    the run lock."""
     return sorted(
         str(p.relative_to(run_dir))
         for p in run_dir.rglob("*")
-        if p.is_file() and ".hydra" not in p.parts and p.name != "flux-batch.log"
+        if p.is_file()
+        and ".hydra" not in p.parts
+        and p.name != "flux-batch.log"
+        and p.name.split(".")[:2] != ["", "lock"]  # .lock, .lock.merge: the run lock
     )
 
 

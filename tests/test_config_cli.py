@@ -21,8 +21,9 @@ import pytest
         ),
         (
             "+runtime.fast=1",
-            "runtime.fast: no such key; runtime has device, offload, dequantize, dtype, encoder_device, progress, "
-            "schedule, chunk_size, embed_cache, compile, writers, write_queue, shard, num_shards, dry_run",
+            "runtime.fast: no such key; runtime has device, offload, dequantize, dtype, encoder_device, "
+            "progress, schedule, chunk_size, embed_cache, compile, writers, write_queue, shard, num_shards, "
+            "dry_run",
         ),
     ],
 )

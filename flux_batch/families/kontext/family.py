@@ -1,0 +1,56 @@
+"""FLUX.1 Kontext [dev]: the FLUX.1-dev architecture (a guidance embedding; its GGUF files are
+FLUX.1 files, read with FLUX.1's key table) under `FluxKontextPipeline`, the editing pipeline.
+
+Rendered from text alone for now (its image input is a later issue): the pipeline then runs
+FLUX.1-dev's loop on Kontext's weights. It resizes every request to an area of `max_area`
+(1024x1024 by default) at the asked aspect; the call passes the asked area, so the size
+asked is the size rendered.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flux_batch.errors import ModelFileError
+from flux_batch.families.flux1.family import Flux1
+from flux_batch.families.flux1.keys import has_guidance
+
+
+class Kontext(Flux1):
+    name = "kontext"
+    label = "FLUX.1 Kontext"
+    variants = ("dev",)
+
+    def pipeline_class(self):
+        from diffusers import FluxKontextPipeline
+
+        return FluxKontextPipeline
+
+    def check_file(self, path: str, names: list[str], model) -> None:
+        """Kontext [dev] is guidance-distilled: a file without a guidance embedding (a schnell
+        file) is not Kontext."""
+        if not has_guidance(names):
+            raise ModelFileError(
+                f"model.transformer={path}: this GGUF is FLUX.1-schnell-style (it has no guidance "
+                f"embedding), but model={model.name} needs a FLUX.1 Kontext [dev] file"
+            )
+
+    def call_args(self, batch, embeds, negative, max_sequence_length: int) -> dict[str, Any]:
+        settings = batch[0].settings
+        return {
+            **super().call_args(batch, embeds, negative, max_sequence_length),
+            "max_area": settings.width * settings.height,
+        }
+
+    def save_tiny_pipeline(self, folder, variant: str) -> None:
+        """FLUX.1's tiny dev pieces, as a FluxKontextPipeline folder."""
+        import flux_batch.families.flux1.tiny as tiny
+
+        tiny.save_components(folder, "dev")
+        index = json.loads((folder / "model_index.json").read_text())
+        index["_class_name"] = "FluxKontextPipeline"
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+FAMILY = Kontext()
