@@ -71,3 +71,14 @@ def test_settings_that_are_read_draw_no_warning(cli):
         "runtime.dry_run=true",
     )
     assert "warning" not in result.stderr
+
+
+def test_help_lists_every_model_preset(cli):
+    from pathlib import Path
+
+    import flux_batch
+
+    presets = sorted(p.stem for p in (Path(flux_batch.__file__).parent / "conf" / "model").glob("*.yaml"))
+    assert {"flux-kontext", "flux-krea", "tiny-kontext"} <= set(presets)
+    line = next(x for x in cli("--help").stdout.splitlines() if x.startswith("model: "))
+    assert [name for name in line.removeprefix("model: ").split(", ") if name != "model_schema"] == presets
