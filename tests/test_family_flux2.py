@@ -263,3 +263,23 @@ def test_fbcache_is_refused_for_flux2(cli, tmp_path, prompts):
         "it has none, taylorseer"
     )
     assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_a_peft_lora_changes_a_klein_render(cli, tmp_path, prompts):
+    """A LoRA in diffusers' PEFT format (`transformer.` names) loads into FLUX.2 through the
+    CLI; the BFL and kohya FLUX.2 LoRA formats are diffusers' to fix (#13484)."""
+    from diffusers import Flux2Transformer2DModel
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    model = Flux2Transformer2DModel.from_pretrained(tiny("distilled"), subfolder="transformer")
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "to_qkv_mlp_proj"]
+    model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False))
+    lora = tmp_path / "style.safetensors"
+    save_file({f"transformer.{k}": v for k, v in get_peft_model_state_dict(model).items()}, lora)
+    common = ("model=tiny-klein", f"dataset.path={prompts}", *SMALL)
+    cli(*common, "output.dir=plain")
+    cli(*common, f"lora=[{{path:{lora},scale:1.0}}]", "output.dir=styled")
+    plain, styled = pixels(tmp_path / "plain"), pixels(tmp_path / "styled")
+    assert plain.keys() == styled.keys()
+    assert all(np.abs(plain[k].astype(int) - styled[k].astype(int)).max() > 0 for k in plain)

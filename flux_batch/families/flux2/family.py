@@ -25,7 +25,7 @@ class Flux2Family(Family):
     features = Features(
         # fbcache is left out: render/item_fbcache.py calls FLUX.1's block signatures
         cache_methods=frozenset({"none", "taylorseer"}),
-        lora=False,
+        lora=True,  # PEFT-format LoRAs (diffusers' names); BFL/kohya FLUX.2 formats fail (#13484)
         true_cfg=False,
     )
     encoder_folders = ("text_encoder", "tokenizer")
