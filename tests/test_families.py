@@ -8,6 +8,7 @@ import re
 import pytest
 
 from conftest import FAST, REPO, write_prompts
+from flux_batch import families
 
 # what only the FLUX.1 family's folder may name (and the demo's trainer, which builds FLUX.1)
 FLUX1_NAMES = re.compile(r"FluxPipeline|FluxTransformer2DModel|text_encoder_2")
@@ -17,7 +18,11 @@ ALLOWED = ("flux_batch/families/flux1/", "flux_batch/demo/train.py")
 @pytest.mark.parametrize(
     "override, line",
     [
-        ("model.family=flux9", "model.family=flux9: unknown model family; the known ones are flux1"),
+        (
+            "model.family=flux9",
+            "model.family=flux9: unknown model family; the known ones are flux1, kontext, flux2, "
+            "flux2-klein" + "".join(f", {name}" for name in ("chroma",) if name in families.names()),
+        ),
         ("model.variant=pro", "model.variant=pro: expected dev or schnell"),  # the family's check
     ],
     ids=["unknown-family", "unknown-variant"],

@@ -76,6 +76,11 @@ class Family:
         """ModelFileError when the GGUF at `path` (its unprefixed tensor `names`) is not of the
         variant `model` (the model config) asks for; before anything loads."""
 
+    def check_folder(self, base: str, model) -> None:
+        """ModelFileError when the local pipeline folder `base` is not of the variant `model`
+        asks for (FLUX.2 [klein]: distilled or base, which its tensors cannot tell); before
+        anything loads."""
+
     def check_transformer(self, transformer, path: str, model_name: str, variant: str) -> None:
         """ModelFileError when a loaded transformer is not of `variant`."""
 

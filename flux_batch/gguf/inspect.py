@@ -64,6 +64,7 @@ def summarize(path: str | os.PathLike) -> dict:
         "layout": layout,
         "prefix": keys.BFL_PREFIX if prefixed else None,
         "variant": keys.variant_of(shapes) if layout else None,
+        "model": family.describe(list(shapes)) if family and layout else None,  # "FLUX.2 [klein]"
         "double_blocks": n_double,
         "single_blocks": n_single,
         "hidden_size": hidden,
@@ -132,9 +133,9 @@ def render(info: dict) -> str:
     ]
     if info["layout"]:
         guidance = "guidance_in present" if info["variant"] == "dev" else "no guidance_in"
-        label = families.get(info["family"]).label if info.get("family") else "FLUX"
+        model = info.get("model") or f"FLUX {info['variant']}"
         lines.append(
-            f"model         {label} {info['variant']} ({guidance}), {info['double_blocks']} double + "
+            f"model         {model} ({guidance}), {info['double_blocks']} double + "
             f"{info['single_blocks']} single blocks, hidden size {info['hidden_size']}"
         )
     lines.append(

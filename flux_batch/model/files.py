@@ -86,6 +86,7 @@ def resolve_files(m: DictConfig, quant: DictConfig, loras) -> ModelFiles:
     elif m.builder == "demo":
         _ensure_demo(m, quant)
     base = _resolve_base(m)  # the base first: a missing model names its folder first
+    family_of(m).check_folder(base, m)
     transformer = _resolve_transformer(m)
     if not transformer.startswith(("http://", "https://")):
         check_against_folder(transformer, base)
