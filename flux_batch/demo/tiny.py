@@ -52,6 +52,10 @@ def _build_base(base: Path, variant: str, family: str) -> None:
     tmp = base.with_name(f".{base.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    import transformers
+
+    # a build on first use prints nothing: a refusal right after it stays one line
+    transformers.utils.logging.disable_progress_bar()
     families.get(family).save_tiny_pipeline(tmp, variant)
     try:
         os.rename(tmp, base)
