@@ -32,6 +32,7 @@ KEEP_PREFIXES = (
     "x_embedder",
     "context_embedder",
     "time_text_embed",
+    "time_guidance_embed",  # FLUX.2's (BFL: time_in, guidance_in)
     "norm_out",
     "proj_out",
     "img_in",
