@@ -4,7 +4,7 @@ of its own (FLUX.1: families/flux1/). docs/development.md says how to add one.""
 from __future__ import annotations
 
 from flux_batch.errors import ConfigError
-from flux_batch.families import flux1
+from flux_batch.families import chroma, flux1
 from flux_batch.families.base import Embedding, Family, Features
 from flux_batch.families.tensor_names import unprefixed
 
@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 DEFAULT = "flux1"  # model.family's default
-_FAMILIES: dict[str, Family] = {f.name: f for f in (flux1.FAMILY,)}
+_FAMILIES: dict[str, Family] = {f.name: f for f in (flux1.FAMILY, chroma.FAMILY)}
 
 
 def names() -> list[str]:
