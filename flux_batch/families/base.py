@@ -79,6 +79,10 @@ class Family:
     def check_transformer(self, transformer, path: str, model_name: str, variant: str) -> None:
         """ModelFileError when a loaded transformer is not of `variant`."""
 
+    def adapt(self, pipe) -> None:
+        """What the family's pipeline needs once loaded, before anything renders (Chroma:
+        cache contexts for its transformer calls, which diffusers' loop does not set)."""
+
     def text_encoders(self, pipe) -> list:
         """The pipeline's text encoder modules (offloaded early by the phased schedule, adapted
         by LoRAs)."""

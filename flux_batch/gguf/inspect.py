@@ -131,10 +131,13 @@ def render(info: dict) -> str:
         + (f", names prefixed {info['prefix']}" if info.get("prefix") else ""),
     ]
     if info["layout"]:
-        guidance = "guidance_in present" if info["variant"] == "dev" else "no guidance_in"
-        label = families.get(info["family"]).label if info.get("family") else "FLUX"
+        family = info.get("family") or families.DEFAULT
+        label = families.get(family).label if info.get("family") else "FLUX"
+        model = label if info["variant"] == family else f"{label} {info['variant']}"  # one variant
+        if family == families.DEFAULT:
+            model += " (guidance_in present)" if info["variant"] == "dev" else " (no guidance_in)"
         lines.append(
-            f"model         {label} {info['variant']} ({guidance}), {info['double_blocks']} double + "
+            f"model         {model}, {info['double_blocks']} double + "
             f"{info['single_blocks']} single blocks, hidden size {info['hidden_size']}"
         )
     lines.append(

@@ -61,6 +61,11 @@ class Chroma(Family):
                 f"architecture diffusers' ChromaTransformer2DModel runs (model={model.name})"
             )
 
+    def adapt(self, pipe) -> None:
+        from flux_batch.families.chroma import cache_contexts
+
+        cache_contexts.install(pipe)
+
     def describe(self, names: list[str]) -> str:
         return self.label  # one variant: "this is a Chroma transformer"
 
