@@ -17,7 +17,7 @@ ALLOWED = ("flux_batch/families/flux1/", "flux_batch/demo/train.py")
 @pytest.mark.parametrize(
     "override, line",
     [
-        ("model.family=flux9", "model.family=flux9: unknown model family; the known ones are flux1"),
+        ("model.family=flux9", "model.family=flux9: unknown model family; the known ones are flux1, chroma"),
         ("model.variant=pro", "model.variant=pro: expected dev or schnell"),  # the family's check
     ],
     ids=["unknown-family", "unknown-variant"],

@@ -3,7 +3,7 @@ ChromaPipeline): without one, diffusers' stateful cache hooks (TaylorSeer, and o
 First Block Cache) refuse to run, and under classifier-free guidance the prompt's and the
 negative prompt's calls would share one state.
 
-FluxPipeline wraps its calls in `transformer.cache_context("cond")` and `("uncond")`; here a
+FLUX.1's pipeline wraps its calls in `transformer.cache_context("cond")` and `("uncond")`; here a
 forward pre-hook on the transformer does the same. The first call of a loop iteration is the
 prompt's ("cond"), a second one in the same iteration the negative prompt's ("uncond"). The
 iteration is told by the loop's own timestep object (`pipe._current_timestep`, a new tensor at

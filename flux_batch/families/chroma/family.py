@@ -108,7 +108,7 @@ class Chroma(Family):
         return args
 
     def decode(self, pipe, latents, settings, vae_device):
-        """ChromaPipeline's steps after its loop are FluxPipeline's, line for line."""
+        """ChromaPipeline's steps after its loop are FLUX.1's pipeline's, line for line."""
         from flux_batch.families import flux1
 
         return flux1.FAMILY.decode(pipe, latents, settings, vae_device)
