@@ -62,7 +62,7 @@ class Chroma(Family):
             )
 
     def adapt(self, pipe) -> None:
-        from flux_batch.families.chroma import cache_contexts
+        import flux_batch.families.chroma.cache_contexts as cache_contexts
 
         cache_contexts.install(pipe)
 
@@ -109,9 +109,9 @@ class Chroma(Family):
 
     def decode(self, pipe, latents, settings, vae_device):
         """ChromaPipeline's steps after its loop are FLUX.1's pipeline's, line for line."""
-        from flux_batch.families import flux1
+        from flux_batch.families.flux1 import FAMILY as FLUX1
 
-        return flux1.FAMILY.decode(pipe, latents, settings, vae_device)
+        return FLUX1.decode(pipe, latents, settings, vae_device)
 
     def save_tiny_pipeline(self, folder, variant: str) -> None:
         import flux_batch.families.chroma.tiny as tiny
