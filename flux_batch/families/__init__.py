@@ -4,7 +4,7 @@ of its own (FLUX.1: families/flux1/). docs/development.md says how to add one.""
 from __future__ import annotations
 
 from flux_batch.errors import ConfigError
-from flux_batch.families import flux1, flux2, kontext
+from flux_batch.families import chroma, flux1, flux2, kontext
 from flux_batch.families.base import Embedding, Family, Features
 from flux_batch.families.tensor_names import unprefixed
 
@@ -23,7 +23,9 @@ __all__ = [
 
 DEFAULT = "flux1"  # model.family's default
 # FLUX.1 first: families sharing a key table (Kontext reads FLUX.1 files) name a file by the first
-_FAMILIES: dict[str, Family] = {f.name: f for f in (flux1.FAMILY, kontext.FAMILY, flux2.DEV, flux2.KLEIN)}
+_FAMILIES: dict[str, Family] = {
+    f.name: f for f in (flux1.FAMILY, kontext.FAMILY, flux2.DEV, flux2.KLEIN, chroma.FAMILY)
+}
 
 
 def names() -> list[str]:

@@ -53,6 +53,9 @@ class Family:
     encoder_folders: tuple[str, ...]  # pipeline-folder folders that make the embeddings
     pipeline_files: tuple[str, ...]  # what a hub pipeline folder needs (never the transformer weights)
     embedding_names: tuple[str, ...]  # the tensors of one prompt's embedding, in cache-file order
+    # whether the pipeline's loop wraps its transformer calls in cache contexts (FluxPipeline and
+    # Flux2KleinPipeline do; FluxKontextPipeline, Flux2Pipeline and ChromaPipeline do not)
+    sets_cache_context: bool = True
     # the GGUF key table: a module with BFL_PREFIX, unprefixed, layout_of, block_counts,
     # has_guidance, fusions, split_sizes and swap_halves (families/flux1/keys.py)
     keys: Any
@@ -83,6 +86,15 @@ class Family:
 
     def check_transformer(self, transformer, path: str, model_name: str, variant: str) -> None:
         """ModelFileError when a loaded transformer is not of `variant`."""
+
+    def adapt(self, pipe) -> None:
+        """What the family's pipeline needs once loaded, before anything renders: cache
+        contexts for the transformer calls of a pipeline whose loop sets none
+        (families/cache_contexts.py), which diffusers' cache hooks need."""
+        if not self.sets_cache_context:
+            import flux_batch.families.cache_contexts as cache_contexts
+
+            cache_contexts.install(pipe)
 
     def text_encoders(self, pipe) -> list:
         """The pipeline's text encoder modules (offloaded early by the phased schedule, adapted

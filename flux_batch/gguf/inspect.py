@@ -132,10 +132,11 @@ def render(info: dict) -> str:
         + (f", names prefixed {info['prefix']}" if info.get("prefix") else ""),
     ]
     if info["layout"]:
-        guidance = "guidance_in present" if info["variant"] == "dev" else "no guidance_in"
         model = info.get("model") or f"FLUX {info['variant']}"
+        if info.get("family") in (None, families.DEFAULT):  # FLUX.1's variants are told by it
+            model += " (guidance_in present)" if info["variant"] == "dev" else " (no guidance_in)"
         lines.append(
-            f"model         {model} ({guidance}), {info['double_blocks']} double + "
+            f"model         {model}, {info['double_blocks']} double + "
             f"{info['single_blocks']} single blocks, hidden size {info['hidden_size']}"
         )
     lines.append(

@@ -58,6 +58,7 @@ def load_pipeline(files: ModelFiles, options: LoadOptions, device: str):
             f"weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from None
     pipe.flux_batch_family = family.name  # families.of_pipeline reads it
+    family.adapt(pipe)
     lora.apply(pipe, files.loras)  # adapters before placement, so offload hooks see them
     offloaded = _place(pipe, options.offload, device, options.encoder_device == "cpu")
     if dequantize.wanted(options.dequantize, pipe.transformer, device, offloaded):

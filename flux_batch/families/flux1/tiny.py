@@ -28,8 +28,8 @@ def save_components(folder: Path, variant: str = "dev") -> None:
     """CLIP and T5 with their tokenizers, VAE, transformer and scheduler, seeded: the same
     files at every build."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     clip_tok = clip_tokenizer(folder / "tokenizer")
     t5_tok = t5_tokenizer(folder / "tokenizer_2")
@@ -50,37 +50,8 @@ def save_components(folder: Path, variant: str = "dev") -> None:
         )
     ).save_pretrained(folder / "text_encoder")
 
-    torch.manual_seed(0)
-    T5EncoderModel(
-        T5Config(
-            vocab_size=len(t5_tok),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=t5_tok.pad_token_id,
-            eos_token_id=t5_tok.eos_token_id,
-        )
-    ).save_pretrained(folder / "text_encoder_2")
-
-    torch.manual_seed(0)
-    AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=16,
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        norm_num_groups=4,
-        sample_size=64,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-    ).save_pretrained(folder / "vae")
+    t5_encoder(t5_tok).save_pretrained(folder / "text_encoder_2")
+    vae().save_pretrained(folder / "vae")
 
     torch.manual_seed(0)
     FluxTransformer2DModel(
@@ -108,6 +79,52 @@ def save_components(folder: Path, variant: str = "dev") -> None:
     ).save_pretrained(folder / "scheduler")
 
     (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
+
+
+def t5_encoder(tokenizer):
+    """A seeded two-layer T5 encoder for `tokenizer` (t5_tokenizer's); Chroma's tiny model
+    uses it too."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+
+
+def vae():
+    """A seeded VAE of FLUX.1's latent shape (16 channels, 8x down) with its shift and scale;
+    Chroma's tiny model uses it too."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        norm_num_groups=4,
+        sample_size=64,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+    )
 
 
 def clip_tokenizer(folder: Path):

@@ -128,6 +128,7 @@ class Flux2Family(Family):
 
 class Flux2Dev(Flux2Family):
     name = "flux2"
+    sets_cache_context = False  # its loop sets none: families/cache_contexts.py
     label = DEV_LABEL
     variants = ("dev",)  # a guidance embedding: guidance_scale is embedded, never CFG
     guidance_embedded = True

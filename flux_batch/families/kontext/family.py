@@ -19,6 +19,7 @@ from flux_batch.families.flux1.keys import has_guidance
 
 class Kontext(Flux1):
     name = "kontext"
+    sets_cache_context = False  # its loop sets none: families/cache_contexts.py
     label = "FLUX.1 Kontext"
     variants = ("dev",)
 
