@@ -1,6 +1,7 @@
 """Cache contexts for the transformer calls of a pipeline whose loop sets none (diffusers'
-ChromaPipeline, FluxKontextPipeline and Flux2Pipeline): without one, diffusers' stateful cache hooks (TaylorSeer, and our per-item
-First Block Cache) refuse to run, and under classifier-free guidance the prompt's and the
+ChromaPipeline, FluxKontextPipeline and Flux2Pipeline): without one, diffusers' stateful cache
+hooks (TaylorSeer, and our per-item First Block Cache) refuse to run, and under
+classifier-free guidance the prompt's and the
 negative prompt's calls would share one state.
 
 FLUX.1's pipeline wraps its calls in `transformer.cache_context("cond")` and `("uncond")`; here a
