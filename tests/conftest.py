@@ -60,6 +60,19 @@ FAST_TESTS: dict[str, tuple[str, ...]] = {
     "test_export.py": ("test_a_changed_image_stops_the_export_and_leaves_nothing",),
     "test_bad_input.py": ("test_malformed_prompt_files", "test_bad_overrides"),  # the CLI's refusals
     "test_disk_errors.py": (),
+    # families: each one's agreement with a plain diffusers call and one refusal
+    "test_families.py": (),
+    "test_family_kontext.py": ("test_batch_one_gives_the_pixels_of_one_plain_kontext_pipeline_call",),
+    "test_family_flux2.py": (
+        "test_flux_batch_agrees_with_one_plain_diffusers_call",
+        "test_a_klein_file_under_the_dev_preset_is_one_line",
+    ),
+    "test_family_chroma.py": (
+        "test_agreement_with_a_plain_chroma_pipeline_call",
+        "test_a_flux1_file_under_the_chroma_preset_is_one_line",
+    ),
+    "test_docs_tables.py": (),
+    "test_encoder_device.py": ("test_with_model_offload_it_is_refused_in_one_line",),
 }
 
 
