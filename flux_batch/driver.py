@@ -87,7 +87,8 @@ def plan_run(cfg: FluxBatchConfig, run_dir: str | os.PathLike | None = None) -> 
         s = cfg.sampler
         width, height = default_size(s)
         settings = Settings(width, height, s.steps, float(s.guidance), float(s.true_cfg), s.scheduler)
-        defaults = RowDefaults(settings, s.negative_prompt, area(s))
+        guided = families.get(cfg.model.family).guided_negatives(cfg.model.variant)
+        defaults = RowDefaults(settings, s.negative_prompt, area(s), guided)
         return Plan(rows, str(d.path), defaults, cfg.seed, cfg.num_images, cfg.limit)
 
     if run_dir is None or not Path(prompt_file).is_file():
@@ -110,6 +111,8 @@ def _plan_shape(cfg: FluxBatchConfig) -> dict[str, Any]:
         "num_images": cfg.num_images,
         "limit": cfg.limit,
         "layout": plain(cfg.output.layout),
+        # which of guidance or true_cfg takes the negative prompt changes the plan's checks
+        "guided_negatives": families.get(cfg.model.family).guided_negatives(cfg.model.variant),
     }
 
 

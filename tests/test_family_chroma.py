@@ -304,3 +304,36 @@ def test_runtime_dequantize_once_matches_never(cli):
 )
 def test_what_chroma_lacks_is_refused_in_one_line(cli, override, line):
     assert refused(cli, override) == f"flux-batch: error: {line}"
+
+
+def test_a_negative_prompt_guides_chromas_classifier_free_guidance(cli):
+    """Chroma's guidance above 1 is classifier-free guidance: the run's or a row's negative
+    prompt takes the empty one's place, with no true CFG asked."""
+    from conftest import left_behind, manifest, pixels, write_prompts
+
+    rows = [{"id": "a", "prompt": "a red fox"}, {"id": "b", "prompt": "a red fox", "negative_prompt": "snow"}]
+    prompts = write_prompts(cli.cwd / "neg.jsonl", rows)
+    common = (f"dataset.path={prompts}", "sampler.steps=2", "runtime.progress=false")
+    cli(*common, "output.dir=plain", model="tiny-chroma")
+    cli(*common, "output.dir=blurry", "sampler.negative_prompt=blurry", model="tiny-chroma")
+    plain, blurry = pixels(cli.cwd / "plain"), pixels(cli.cwd / "blurry")
+    assert not np.array_equal(plain["a", 0], blurry["a", 0])  # the run's negative took ""'s place
+    assert np.array_equal(plain["b", 0], blurry["b", 0])  # the row's own negative wins
+    assert {r["id"]: r["negative_prompt"] for r in manifest(cli.cwd / "blurry")} == {
+        "a": "blurry",
+        "b": "snow",
+    }
+    refused = cli(
+        *common,
+        "output.dir=r",
+        "sampler.negative_prompt=x",
+        "sampler.guidance=1",
+        check=False,
+        model="tiny-chroma",
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "flux-batch: error: sampler.negative_prompt has no effect with sampler.guidance=1: this model's "
+        "classifier-free guidance takes it above 1 (e.g. 4)"
+    ]
+    assert left_behind(cli.cwd / "r") == []

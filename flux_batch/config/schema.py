@@ -172,8 +172,17 @@ class SamplerConfig(Section):
     megapixels: Optional[float] = setting(None, rule=Rule(problem=checks.positive_problem))
     max_sequence_length: int = setting(rule=Rule(minimum=1), pixels=pixels())
 
-    def check(self) -> None:
-        if self.negative_prompt.strip() and self.true_cfg <= 1:
+    def check_negative(self, guided: bool) -> None:
+        """A negative prompt needs the guidance that takes it: true CFG (FLUX.1), or guidance
+        above 1 for a family whose guidance is classifier-free (`guided`: Chroma, [klein] base)."""
+        if not self.negative_prompt.strip():
+            return
+        if guided and self.guidance <= 1:
+            raise ConfigError(
+                f"sampler.negative_prompt has no effect with sampler.guidance={self.guidance:g}: this "
+                "model's classifier-free guidance takes it above 1 (e.g. 4)"
+            )
+        if not guided and self.true_cfg <= 1:
             raise ConfigError(
                 "sampler.negative_prompt has no effect with sampler.true_cfg=1: set sampler.true_cfg "
                 "above 1 (e.g. 4) to render with it"
@@ -324,9 +333,9 @@ class FluxBatchConfig(Section):
         for i, entry in enumerate(self.lora):
             check_rules(entry, f"lora.{i}.")
         # what the family lacks (a cache method, LoRA, true CFG) is refused in one line
-        families.get(self.model.family).check_features(
-            plain(self.cache.method), bool(self.lora), self.sampler.true_cfg
-        )
+        family = families.get(self.model.family)
+        family.check_features(plain(self.cache.method), bool(self.lora), self.sampler.true_cfg)
+        self.sampler.check_negative(family.guided_negatives(self.model.variant))
 
 
 # The sections of the config, by key.

@@ -128,6 +128,11 @@ class Family:
             return [item.negative_prompt or "" for item in batch]
         return []
 
+    def guided_negatives(self, variant: str) -> bool:
+        """Whether `sampler.guidance` above 1 is classifier-free guidance that takes a negative
+        prompt (Chroma, FLUX.2 [klein] base), rather than `sampler.true_cfg` (FLUX.1)."""
+        return False
+
     def describe(self, names: list[str]) -> str:
         """What a GGUF's unprefixed tensor `names` of this family are, for messages: "FLUX.1
         dev"."""

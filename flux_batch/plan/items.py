@@ -38,6 +38,9 @@ class RowDefaults:
     settings: Settings
     negative_prompt: str = ""
     area: float = 1024 * 1024  # pixels a row's own `aspect` is fitted to
+    # the family guides by classifier-free guidance at guidance > 1, which takes the negative
+    # prompt (Chroma, FLUX.2 [klein] base; Family.guided_negatives); else true CFG does
+    guided_negatives: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,21 +215,30 @@ def row_settings(row: Row, defaults: RowDefaults) -> tuple[Settings, str | None]
         width, height = size_for(o["aspect"], defaults.area)
     true_cfg = float(o.get("true_cfg", d.true_cfg))
     negative = o.get("negative_prompt") or defaults.negative_prompt.strip() or None
-    if "negative_prompt" in o and true_cfg <= 1:
+    guidance = float(o.get("guidance", d.guidance))
+    if defaults.guided_negatives:
+        if "negative_prompt" in o and guidance <= 1:
+            raise ValueError(
+                "negative_prompt has no effect with guidance <= 1: this model's classifier-free "
+                "guidance takes it above 1 (set sampler.guidance or the row's guidance)"
+            )
+        negative = negative if guidance > 1 else None
+        true_cfg = 1.0
+    elif "negative_prompt" in o and true_cfg <= 1:
         raise ValueError(
             "negative_prompt has no effect with true_cfg=1: set sampler.true_cfg "
             "(or the row's true_cfg) above 1 to render with it"
         )
     if "true_cfg" in o and true_cfg > 1 and negative is None:
         raise ValueError(f"true_cfg={true_cfg:g} has no effect without a negative_prompt")
-    if true_cfg <= 1:
+    if true_cfg <= 1 and not defaults.guided_negatives:
         negative = None
     settings = Settings(
         width=width,
         height=height,
         steps=o.get("steps", d.steps),
-        guidance=float(o.get("guidance", d.guidance)),
-        true_cfg=true_cfg if negative is not None else 1.0,
+        guidance=guidance,
+        true_cfg=true_cfg if negative is not None and not defaults.guided_negatives else 1.0,
         scheduler=o.get("scheduler", d.scheduler),
     )
     return settings, negative

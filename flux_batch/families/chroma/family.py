@@ -79,6 +79,9 @@ class Chroma(Family):
         )
         return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
 
+    def guided_negatives(self, variant: str) -> bool:
+        return True
+
     def negative_prompts(self, batch) -> list[str]:
         """Classifier-free guidance whenever guidance is above 1: a negative prompt per item,
         "" when it has none, encoded once and cached like any prompt (the pipeline would

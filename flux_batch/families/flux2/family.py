@@ -192,6 +192,9 @@ class Flux2Klein(Flux2Family):
             f"model.variant={found}, or use a {model.variant} pipeline folder"
         )
 
+    def guided_negatives(self, variant: str) -> bool:
+        return variant == "base"
+
     def negative_prompts(self, batch) -> list[str]:
         """Base klein's CFG takes a negative embedding whenever guidance > 1 (encoded here, once
         per prompt and cached, rather than the pipeline encoding "" at every call); the
