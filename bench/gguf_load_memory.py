@@ -68,7 +68,15 @@ def child(reader: str, gguf: str, base: str, out: str, family: str = "flux1") ->
         np.save(out, flux_wide.forward(model).numpy())
     else:  # every loaded tensor, by name: the two readers must agree on each
         params = sorted(model.state_dict().items())
-        np.save(out, np.array([float(t.detach().view(-1).to(torch.float64).sum()) for _, t in params]))
+        np.save(
+            out,
+            np.array(
+                [
+                    float(t.detach().as_subclass(torch.Tensor).reshape(-1).to(torch.float64).sum())
+                    for _, t in params
+                ]
+            ),
+        )
     figures["forward"] = status()
     print(json.dumps(figures), flush=True)
 

@@ -15,6 +15,7 @@ enable_model_cpu_offload(), as the reference script does.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 from pathlib import Path
@@ -53,16 +54,21 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in open(a.prompts)]
+    # Kontext resizes every request to max_area (1024x1024 by default): ask for the size itself
+    sized = (
+        {"max_area": a.width * a.height} if "max_area" in inspect.signature(pipe.__call__).parameters else {}
+    )
     started = time.perf_counter()
     for row in rows:
         image = pipe(
-            row["prompt"],
+            prompt=row["prompt"],  # by name: Kontext's first argument is its input image
             width=a.width,
             height=a.height,
             num_inference_steps=a.steps,
             guidance_scale=a.guidance,
             max_sequence_length=a.max_sequence_length,
             generator=torch.Generator("cpu").manual_seed(row["seed"]),
+            **sized,
         ).images[0]
         image.save(out / f"{row['id']}.png")
     print(f"loop seconds: {time.perf_counter() - started:.3f}")
