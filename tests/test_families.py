@@ -50,3 +50,33 @@ def test_only_the_flux1_family_names_flux1s_classes_and_encoders():
         if FLUX1_NAMES.search(line)
     ]
     assert found == []
+
+
+def test_a_file_of_another_size_than_the_folders_transformer_is_one_line(cli, tmp_path, model_cache):
+    """The folder's transformer config is what loading hands diffusers: a GGUF whose blocks or
+    width differ (a [klein] 9B file with the 4B folder) is refused before anything loads."""
+    import json
+    import shutil
+
+    from flux_batch.demo import tiny
+
+    base, gguf = tiny.ensure_built("Q8_0")
+    folder = tmp_path / "wider"
+    shutil.copytree(base, folder)
+    config_file = folder / "transformer" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "num_attention_heads": 4}))
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"prompt": "a red fox"}])
+    result = cli(
+        f"dataset.path={prompts}",
+        f"model.base={folder}",
+        f"model.transformer={gguf}",
+        "output.dir=out",
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"flux-batch: error: model.transformer={gguf}: a transformer of 2 double and 2 single blocks, "
+        f"width 32, but model.base={folder} configures 2 double and 2 single blocks, width 64; use the "
+        "pipeline folder of this model's size"
+    ]
+    assert not (tmp_path / "out" / "run.json").exists()

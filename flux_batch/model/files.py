@@ -80,17 +80,16 @@ def resolve_files(m: DictConfig, quant: DictConfig, loras) -> ModelFiles:
     `lora` of the config), building or downloading as needed."""
     if m.builder == "tiny":
         _check_writable(quant, "tiny")
-        tiny.ensure_built(
-            quant.gguf_type, m.variant, family_of(m).name
-        )  # an overridden path is used as given
+        # an overridden path is used as given
+        tiny.ensure_built(quant.gguf_type, m.variant, family_of(m).name)
     elif m.builder == "demo":
         _ensure_demo(m, quant)
     base = _resolve_base(m)  # the base first: a missing model names its folder first
     family_of(m).check_folder(base, m)
     transformer = _resolve_transformer(m)
-    if not transformer.startswith(("http://", "https://")):
-        check_against_folder(transformer, base)
     local = not transformer.startswith(("http://", "https://"))
+    if local:
+        check_against_folder(transformer, base)
     return ModelFiles(base, transformer, lora.resolve(loras), file_sha256(transformer) if local else None)
 
 
