@@ -1,7 +1,7 @@
 """What a model family is to flux-batch: the one interface the driver, the loader, the renderer,
 the prompt encoder and the GGUF tools reach a family's specifics through.
 
-A family (FLUX.1 today; FLUX.2, Chroma and Kontext to come) owns:
+A family (FLUX.1, FLUX.1 Kontext, FLUX.2 [dev], FLUX.2 [klein], Chroma) owns:
 - its diffusers pipeline and transformer classes, and how its pipeline folder looks (which
   folders hold the text encoders, which files a hub pipeline needs);
 - its variants (FLUX.1: dev with a guidance embedding, schnell without) and how a GGUF file or
@@ -56,8 +56,8 @@ class Family:
     # whether the pipeline's loop wraps its transformer calls in cache contexts (FluxPipeline and
     # Flux2KleinPipeline do; FluxKontextPipeline, Flux2Pipeline and ChromaPipeline do not)
     sets_cache_context: bool = True
-    # the GGUF key table: a module with BFL_PREFIX, unprefixed, layout_of, block_counts,
-    # has_guidance, fusions, split_sizes and swap_halves (families/flux1/keys.py)
+    # the GGUF key table: a module with the interface families/tensor_names.py describes
+    # (identifies, layout_of, block_counts, variant_of, table, split_sizes, swap_halves)
     keys: Any
 
     # classes
