@@ -53,8 +53,8 @@ class Family:
     encoder_folders: tuple[str, ...]  # pipeline-folder folders that make the embeddings
     pipeline_files: tuple[str, ...]  # what a hub pipeline folder needs (never the transformer weights)
     embedding_names: tuple[str, ...]  # the tensors of one prompt's embedding, in cache-file order
-    # whether the pipeline's loop wraps its transformer calls in cache contexts (FluxPipeline and
-    # Flux2KleinPipeline do; FluxKontextPipeline, Flux2Pipeline and ChromaPipeline do not)
+    # whether the pipeline's loop wraps its transformer calls in cache contexts (FLUX.1's and
+    # FLUX.2 [klein]'s do; Kontext's, FLUX.2 [dev]'s and Chroma's do not)
     sets_cache_context: bool = True
     # the GGUF key table: a module with the interface families/tensor_names.py describes
     # (identifies, layout_of, block_counts, variant_of, table, split_sizes, swap_halves)

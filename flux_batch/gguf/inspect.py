@@ -133,7 +133,8 @@ def render(info: dict) -> str:
     ]
     if info["layout"]:
         model = info.get("model") or f"FLUX {info['variant']}"
-        if info.get("family") in (None, families.DEFAULT):  # FLUX.1's variants are told by it
+        keys = families.get(info.get("family") or families.DEFAULT).keys
+        if hasattr(keys, "has_guidance"):  # FLUX.1's and FLUX.2's variants are told by it
             model += " (guidance_in present)" if info["variant"] == "dev" else " (no guidance_in)"
         lines.append(
             f"model         {model}, {info['double_blocks']} double + "
