@@ -15,6 +15,7 @@ full width (3072); this table splits by the file's own width.
 
 from __future__ import annotations
 
+from flux_batch.families.flux1.keys import double_block, single_block
 from flux_batch.families.tensor_names import (
     BFL_PREFIX,
     Fused,
@@ -85,25 +86,9 @@ def fusions(n_double: int, n_single: int, n_approximator: int) -> list[Fused]:
     linear(f"{APPROXIMATOR}.out_proj", f"{APPROXIMATOR}.out_proj")
     linear("img_in", "x_embedder")
     linear("txt_in", "context_embedder")
-    for i in range(n_double):
-        b, d = f"double_blocks.{i}", f"transformer_blocks.{i}"
-        linear(f"{b}.img_attn.qkv", f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v")
-        linear(f"{b}.txt_attn.qkv", f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj")
-        scale(f"{b}.img_attn.norm.query_norm", f"{d}.attn.norm_q")
-        scale(f"{b}.img_attn.norm.key_norm", f"{d}.attn.norm_k")
-        scale(f"{b}.txt_attn.norm.query_norm", f"{d}.attn.norm_added_q")
-        scale(f"{b}.txt_attn.norm.key_norm", f"{d}.attn.norm_added_k")
-        linear(f"{b}.img_attn.proj", f"{d}.attn.to_out.0")
-        linear(f"{b}.txt_attn.proj", f"{d}.attn.to_add_out")
-        linear(f"{b}.img_mlp.0", f"{d}.ff.net.0.proj")
-        linear(f"{b}.img_mlp.2", f"{d}.ff.net.2")
-        linear(f"{b}.txt_mlp.0", f"{d}.ff_context.net.0.proj")
-        linear(f"{b}.txt_mlp.2", f"{d}.ff_context.net.2")
+    for i in range(n_double):  # FLUX.1's blocks, their modulation pruned
+        double_block(t, i)
     for i in range(n_single):
-        b, d = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
-        linear(f"{b}.linear1", f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v", f"{d}.proj_mlp")
-        scale(f"{b}.norm.query_norm", f"{d}.attn.norm_q")
-        scale(f"{b}.norm.key_norm", f"{d}.attn.norm_k")
-        linear(f"{b}.linear2", f"{d}.proj_out")
+        single_block(t, i)
     linear("final_layer.linear", "proj_out")
     return t.entries

@@ -67,7 +67,7 @@ def table(names, layout: str) -> list[Fused]:
 def fusions(n_double: int, n_single: int, guidance: bool) -> list[Fused]:
     """Every tensor of a FLUX.1 transformer, as BFL name <- diffusers parts, in BFL file order."""
     t = TableBuilder()
-    linear, scale = t.linear, t.scale
+    linear = t.linear
     embedders = [("time_in", "timestep_embedder"), ("vector_in", "text_embedder")]
     if guidance:
         embedders.append(("guidance_in", "guidance_embedder"))
@@ -77,28 +77,39 @@ def fusions(n_double: int, n_single: int, guidance: bool) -> list[Fused]:
     linear("txt_in", "context_embedder")
     linear("img_in", "x_embedder")
     for i in range(n_double):
-        b, d = f"double_blocks.{i}", f"transformer_blocks.{i}"
-        linear(f"{b}.img_mod.lin", f"{d}.norm1.linear")
-        linear(f"{b}.txt_mod.lin", f"{d}.norm1_context.linear")
-        linear(f"{b}.img_attn.qkv", f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v")
-        linear(f"{b}.txt_attn.qkv", f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj")
-        scale(f"{b}.img_attn.norm.query_norm", f"{d}.attn.norm_q")
-        scale(f"{b}.img_attn.norm.key_norm", f"{d}.attn.norm_k")
-        scale(f"{b}.txt_attn.norm.query_norm", f"{d}.attn.norm_added_q")
-        scale(f"{b}.txt_attn.norm.key_norm", f"{d}.attn.norm_added_k")
-        linear(f"{b}.img_attn.proj", f"{d}.attn.to_out.0")
-        linear(f"{b}.txt_attn.proj", f"{d}.attn.to_add_out")
-        linear(f"{b}.img_mlp.0", f"{d}.ff.net.0.proj")
-        linear(f"{b}.img_mlp.2", f"{d}.ff.net.2")
-        linear(f"{b}.txt_mlp.0", f"{d}.ff_context.net.0.proj")
-        linear(f"{b}.txt_mlp.2", f"{d}.ff_context.net.2")
+        linear(f"double_blocks.{i}.img_mod.lin", f"transformer_blocks.{i}.norm1.linear")
+        linear(f"double_blocks.{i}.txt_mod.lin", f"transformer_blocks.{i}.norm1_context.linear")
+        double_block(t, i)
     for i in range(n_single):
-        b, d = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
-        linear(f"{b}.modulation.lin", f"{d}.norm.linear")
-        linear(f"{b}.linear1", f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v", f"{d}.proj_mlp")
-        scale(f"{b}.norm.query_norm", f"{d}.attn.norm_q")
-        scale(f"{b}.norm.key_norm", f"{d}.attn.norm_k")
-        linear(f"{b}.linear2", f"{d}.proj_out")
+        linear(f"single_blocks.{i}.modulation.lin", f"single_transformer_blocks.{i}.norm.linear")
+        single_block(t, i)
     linear("final_layer.linear", "proj_out")
     linear("final_layer.adaLN_modulation.1", "norm_out.linear", swap=True)
     return t.entries
+
+
+def double_block(t: TableBuilder, i: int) -> None:
+    """A double block's attention and MLPs, without its modulation (Chroma's blocks are these)."""
+    linear, scale = t.linear, t.scale
+    b, d = f"double_blocks.{i}", f"transformer_blocks.{i}"
+    linear(f"{b}.img_attn.qkv", f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v")
+    linear(f"{b}.txt_attn.qkv", f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj")
+    scale(f"{b}.img_attn.norm.query_norm", f"{d}.attn.norm_q")
+    scale(f"{b}.img_attn.norm.key_norm", f"{d}.attn.norm_k")
+    scale(f"{b}.txt_attn.norm.query_norm", f"{d}.attn.norm_added_q")
+    scale(f"{b}.txt_attn.norm.key_norm", f"{d}.attn.norm_added_k")
+    linear(f"{b}.img_attn.proj", f"{d}.attn.to_out.0")
+    linear(f"{b}.txt_attn.proj", f"{d}.attn.to_add_out")
+    linear(f"{b}.img_mlp.0", f"{d}.ff.net.0.proj")
+    linear(f"{b}.img_mlp.2", f"{d}.ff.net.2")
+    linear(f"{b}.txt_mlp.0", f"{d}.ff_context.net.0.proj")
+    linear(f"{b}.txt_mlp.2", f"{d}.ff_context.net.2")
+
+
+def single_block(t: TableBuilder, i: int) -> None:
+    """A single block's fused attention + MLP input, norms and output, without its modulation."""
+    b, d = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
+    t.linear(f"{b}.linear1", f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v", f"{d}.proj_mlp")
+    t.scale(f"{b}.norm.query_norm", f"{d}.attn.norm_q")
+    t.scale(f"{b}.norm.key_norm", f"{d}.attn.norm_k")
+    t.linear(f"{b}.linear2", f"{d}.proj_out")
