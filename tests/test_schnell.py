@@ -95,13 +95,13 @@ def test_bfl_named_ggufs_are_told_apart_by_their_guidance_embedding(tmp_path, na
 
     from flux_batch.errors import ModelFileError
     from flux_batch.gguf.file import write_gguf
-    from flux_batch.model.files import _check_gguf_variant
+    from flux_batch.model.files import _check_gguf_against_config
 
     path = tmp_path / "flux1-Q8_0.gguf"
     write_gguf(path, {name: np.ones((32, 32), np.float32) for name in names}, "Q8_0")
     m = OmegaConf.create({"name": f"flux-{variant}", "variant": variant, "builder": None})
     if refused:
         with pytest.raises(ModelFileError, match="use model=flux-(dev|schnell) with it"):
-            _check_gguf_variant(m, str(path))
+            _check_gguf_against_config(m, str(path), str(tmp_path))
     else:
-        _check_gguf_variant(m, str(path))
+        _check_gguf_against_config(m, str(path), str(tmp_path))

@@ -51,7 +51,6 @@ class Family:
     variants: tuple[str, ...]  # model.variant values
     features: Features
     encoder_folders: tuple[str, ...]  # pipeline-folder folders that make the embeddings
-    pipeline_files: tuple[str, ...]  # what a hub pipeline folder needs (never the transformer weights)
     embedding_names: tuple[str, ...]  # the tensors of one prompt's embedding, in cache-file order
     # whether the pipeline's loop wraps its transformer calls in cache contexts (FLUX.1's and
     # FLUX.2 [klein]'s do; Kontext's, FLUX.2 [dev]'s and Chroma's do not)
@@ -59,6 +58,13 @@ class Family:
     # the GGUF key table: a module with the interface families/tensor_names.py describes
     # (identifies, layout_of, block_counts, variant_of, table, split_sizes, swap_halves)
     keys: Any
+
+    @property
+    def pipeline_files(self) -> tuple[str, ...]:
+        """What a hub pipeline folder needs: its index, scheduler, VAE, the folders that make
+        the embeddings, and the transformer's config (never the transformer's weights)."""
+        encoders = tuple(f"{folder}/*" for folder in self.encoder_folders)
+        return ("model_index.json", "scheduler/*", *encoders, "vae/*", "transformer/config.json")
 
     # classes
 

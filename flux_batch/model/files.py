@@ -86,10 +86,8 @@ def resolve_files(m: DictConfig, quant: DictConfig, loras) -> ModelFiles:
         _ensure_demo(m, quant)
     base = _resolve_base(m)  # the base first: a missing model names its folder first
     family_of(m).check_folder(base, m)
-    transformer = _resolve_transformer(m)
+    transformer = _resolve_transformer(m, base)
     local = not transformer.startswith(("http://", "https://"))
-    if local:
-        check_against_folder(transformer, base)
     return ModelFiles(base, transformer, lora.resolve(loras), file_sha256(transformer) if local else None)
 
 
@@ -126,7 +124,7 @@ def _resolve_base(m: DictConfig) -> str:
     return fetch_pipeline_folder("model.base", base, family_of(m).pipeline_files, m.how_to_get)
 
 
-def _resolve_transformer(m: DictConfig) -> str:
+def _resolve_transformer(m: DictConfig, base: str) -> str:
     spec = os.path.expanduser(str(m.transformer))
     if spec.startswith(("http://", "https://")) or os.path.exists(spec):
         local = spec
@@ -136,17 +134,24 @@ def _resolve_transformer(m: DictConfig) -> str:
             raise _missing("model.transformer file", spec, m.how_to_get)
     if not spec.startswith(("http://", "https://")):
         check_weights_file(local, "model.transformer")
-        _check_gguf_variant(m, local)
+        _check_gguf_against_config(m, local, base)
     return local
 
 
-def _check_gguf_variant(m: DictConfig, path: str) -> None:
-    """A GGUF of another variant than the config's is refused before anything loads (the
-    family tells them apart: a FLUX.1 dev file has a guidance embedding, schnell's none)."""
+def _check_gguf_against_config(m: DictConfig, path: str, base: str) -> None:
+    """A GGUF of another family, variant or size than the config's is refused before anything
+    loads: its family by its tensor names, its variant by the family (a FLUX.1 dev file has a
+    guidance embedding, schnell's none), its size against the pipeline folder's transformer
+    config. The file's header is read once for all three."""
     from gguf import GGUFReader
 
     family = family_of(m)
-    names = unprefixed(t.name for t in GGUFReader(path).tensors)
+    tensors = GGUFReader(path).tensors
+    shapes = {
+        name: tuple(int(d) for d in reversed(t.shape))
+        for name, t in zip(unprefixed(t.name for t in tensors), tensors)
+    }
+    names = list(shapes)
     found = families.for_tensors(names)
     if found is not None and found.keys is not family.keys:
         raise ModelFileError(
@@ -154,16 +159,15 @@ def _check_gguf_variant(m: DictConfig, path: str) -> None:
             f"model={m.name} expects {family.label}"
         )
     family.check_file(path, names, m)
+    if found is not None:
+        _check_size(path, base, found, shapes)
 
 
-def check_against_folder(path: str, base: str) -> None:
+def _check_size(path: str, base: str, found: families.Family, shapes: dict) -> None:
     """The GGUF's blocks and width against the pipeline folder's transformer config, which
     loading passes to diffusers (so a FLUX.2 [klein] file is never taken for [dev], as
-    diffusers' own detection does): a file of another size is refused in one line, before
-    anything loads."""
+    diffusers' own detection does): a file of another size is refused in one line."""
     import json
-
-    from gguf import GGUFReader
 
     config_file = Path(base) / "transformer" / "config.json"
     if not config_file.is_file():
@@ -172,14 +176,6 @@ def check_against_folder(path: str, base: str) -> None:
         config = json.loads(config_file.read_text())
     except ValueError as e:
         raise ModelFileError(f"{config_file}: not a JSON transformer config ({e})") from None
-    tensors = GGUFReader(path).tensors
-    shapes = {
-        name: tuple(int(d) for d in reversed(t.shape))
-        for name, t in zip(unprefixed(t.name for t in tensors), tensors)
-    }
-    found = families.for_tensors(shapes)
-    if found is None:
-        return
     layout = found.keys.layout_of(shapes)
     double, single = found.keys.block_counts(shapes, layout)
     width = shapes.get("img_in.weight" if layout == "bfl" else "x_embedder.weight", (None,))[0]

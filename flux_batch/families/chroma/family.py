@@ -24,14 +24,6 @@ class Chroma(Family):
         image_inputs=False,
     )
     encoder_folders = ("text_encoder", "tokenizer")
-    pipeline_files = (
-        "model_index.json",
-        "scheduler/*",
-        "text_encoder/*",
-        "tokenizer/*",
-        "vae/*",
-        "transformer/config.json",
-    )
     # the pipeline's own mask: the prompt's tokens and its first padding token
     embedding_names = ("prompt_embeds", "prompt_attention_mask")
     keys = keys

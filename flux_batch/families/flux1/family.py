@@ -23,16 +23,6 @@ class Flux1(Family):
         image_inputs=False,
     )
     encoder_folders = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-    pipeline_files = (
-        "model_index.json",
-        "scheduler/*",
-        "text_encoder/*",
-        "text_encoder_2/*",
-        "tokenizer/*",
-        "tokenizer_2/*",
-        "vae/*",
-        "transformer/config.json",
-    )
     embedding_names = ("prompt_embeds", "pooled_prompt_embeds")
     keys = keys
 

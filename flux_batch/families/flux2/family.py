@@ -29,14 +29,6 @@ class Flux2Family(Family):
         true_cfg=False,
     )
     encoder_folders = ("text_encoder", "tokenizer")
-    pipeline_files = (
-        "model_index.json",
-        "scheduler/*",
-        "text_encoder/*",
-        "tokenizer/*",
-        "vae/*",
-        "transformer/config.json",
-    )
     embedding_names = ("prompt_embeds",)
     keys = keys
     guidance_embedded: bool  # [dev]'s transformer has a guidance embedding, [klein]'s none
