@@ -28,6 +28,7 @@ from flux_batch.model.cache import get_pipeline
 from flux_batch.model.device import resolve_device
 from flux_batch.model.files import ModelFiles, check_same_model, resolve_files
 from flux_batch.model.load import LoadOptions
+from flux_batch.plan import inputs
 from flux_batch.plan import known as known_plan
 from flux_batch.plan.items import Item, Plan, RowDefaults, Settings
 from flux_batch.plan.known import KnownPlan
@@ -83,15 +84,17 @@ def plan_run(cfg: FluxBatchConfig, run_dir: str | os.PathLike | None = None) -> 
     prompt_file = find_prompt_file(d.path)
 
     def parse() -> Plan:
-        rows = read_rows(prompt_file, d.format, Fields(prompt=d.prompt_field, id=d.id_field))
+        source, rows = read_plan_rows(cfg, prompt_file)
         s = cfg.sampler
         width, height = default_size(s)
         settings = Settings(width, height, s.steps, float(s.guidance), float(s.true_cfg), s.scheduler)
         guided = families.get(cfg.model.family).guided_negatives(cfg.model.variant)
-        defaults = RowDefaults(settings, s.negative_prompt, area(s), guided)
-        return Plan(rows, str(d.path), defaults, cfg.seed, cfg.num_images, cfg.limit)
+        defaults = RowDefaults(settings, s.negative_prompt, area(s), guided, input_aspect=s.aspect is None)
+        return Plan(rows, source, defaults, cfg.seed, cfg.num_images, cfg.limit)
 
-    if run_dir is None or not Path(prompt_file).is_file():
+    # a plan with input images is parsed at every start: its inputs are hashed again, so an
+    # input changed under the same name is never taken for done
+    if run_dir is None or d.images is not None or not Path(prompt_file).is_file():
         return parse()
     digest = known_plan.plan_digest(Path(prompt_file), _plan_shape(cfg))
     keys = known_plan.load(Path(run_dir), digest)
@@ -102,10 +105,26 @@ def plan_run(cfg: FluxBatchConfig, run_dir: str | os.PathLike | None = None) -> 
     return plan
 
 
+def read_plan_rows(cfg: FluxBatchConfig, prompt_file: Path) -> tuple[str, list]:
+    """The rows of the prompt file (or of dataset.images' folder), their input images checked
+    and hashed, and what their problems are reported against."""
+    d = cfg.dataset
+    if d.images is not None:
+        source, folder = str(d.images), Path(d.images).expanduser()
+        rows = inputs.folder_rows(folder, d.instruction)
+    else:
+        source, folder = str(d.path), Path(prompt_file).parent
+        rows = read_rows(prompt_file, d.format, Fields(d.prompt_field, d.id_field, d.image_field))
+    inputs.resolve_rows(rows, source, inputs.InputReader(folder), families.get(cfg.model.family))
+    return source, rows
+
+
 def _plan_shape(cfg: FluxBatchConfig) -> dict[str, Any]:
     """The settings a plan's keys and checks depend on, besides the prompt file's bytes."""
     return {
-        "dataset": {k: getattr(cfg.dataset, k) for k in ("format", "prompt_field", "id_field")},
+        "dataset": {
+            k: getattr(cfg.dataset, k) for k in ("format", "prompt_field", "id_field", "image_field")
+        },
         "sampler": asdict(cfg.sampler),
         "seed": cfg.seed,
         "num_images": cfg.num_images,
@@ -151,8 +170,10 @@ def run(cfg: FluxBatchConfig | DictConfig, run_dir: str | os.PathLike) -> Summar
                 _render_all(cfg, settings, worker, session, summary, stop)
                 if worker.alone:
                     store.prune_errors()  # items retried with success leave the errors log
-            if worker.leader:  # the next start finds its pending items without parsing the file
-                known_plan.keep(store.dir, plan)  # (not before: a refused model leaves nothing)
+            # the next start finds its pending items without parsing the file (not before: a
+            # refused model leaves nothing); a plan with inputs is always parsed
+            if worker.leader and not getattr(plan, "has_inputs", False):
+                known_plan.keep(store.dir, plan)
             _count_all_ranks(session, summary)
             # the card: by a lone process or a launch's first rank (a slice knows only its
             # share); also by a run that finds a finished directory without one
@@ -199,6 +220,7 @@ def render_options(cfg: FluxBatchConfig) -> RenderOptions:
         max_sequence_length=cfg.sampler.max_sequence_length,
         shift=cfg.sampler.shift,
         embed_cache=r.embed_cache,
+        input_fit=plain(cfg.sampler.input_fit),
         compile=r.compile,
         cache=cfg.cache,
     )

@@ -71,7 +71,7 @@ def slug(text: str) -> str:
 def default_run_dir(cfg: FluxBatchConfig | DictConfig) -> str:
     """outputs/<dataset>-<model>-<quant>-<8 hex of the fingerprint>, relative to the cwd."""
     digest = fingerprint(pixel_settings(cfg))[:8]
-    dataset = slug(Path(str(cfg.dataset.path)).stem)
+    dataset = slug(Path(str(cfg.dataset.images or cfg.dataset.path)).stem)
     return f"outputs/{dataset}-{slug(cfg.model.name)}-{slug(cfg.quant.name)}-{digest}"
 
 

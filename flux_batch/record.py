@@ -8,7 +8,8 @@ from __future__ import annotations
 
 # Every record has these, in this order; `family` only for a family other than FLUX.1,
 # `model_sha256` only for a local transformer file (not a URL), `lora` only when LoRAs are
-# applied, `cache` only with step caching, `sha256` last.
+# applied, `cache` only with step caching, `inputs` only for an item with input images
+# ([{"path", "sha256"}, ...], the layout may add where it keeps a copy), `sha256` last.
 FIELDS = (
     "file_name",
     "id",
@@ -28,5 +29,6 @@ FIELDS = (
     "model_sha256",
     "lora",
     "cache",
+    "inputs",
     "sha256",
 )

@@ -23,6 +23,7 @@ from flux_batch.plan.items import Item, Plan
 from flux_batch.scale.ranks import Group, Worker
 from flux_batch.store.layouts import Layout
 from flux_batch.store.layouts.flat import FLAT
+from flux_batch.store.manifest import read_records
 from flux_batch.store.run_dir import RunStore
 
 
@@ -96,6 +97,8 @@ def _open_as_leader(worker: Worker, store: RunStore, plan: Plan, settings) -> di
     previous = store.read_run_info()
     check_same_run(previous, settings, store.dir)
     store.repair()
+    if getattr(plan, "has_inputs", False) and plan.named_inputs():
+        plan.check_inputs_unchanged(read_records(store.dir))
     scope, pending = _pending(worker, plan, store.manifest)
     return {"previous": previous, "scope": scope, "pending": pending}
 

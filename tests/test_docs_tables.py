@@ -14,7 +14,7 @@ MODELS_DOC = (ROOT / "docs" / "models.md").read_text()
 
 def feature_table() -> str:
     rows = [
-        "| family | label | variants | cache methods | LoRA | true CFG | image inputs |",
+        "| family | label | variants | cache methods | LoRA | true CFG | input images per row |",
         "|---|---|---|---|---|---|---|",
     ]
     yes = {True: "yes", False: "no"}
@@ -23,7 +23,7 @@ def feature_table() -> str:
         methods = ", ".join(sorted(f.features.cache_methods))
         rows.append(
             f"| `{name}` | {f.label} | {', '.join(f.variants)} | {methods} | {yes[f.features.lora]} | "
-            f"{yes[f.features.true_cfg]} | {yes[f.features.image_inputs]} |"
+            f"{yes[f.features.true_cfg]} | {f.features.references or 'no'} |"
         )
     return "\n".join(rows)
 

@@ -56,6 +56,12 @@ class Dequantize(str, Enum):
     auto = "auto"  # once when that fits in the device's free memory, else never
 
 
+class InputFit(str, Enum):
+    crop = "crop"  # scale to cover the output size, centre-crop what overflows
+    pad = "pad"  # scale to fit inside it, pad with white
+    stretch = "stretch"  # scale each side to it, changing the aspect
+
+
 class EncoderDevice(str, Enum):
     auto = "auto"  # where the pipeline runs (offloaded with it under runtime.offload=model)
     cpu = "cpu"  # the text encoders stay in host memory and run there (docs/models.md)
@@ -171,6 +177,11 @@ class SamplerConfig(Section):
     # null: the area of width x height; 1 = 1024x1024 pixels
     megapixels: Optional[float] = setting(None, rule=Rule(problem=checks.positive_problem))
     max_sequence_length: int = setting(rule=Rule(minimum=1), pixels=pixels())
+    # how an input image is fitted to its item's output size before the VAE encodes it; in the
+    # fingerprint when not crop, so text-only runs keep theirs
+    input_fit: InputFit = setting(
+        InputFit.crop, pixels=pixels(value=lambda s: plain(s.input_fit), when=lambda s: s.input_fit != "crop")
+    )
 
     def check_negative(self, guided: bool) -> None:
         """A negative prompt needs the guidance that takes it: true CFG (FLUX.1), or guidance
@@ -233,6 +244,18 @@ class DatasetConfig(Section):
     format: str = setting("auto", rule=Rule(problem=checks.dataset_format_problem))
     prompt_field: str = "prompt"
     id_field: str = "id"
+    image_field: str = "image"  # a row's input image(s): a path relative to the file, or a list
+    # a folder of images instead of a prompt file: one row per image, sorted by name, each
+    # with `instruction` as its prompt
+    images: Optional[str] = None
+    instruction: str = ""
+
+    def check(self) -> None:
+        super().check()
+        if self.images is not None and not self.instruction.strip():
+            raise ConfigError(
+                "dataset.instruction: empty; dataset.images needs the instruction each image gets"
+            )
 
 
 @dataclass

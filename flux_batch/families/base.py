@@ -19,8 +19,9 @@ output) is the same for every family and stays out of here.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from flux_batch.errors import ConfigError
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from flux_batch.plan.items import Item, Settings
 
 Embedding = dict[str, "torch.Tensor"]  # one prompt's (or a batch's) tensors, by call-argument name
+# a batch's encoded input images: per item, one latent tensor per input, on the call's device
+References = list[list["torch.Tensor"]]
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class Features:
     cache_methods: frozenset[str]  # cache.method values its transformer supports (none among them)
     lora: bool  # LoRA files load into its pipeline
     true_cfg: bool  # true classifier-free guidance with negative prompts
-    image_inputs: bool = False  # an input image per item (Kontext's, in a later issue)
+    references: int = 0  # input images a row may name (0: the family renders from text only)
 
 
 class Family:
@@ -58,6 +61,10 @@ class Family:
     # the GGUF key table: a module with the interface families/tensor_names.py describes
     # (identifies, layout_of, block_counts, variant_of, table, split_sizes, swap_halves)
     keys: Any
+
+    @property
+    def max_references(self) -> int:
+        return self.features.references
 
     @property
     def pipeline_files(self) -> tuple[str, ...]:
@@ -114,12 +121,30 @@ class Family:
         raise NotImplementedError
 
     def call_args(
-        self, batch: list[Item], embeds: Embedding, negative: Embedding | None, max_sequence_length: int
+        self,
+        batch: list[Item],
+        embeds: Embedding,
+        negative: Embedding | None,
+        max_sequence_length: int,
+        references: References | None = None,
     ) -> dict[str, Any]:
-        """The pipeline call's arguments for a batch of items (one Settings; an image-input
-        family reads each item's image), besides generators, output_type and the step
-        callback; `negative` only under true CFG."""
+        """The pipeline call's arguments for a batch of items (one Settings), besides
+        generators, output_type and the step callback; `negative` only under true CFG;
+        `references`: each item's encoded input images, for a family that takes them."""
         raise NotImplementedError
+
+    # input images
+
+    def encode_reference(self, pipe, pixels: torch.Tensor) -> torch.Tensor:
+        """One input image (1, 3, H, W in [-1, 1], on the VAE's device) as the latents the
+        pipeline's own call would make of it, before they are packed."""
+        raise NotImplementedError
+
+    @contextmanager
+    def calling(self, pipe, references: References | None) -> Iterator[None]:
+        """Around one pipeline call: what the call needs that its arguments cannot carry
+        (FLUX.2's pipelines take one set of reference images for the whole batch)."""
+        yield
 
     def decode(self, pipe, latents, settings: Settings, vae_device) -> np.ndarray:
         """The packed latents of a pipeline call with output_type="latent" as (B, H, W, 3)

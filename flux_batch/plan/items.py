@@ -12,7 +12,7 @@ from typing import Any, Container, Iterable
 
 from flux_batch.errors import PromptFileError
 from flux_batch.plan.prompts import Row
-from flux_batch.plan.sizes import size_for
+from flux_batch.plan.sizes import size_for, size_of_ratio
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Settings:
     guidance: float
     true_cfg: float = 1.0
     scheduler: str = "euler"
+    references: int = 0  # input images per item, each fitted to width x height
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class RowDefaults:
     # the family guides by classifier-free guidance at guidance > 1, which takes the negative
     # prompt (Chroma, FLUX.2 [klein] base; Family.guided_negatives); else true CFG does
     guided_negatives: bool = False
+    # a row with input images keeps its first input's aspect at `area` (unless it or
+    # sampler.aspect sets the size)
+    input_aspect: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,14 +59,20 @@ class Item:
     negative_prompt: str | None = None  # None: rendered without true CFG
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     index: int = 0  # its place among every item of the prompt file: the same whatever limit or resume
+    inputs: tuple = field(default=(), compare=False, hash=False)  # plan/inputs.InputImage
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.id, self.k)
 
 
-def prompt_id(prompt: str) -> str:
-    return hashlib.sha256(prompt.strip().encode("utf-8")).hexdigest()[:12]
+def prompt_id(prompt: str, inputs: tuple = ()) -> str:
+    """12 hex digits of the prompt's SHA-256; with input images, of the prompt and each
+    input's SHA-256, so an input whose bytes change is a new item."""
+    text = prompt.strip()
+    if inputs:
+        text = "\0".join([text, *(i.sha256 for i in inputs)])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
 def item_seed(base_seed: int, item_id: str, k: int) -> int:
@@ -79,7 +89,7 @@ def assign_ids(rows: Iterable[Row], path: str) -> list[str]:
         if row.id is not None:
             ids.append(row.id)
             continue
-        base = prompt_id(row.prompt)
+        base = prompt_id(row.prompt, row.inputs)
         seen_hash[base] = seen_hash.get(base, 0) + 1
         n = seen_hash[base]
         ids.append(base if n == 1 else f"{base}-{n}")
@@ -131,6 +141,32 @@ class Plan:
             self._rows.append((row, item_id, setting, n, min(n, left)))
             left -= n
         self.total = sum(planned for *_, planned in self._rows)
+        self.has_inputs = any(row.inputs for row, *_ in self._rows)
+
+    def named_inputs(self) -> dict[str, Row]:
+        """The rows with both an explicit id and inputs, by id: their records must still show
+        the inputs' hashes for their items to count as done (an auto id changes with them)."""
+        return {item_id: row for row, item_id, *_ in self._rows if row.inputs and row.id is not None}
+
+    def check_inputs_unchanged(self, records) -> None:
+        """PromptFileError naming each explicitly-id'd row whose input bytes differ from those
+        its rendered records show: rendering it anew would overwrite them under the same id."""
+        named = self.named_inputs()
+        problems = []
+        for record in records if named else ():
+            row = named.pop(record.get("id"), None)
+            if row is None or "inputs" not in record:
+                continue
+            for was, now in zip(record["inputs"], row.inputs):
+                if was.get("sha256") != now.sha256:
+                    problems.append(
+                        f"{self.path}:{row.line}: input image {now.path!r} of id {row.id!r} changed "
+                        f"since it was rendered (sha256 {str(was.get('sha256'))[:12]}... then, "
+                        f"{now.sha256[:12]}... now); give the row a new id, or drop its id"
+                    )
+                    break
+        if problems:
+            raise PromptFileError(problems)
 
     def check_free_columns(self, names: tuple[str, ...], why: str) -> None:
         """PromptFileError naming each row with a column of one of `names`: fields the
@@ -172,6 +208,7 @@ class Plan:
                         negative,
                         row.extra,
                         offset + k,
+                        row.inputs,
                     )
                 )
             offset += n
@@ -193,6 +230,8 @@ def _all_row_settings(rows: list[Row], path: str, defaults: RowDefaults) -> list
     problems: list[str] = []
     for row in rows:
         key = tuple(sorted(row.overrides.items())) if row.overrides else ()
+        if row.inputs:  # their count and the first one's shape set the size
+            key += (len(row.inputs), row.inputs[0].width, row.inputs[0].height)
         if key not in found:
             try:
                 found[key] = row_settings(row, defaults)
@@ -213,6 +252,9 @@ def row_settings(row: Row, defaults: RowDefaults) -> tuple[Settings, str | None]
     width, height = o.get("width", d.width), o.get("height", d.height)
     if "aspect" in o:
         width, height = size_for(o["aspect"], defaults.area)
+    elif row.inputs and defaults.input_aspect and "width" not in o and "height" not in o:
+        first = row.inputs[0]
+        width, height = size_of_ratio(first.width / first.height, defaults.area)
     true_cfg = float(o.get("true_cfg", d.true_cfg))
     negative = o.get("negative_prompt") or defaults.negative_prompt.strip() or None
     guidance = float(o.get("guidance", d.guidance))
@@ -240,5 +282,6 @@ def row_settings(row: Row, defaults: RowDefaults) -> tuple[Settings, str | None]
         guidance=guidance,
         true_cfg=true_cfg if negative is not None and not defaults.guided_negatives else 1.0,
         scheduler=o.get("scheduler", d.scheduler),
+        references=len(row.inputs),
     )
     return settings, negative

@@ -59,12 +59,15 @@ class Row:
     id: str | None  # explicit id, if the row has one
     overrides: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # other columns, carried to the manifest
+    images: tuple[str, ...] = ()  # input image paths as the row names them (relative to the file)
+    inputs: tuple = ()  # those images checked and hashed (plan/inputs.InputImage), once resolved
 
 
 @dataclass
 class Fields:
     prompt: str = "prompt"
     id: str = "id"
+    image: str = "image"
 
 
 def detect_format(path: Path, fmt: str) -> str:
@@ -278,8 +281,10 @@ def _to_row(line: int, record: dict[str, Any], fields: Fields) -> tuple[Row | No
                 "starting with a letter or digit"
             )
 
-    if not by_lower:  # only a prompt and an id: the common row, with nothing more to check
-        return (None, errors) if errors else (Row(line, prompt.strip(), row_id), [])
+    images, image_error = _image_paths(take(fields.image), fields.image)
+    errors.extend([image_error] if image_error else [])
+    if not by_lower:  # only a prompt, an id and images: nothing more to check
+        return (None, errors) if errors else (Row(line, prompt.strip(), row_id, images=images), [])
     overrides: dict[str, Any] = {}
     for name in INT_OVERRIDES:
         value = take(name)
@@ -305,7 +310,22 @@ def _to_row(line: int, record: dict[str, Any], fields: Fields) -> tuple[Row | No
             errors.append(f"column {key!r} would overwrite the manifest field of that name")
     if errors:
         return None, errors
-    return Row(line, prompt.strip(), row_id, overrides, extra), []
+    return Row(line, prompt.strip(), row_id, overrides, extra, images), []
+
+
+MAX_IMAGES_PER_ROW = 16
+
+
+def _image_paths(value: Any, name: str) -> tuple[tuple[str, ...], str | None]:
+    """A row's input images: one path, or (JSON) a list of paths."""
+    if value is None:
+        return (), None
+    paths = value if isinstance(value, list) else [value]
+    if not paths or not all(isinstance(p, str) and p.strip() for p in paths):
+        return (), f"{name!r} must be a path or a list of paths, got {json.dumps(value)[:60]}"
+    if len(paths) > MAX_IMAGES_PER_ROW:
+        return (), f"{name!r} names {len(paths)} images; the limit is {MAX_IMAGES_PER_ROW}"
+    return tuple(p.strip() for p in paths), None
 
 
 def _text_problems(record: dict[str, Any], fields: Fields) -> list[str]:
@@ -347,7 +367,7 @@ def _control_problem(where: str, text: str) -> str | None:
 def _carried_names(lower_names: set[str], fields: Fields) -> set[str]:
     """The columns of a header a row would carry: all but the prompt, the id and the settings."""
     settings = {*INT_OVERRIDES, *FLOAT_OVERRIDES, *TEXT_OVERRIDES, "true_cfg"}
-    return lower_names - {fields.prompt.lower(), fields.id.lower(), *settings}
+    return lower_names - {fields.prompt.lower(), fields.id.lower(), fields.image.lower(), *settings}
 
 
 def _carried_problems(extra: dict[str, Any]) -> list[str]:

@@ -31,7 +31,11 @@ def round16(value: float) -> int:
 
 def size_for(aspect: str, pixels: float) -> tuple[int, int]:
     """(width, height) of about `pixels` pixels in the ratio `aspect`, multiples of 16."""
-    ratio = parse_aspect(aspect)
+    return size_of_ratio(parse_aspect(aspect), pixels)
+
+
+def size_of_ratio(ratio: float, pixels: float) -> tuple[int, int]:
+    """(width, height) of about `pixels` pixels with width / height = `ratio`, multiples of 16."""
     return round16(math.sqrt(pixels * ratio)), round16(math.sqrt(pixels / ratio))
 
 

@@ -43,12 +43,14 @@ class Renderer:
         should_stop: Callable[[], bool],
         encode: Callable[[list[str]], Embedding],
         shift: float | None = None,
+        references=None,
     ):
         self.pipe = pipe
         self.family = families.of_pipeline(pipe)  # what the call takes, how latents decode
         self.max_sequence_length = max_sequence_length
         self.should_stop = should_stop
         self.encode = encode  # prompts -> the batch's embedding (encoder.PromptEncoder)
+        self.references = references  # items -> their encoded inputs (references.ReferenceEncoder)
         self.shift = shift
         # the model's own scheduler config, kept on the pipeline: a pipeline reused by a later
         # run holds the scheduler this run swapped in, not the model's
@@ -92,13 +94,18 @@ class Renderer:
         # Settings keeps apart from the items without it)
         negatives = self.family.negative_prompts(batch)
         negative = encode(negatives) if negatives else None
-        args = self.family.call_args(batch, embeds, negative, self.max_sequence_length)
+        references = self.references.stack(batch) if s.references else None
+        args = self.family.call_args(batch, embeds, negative, self.max_sequence_length, references)
         if self.progress is not None:
             self.progress.begin(len(batch), s.steps)
         try:
-            output = self.pipe(
-                **args, generator=generators, output_type=output_type, callback_on_step_end=self._check_stop
-            )
+            with self.family.calling(self.pipe, references):
+                output = self.pipe(
+                    **args,
+                    generator=generators,
+                    output_type=output_type,
+                    callback_on_step_end=self._check_stop,
+                )
         finally:
             if self.progress is not None:
                 self.progress.end()

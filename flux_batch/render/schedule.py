@@ -34,7 +34,8 @@ from flux_batch.render import batch_size, step_cache
 from flux_batch.render import compile as torch_compile
 from flux_batch.render.batch_size import BatchSizer, is_out_of_memory
 from flux_batch.render.embed_cache import EmbedCache
-from flux_batch.render.encoder import PromptEncoder, encoders_identity
+from flux_batch.render.encoder import PromptEncoder, encoders_digest, encoders_identity
+from flux_batch.render.references import ReferenceEncoder
 from flux_batch.render.renderer import Renderer, batches
 
 if TYPE_CHECKING:  # numpy is imported where images are made: a finished run needs none
@@ -122,6 +123,8 @@ class Schedule:
                     for prompt in needed:
                         if prompt not in held:
                             held[prompt] = self.encoder.embedding(prompt)
+                    if item.inputs:  # and its input images, kept for the denoising below
+                        self.render.references.latents(item)
                 encoded.append(batch)
             except Exception as e:
                 log.exception("encoding a batch of %d failed", len(batch))
@@ -235,6 +238,7 @@ class RenderOptions:
     max_sequence_length: int
     shift: float | None = None  # a fixed sigma shift, or None for the model's
     embed_cache: str | None = None  # folder of prompt embeddings kept between runs
+    input_fit: str = "crop"  # how input images meet the output size (sampler.input_fit)
     compile: bool = False
     # step caching: the config's `cache` section; changes pixels, in the fingerprint
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -256,7 +260,10 @@ def for_run(
     names = families.of_pipeline(pipe).embedding_names
     disk = EmbedCache(options.embed_cache, identity, names) if options.embed_cache else None
     encoder = PromptEncoder(pipe, identity, msl, disk)
-    render = Renderer(pipe, msl, should_stop, encoder, options.shift)
+    vae = encoders_digest(files.base, str(resolve_dtype(options.dtype, device)), device, folders=("vae",))
+    latents_disk = EmbedCache(options.embed_cache, vae, ("latents",)) if options.embed_cache else None
+    references = ReferenceEncoder(pipe, vae, options.input_fit, latents_disk)
+    render = Renderer(pipe, msl, should_stop, encoder, options.shift, references)
     render.progress = progress
     sizer = batch_size.for_run(options.batch_size, pipe, [i.settings for i in items], msl, device)
     torch_compile.apply(pipe, options.compile)

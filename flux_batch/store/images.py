@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ def infotext(
         "Size": f"{record['width']}x{record['height']}",
         **({"Model hash": model_sha256[:10]} if model_sha256 else {}),
         "Model": model_label,
+        **({"Inputs": _inputs_text(record["inputs"])} if record.get("inputs") else {}),
         **(extra or {}),
     }
     return (
@@ -46,6 +48,13 @@ def infotext(
         + (f"Negative prompt: {negative}\n" if negative else "")
         + ", ".join(f"{key}: {value}" for key, value in fields.items())
     )
+
+
+def _inputs_text(inputs: list[dict]) -> str:
+    """The input images as infotext carries them: `"name: sha256 (12 hex), ..."`, quoted as
+    infotext quotes a value holding commas."""
+    listed = ", ".join(f"{PurePath(i['path']).name}: {i['sha256'][:12]}" for i in inputs)
+    return f'"{listed}"'
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -109,6 +109,8 @@ class ImageWriter:
             record["lora"] = self.loras
         if o.cache is not None:
             record["cache"] = o.cache
+        if item.inputs:
+            record["inputs"] = [i.record() for i in item.inputs]
         return {**record, **item.extra}
 
     def write(self, item: Item, image: np.ndarray) -> None:

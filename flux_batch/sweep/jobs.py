@@ -71,6 +71,9 @@ def sweep_dir_resolver(*, _root_: DictConfig) -> str:
     swept = {
         o.key_or_group for o in parse_overrides(list(_root_.hydra.overrides.task)) if o.is_sweep_override()
     }
-    dataset = "datasets" if swept & {"dataset", "dataset.path"} else slug(Path(str(_root_.dataset.path)).stem)
+    source = _root_.dataset.images or _root_.dataset.path
+    dataset = (
+        "datasets" if swept & {"dataset", "dataset.path", "dataset.images"} else slug(Path(str(source)).stem)
+    )
     model = "models" if "model" in swept else slug(_root_.model.name)
     return f"multirun/{dataset}-{model}-{fingerprint(pixel_settings(_root_))[:8]}"

@@ -21,7 +21,6 @@ class Chroma(Family):
         cache_methods=frozenset({"none", "taylorseer"}),
         lora=True,
         true_cfg=False,  # its guidance is classifier-free guidance itself
-        image_inputs=False,
     )
     encoder_folders = ("text_encoder", "tokenizer")
     # the pipeline's own mask: the prompt's tokens and its first padding token
@@ -83,7 +82,7 @@ class Chroma(Family):
         return []
 
     def call_args(
-        self, batch, embeds: Embedding, negative: Embedding | None, max_sequence_length: int
+        self, batch, embeds: Embedding, negative: Embedding | None, max_sequence_length: int, references=None
     ) -> dict[str, Any]:
         settings = batch[0].settings
         args: dict[str, Any] = dict(embeds)

@@ -20,7 +20,6 @@ class Flux1(Family):
         cache_methods=frozenset({"none", "fbcache", "taylorseer"}),
         lora=True,
         true_cfg=True,
-        image_inputs=False,
     )
     encoder_folders = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
     embedding_names = ("prompt_embeds", "pooled_prompt_embeds")
@@ -80,7 +79,7 @@ class Flux1(Family):
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
     def call_args(
-        self, batch, embeds: Embedding, negative: Embedding | None, max_sequence_length: int
+        self, batch, embeds: Embedding, negative: Embedding | None, max_sequence_length: int, references=None
     ) -> dict[str, Any]:
         settings = batch[0].settings
         args: dict[str, Any] = dict(embeds)

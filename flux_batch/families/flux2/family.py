@@ -7,6 +7,7 @@ position ids from it)."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ class Flux2Family(Family):
         cache_methods=frozenset({"none", "taylorseer"}),
         lora=True,  # PEFT-format LoRAs (diffusers' names); BFL/kohya FLUX.2 formats fail (#13484)
         true_cfg=False,
+        # several reference images per row, as FLUX.2 is made for; each adds the output's
+        # token count to every transformer call
+        references=10,
     )
     encoder_folders = ("text_encoder", "tokenizer")
     embedding_names = ("prompt_embeds",)
@@ -89,10 +93,16 @@ class Flux2Family(Family):
         return {"prompt_embeds": embeds}
 
     def call_args(
-        self, batch, embeds: Embedding, negative: Embedding | None, max_sequence_length: int
+        self, batch, embeds: Embedding, negative: Embedding | None, max_sequence_length: int, references=None
     ) -> dict[str, Any]:
         settings = batch[0].settings
         args: dict[str, Any] = dict(embeds)
+        if references:  # stand-ins, one per input: `calling` puts in each item's own latents
+            from PIL import Image
+
+            # of a size the pipeline's input check takes (64 pixels a side); never encoded
+            size = (max(settings.width, 64), max(settings.height, 64))
+            args["image"] = [Image.new("RGB", size) for _ in references[0]]
         if negative is not None:
             args["negative_prompt_embeds"] = negative["prompt_embeds"]
         args.update(
@@ -103,6 +113,36 @@ class Flux2Family(Family):
             max_sequence_length=max_sequence_length,
         )
         return args
+
+    def encode_reference(self, pipe, pixels):
+        """What the FLUX.2 pipelines make of a reference image: the VAE's mode, 2x2-patched and
+        normalised by the VAE's batch norm."""
+        import torch
+
+        with torch.no_grad():
+            return pipe._encode_vae_image(image=pixels, generator=None)
+
+    @contextmanager
+    def calling(self, pipe, references):
+        """The FLUX.2 pipelines encode one set of reference images and repeat it across the
+        batch; for a batch of items with different inputs, `prepare_image_latents` answers
+        with each item's own latents, packed and position-coded as the pipeline does it."""
+        if not references:
+            yield
+            return
+
+        def per_item(images, batch_size, generator, device, dtype):
+            import torch
+
+            packed = [torch.cat([pipe._pack_latents(x).squeeze(0) for x in item]) for item in references]
+            ids = pipe._prepare_image_ids(references[0]).repeat(len(references), 1, 1)
+            return torch.stack(packed).to(device), ids.to(device)
+
+        pipe.prepare_image_latents = per_item
+        try:
+            yield
+        finally:
+            del pipe.prepare_image_latents
 
     def decode_unpacked(self, pipe, latents, vae_device):
         """Unpatchified, de-normalised latents to (B, H, W, 3) floats, as the pipelines end."""

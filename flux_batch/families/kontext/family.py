@@ -1,8 +1,10 @@
 """FLUX.1 Kontext [dev]: the FLUX.1-dev architecture (a guidance embedding; its GGUF files are
 FLUX.1 files, read with FLUX.1's key table) under `FluxKontextPipeline`, the editing pipeline.
 
-Rendered from text alone for now (its image input is a later issue): the pipeline then runs
-FLUX.1-dev's loop on Kontext's weights. It resizes every request to an area of `max_area`
+A row renders from text alone, or edits its one input image: the image's VAE latents (the
+pipeline's own `_encode_vae_image`, encoded once per input and size by render/references.py)
+go into the call as `image`, one per item, which the pipeline takes as they are and appends to
+the noisy latents' tokens. The pipeline resizes every request to an area of `max_area`
 (1024x1024 by default) at the asked aspect; the call passes the asked area, so the size
 asked is the size rendered.
 """
@@ -10,6 +12,7 @@ asked is the size rendered.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from flux_batch.errors import ModelFileError
@@ -22,6 +25,7 @@ class Kontext(Flux1):
     sets_cache_context = False  # its loop sets none: families/cache_contexts.py
     label = "FLUX.1 Kontext"
     variants = ("dev",)
+    features = replace(Flux1.features, references=1)  # the pipeline takes one image
 
     def pipeline_class(self):
         from diffusers import FluxKontextPipeline
@@ -37,12 +41,25 @@ class Kontext(Flux1):
                 f"embedding), but model={model.name} needs a FLUX.1 Kontext [dev] file"
             )
 
-    def call_args(self, batch, embeds, negative, max_sequence_length: int) -> dict[str, Any]:
+    def call_args(self, batch, embeds, negative, max_sequence_length: int, references=None) -> dict[str, Any]:
+        import torch
+
         settings = batch[0].settings
-        return {
+        args = {
             **super().call_args(batch, embeds, negative, max_sequence_length),
             "max_area": settings.width * settings.height,
         }
+        if references:  # latents with the VAE's channel count are used as given, one per item
+            args["image"] = torch.cat([latents[0] for latents in references])
+            args["_auto_resize"] = False
+        return args
+
+    def encode_reference(self, pipe, pixels):
+        """What FluxKontextPipeline makes of its image: the VAE's mode, shifted and scaled."""
+        import torch
+
+        with torch.no_grad():
+            return pipe._encode_vae_image(image=pixels, generator=None)
 
     def save_tiny_pipeline(self, folder, variant: str) -> None:
         """FLUX.1's tiny dev pieces, as a FluxKontextPipeline folder."""
