@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 POINTS = (
     "model_loaded",
+    "input_read",  # an input image about to be read, fitted and VAE-encoded (render/references.py)
     "mid_denoise",
     "pipeline_image",
     "write_queued",

@@ -53,9 +53,10 @@ class ReferenceEncoder:
         self.identity = identity  # the VAE as it encodes (encoder.encoders_digest of its folder)
         self.how = how  # sampler.input_fit
         self.disk = disk  # embed_cache.EmbedCache, keyed by the VAE's identity
-        self.hits = 0
-        self.misses = 0
-        self.seconds = 0.0
+        self.items = 0  # items rendered with inputs
+        self.encoded = 0  # inputs the VAE encoded
+        self.read = 0  # inputs read back from the disk cache
+        self.seconds = 0.0  # spent reading, fitting and encoding
 
     def latents(self, item: Item) -> list[torch.Tensor]:
         """The item's inputs as latents on the CPU, one tensor per input."""
@@ -65,6 +66,7 @@ class ReferenceEncoder:
     def stack(self, batch: list[Item]) -> list[list[torch.Tensor]]:
         """The batch's latents on the pipeline's device, per item."""
         device = self.pipe._execution_device
+        self.items += len(batch)
         return [[x.to(device) for x in self.latents(item)] for item in batch]
 
     def _one(self, image: InputImage, width: int, height: int) -> torch.Tensor:
@@ -73,11 +75,11 @@ class ReferenceEncoder:
         found = ReferenceEncoder._store.get(key)
         if found is None and self.disk is not None:
             found = (self.disk.load(name, 0) or {}).get("latents")
+            self.read += found is not None
         if found is not None:
-            self.hits += 1
             self._keep(key, found)
             return found
-        self.misses += 1
+        self.encoded += 1
         started = time.perf_counter()
         crash_point("input_read")
         latents = self._encode(fit(load_rgb(image), width, height, self.how), width, height)
@@ -88,12 +90,23 @@ class ReferenceEncoder:
         return latents
 
     def _encode(self, picture: Image.Image, width: int, height: int) -> torch.Tensor:
+        import torch
         from diffusers.utils.torch_utils import get_module_execution_device
 
         pipe = self.pipe
         pixels = pipe.image_processor.preprocess(picture, height=height, width=width)
-        pixels = pixels.to(get_module_execution_device(pipe.vae), pipe.vae.dtype)
-        return self.family.encode_reference(pipe, pixels).detach().cpu()
+        device = get_module_execution_device(pipe.vae)
+        pixels = pixels.to(device, pipe.vae.dtype)
+        # on the CPU the VAE encoder's convolutions sum in an order that depends on the thread
+        # count: one thread makes an input's latents the same in every process (ranks split
+        # the cores), at a cost paid once per input
+        threads = torch.get_num_threads()
+        if device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            return self.family.encode_reference(pipe, pixels).detach().cpu()
+        finally:
+            torch.set_num_threads(threads)
 
     @staticmethod
     def _keep(key: tuple, latents: torch.Tensor) -> None:

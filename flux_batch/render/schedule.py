@@ -81,6 +81,12 @@ class Schedule:
         else:  # per_item encodes inside its pipeline calls
             encode = self.encoder.seconds
             parts = f"encode {encode:.2f} s, denoise and decode {s['denoise'] - encode:.2f} s"
+        refs = self.render.references
+        if refs is not None and refs.items:
+            parts += (
+                f"; input images of {refs.items} items: {refs.encoded} VAE-encoded "
+                f"({refs.seconds:.2f} s), {refs.read} read from the embedding cache"
+            )
         skipped = step_cache.skipped_share(self.render.pipe.transformer)
         if skipped is not None:
             parts += f"; fbcache skipped the remaining blocks in {100 * skipped:.0f}% of item-steps"
