@@ -14,6 +14,7 @@ shares change freely between a run and its resume.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import time
@@ -140,6 +141,11 @@ class Group:
                         f"others: {str(e).splitlines()[0]}; start the ranks with accelerate launch "
                         "or torchrun"
                     ) from None
+                # a process that ends with the group alive can abort in the interpreter's
+                # teardown ("terminate called without an active exception", SIGABRT): gloo's
+                # threads still hold work that takes the GIL. Destroying it at exit, while the
+                # interpreter is whole, ends them first.
+                atexit.register(_destroy_group)
             Group._initialized = True
 
     def broadcast(self, value: Any) -> Any:
@@ -173,3 +179,10 @@ class Group:
         while not work.is_completed():
             time.sleep(poll)
         work.wait()
+
+
+def _destroy_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
