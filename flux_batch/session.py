@@ -97,7 +97,7 @@ def _open_as_leader(worker: Worker, store: RunStore, plan: Plan, settings) -> di
     previous = store.read_run_info()
     check_same_run(previous, settings, store.dir)
     store.repair()
-    if getattr(plan, "has_inputs", False) and plan.named_inputs():
+    if getattr(plan, "has_inputs", False) and plan.named_inputs() and store.manifest.files:
         plan.check_inputs_unchanged(read_records(store.dir))
     scope, pending = _pending(worker, plan, store.manifest)
     return {"previous": previous, "scope": scope, "pending": pending}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -95,7 +96,7 @@ def inspect(path: str, file: Path) -> InputImage:
     except OSError as e:
         raise ValueError(f"input image {path!r} cannot be read ({e.strerror or e})") from None
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with _open(data) as image:
             width, height = image.size
             if width * height > MAX_INPUT_PIXELS:
                 raise ValueError(
@@ -109,7 +110,9 @@ def inspect(path: str, file: Path) -> InputImage:
     except UnidentifiedImageError:
         raise ValueError(f"input image {path!r} is not an image Pillow can read") from None
     except Image.DecompressionBombError as e:
-        raise ValueError(f"input image {path!r} is too large to decode ({e})") from None
+        raise ValueError(
+            f"input image {path!r} is over {MAX_INPUT_PIXELS / 1e6:.0f} million pixels ({e})"
+        ) from None
     except (OSError, SyntaxError) as e:
         raise ValueError(f"input image {path!r} is damaged or truncated ({e})") from None
     if min(width, height) < MIN_INPUT_SIDE:
@@ -131,13 +134,22 @@ def read_inputs(reader: InputReader, paths: Iterable[str]) -> tuple[tuple[InputI
 def load_rgb(image: InputImage) -> Image.Image:
     """The input as an 8-bit RGB picture, by the module's rule; OSError when the file has gone
     or changed since it was checked (the item then fails; it is never rendered from other bytes)."""
-    from PIL import Image
 
     data = image.file.read_bytes()
     if hashlib.sha256(data).hexdigest() != image.sha256:
         raise OSError(f"input image {image.path!r} changed since the run started ({image.file})")
-    with Image.open(io.BytesIO(data)) as opened:
+    with _open(data) as opened:
         return to_rgb(opened)
+
+
+def _open(data: bytes) -> Image.Image:
+    """The picture in `data`, opened lazily. Pillow warns above 89 million pixels, below our own
+    bound (which is checked before decoding): the warning would add lines to a run's output."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
