@@ -8,7 +8,9 @@ flux-batch runs.
 
 Loads exactly as flux-batch does (from_single_file with GGUFQuantizationConfig, then
 from_pretrained), renders each JSONL row's `prompt` with a CPU generator seeded by its `seed`,
-saves a PNG per row, and prints `loop seconds: X` (the rendering loop alone). On CUDA it uses
+saves a PNG per row, and prints `loop seconds: X` (the rendering loop alone). A row's `image`
+(a path relative to the prompt file, already at the output size) goes to the pipeline as a
+PIL picture, which it preprocesses and VAE-encodes at every call. On CUDA it uses
 enable_model_cpu_offload(), as the reference script does.
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 from diffusers import GGUFQuantizationConfig
+from PIL import Image
 
 from flux_batch import families
 
@@ -55,9 +58,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in open(a.prompts)]
     # Kontext resizes every request to max_area (1024x1024 by default): ask for the size itself
-    sized = (
-        {"max_area": a.width * a.height} if "max_area" in inspect.signature(pipe.__call__).parameters else {}
-    )
+    kontext = "max_area" in inspect.signature(pipe.__call__).parameters
+    sized = {"max_area": a.width * a.height} if kontext else {}
     started = time.perf_counter()
     for row in rows:
         image = pipe(
@@ -69,9 +71,19 @@ def main() -> None:
             max_sequence_length=a.max_sequence_length,
             generator=torch.Generator("cpu").manual_seed(row["seed"]),
             **sized,
+            **inputs(row, Path(a.prompts).parent, kontext),
         ).images[0]
         image.save(out / f"{row['id']}.png")
     print(f"loop seconds: {time.perf_counter() - started:.3f}")
+
+
+def inputs(row: dict, folder: Path, kontext: bool) -> dict:
+    """The row's input picture as its pipeline takes it: Kontext one image (not resized again),
+    the FLUX.2 pipelines a list."""
+    if "image" not in row:
+        return {}
+    picture = Image.open(folder / row["image"]).convert("RGB")
+    return {"image": picture, "_auto_resize": False} if kontext else {"image": [picture]}
 
 
 if __name__ == "__main__":

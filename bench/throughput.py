@@ -2,7 +2,7 @@
 whole process, on the same model files and prompts.
 
     python bench/throughput.py [--models demo,mid,mid-flux2] [--prompts 36] [--batch-sizes 1,4]
-                               [--repeat 3] [--threads 1] [--section NAME]
+                               [--repeat 3] [--threads 1] [--inputs] [--section NAME]
 
 For each model the commands run one after another, alternating per repeat (plain loop, then
 flux-batch at each batch size; the next repeat in the reverse order); each ratio is the median
@@ -12,6 +12,10 @@ the trained demo model (64x64, 12 steps), `tiny` the embedded random model (64x6
 `mid-kontext`, `mid-flux2`, `mid-klein`, `mid-chroma` the same for the other families. Every
 prompt row carries its seed, so both render the same items; at batch size 1 the images are
 compared pixel by pixel.
+
+`--inputs` gives every row its own input image (image-conditioned families: mid-kontext,
+mid-flux2, mid-klein), drawn at the output size, which the plain loop hands to the pipeline at
+each call; it also measures what encoding each input once saves (see `encode_savings`).
 
 Targets: batch size 1 at least the plain loop on the demo and mid-size models; the tiny model
 at batch size 8 over 200 prompts at least 1.5x (`--models tiny --prompts 200 --batch-sizes 1,8`);
@@ -65,13 +69,27 @@ MIDS = {
 }
 
 
-def write_prompts(path: Path, n: int) -> None:
+def write_prompts(path: Path, n: int, side: int = 0) -> None:
+    """`n` rows with their seeds; with `side`, each with its own input picture of side x side."""
     with open(path, "w") as f:
         for i in range(n):
-            f.write(
-                json.dumps({"id": f"p{i:05d}", "prompt": f"a photo of object number {i}", "seed": 1000 + i})
-                + "\n"
-            )
+            row = {"id": f"p{i:05d}", "prompt": f"a photo of object number {i}", "seed": 1000 + i}
+            if side:
+                row["image"] = draw_input(path.parent / "inputs" / f"in{i:05d}.png", i, side)
+            f.write(json.dumps(row) + "\n")
+
+
+def draw_input(path: Path, i: int, side: int) -> str:
+    """A disc of its own colour and place on grey: inputs that differ from each other."""
+    from PIL import ImageDraw
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGB", (side, side), (200, 200, 200))
+    colour = ((i * 67) % 256, (i * 131) % 256, (i * 29 + 90) % 256)
+    x = (i * 13) % (side // 2)
+    ImageDraw.Draw(image).ellipse((x, side // 4, x + side // 2, side // 4 * 3), fill=colour)
+    image.save(path)
+    return f"inputs/{path.name}"
 
 
 def timed(args: list[str], cwd: Path) -> tuple[float, str]:
@@ -99,8 +117,9 @@ def model_files(name: str, work: Path) -> tuple[str, str]:
     return str(folder), str(folder / "transformer-Q8_0.gguf")
 
 
-def plan_seconds(prompts: Path) -> float:
-    """Reading and planning the prompt file, as the driver does before rendering."""
+def plan_seconds(prompts: Path, model: list[str]) -> float:
+    """Reading and planning the prompt file (and checking its inputs), as the driver does before
+    rendering, with the model's overrides (`model`)."""
     from hydra import compose, initialize_config_module
 
     from flux_batch.cli import register_configs
@@ -108,17 +127,19 @@ def plan_seconds(prompts: Path) -> float:
 
     register_configs()
     with initialize_config_module(config_module="flux_batch.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"dataset.path={prompts}"])
+        cfg = compose(config_name="config", overrides=[f"dataset.path={prompts}", *model])
         started = time.perf_counter()
         plan_items(cfg)
         return time.perf_counter() - started
 
 
-def bench_model(name: str, work: Path, n: int, batch_sizes: list[int], repeat: int):
+def bench_model(
+    name: str, work: Path, n: int, batch_sizes: list[int], repeat: int, with_inputs: bool = False
+):
     base, gguf = model_files(name, work)
     side, steps, guidance, tokens = SIZES[name]
     prompts = work / f"{name}.jsonl"
-    write_prompts(prompts, n)
+    write_prompts(prompts, n, side if with_inputs else 0)
     plain = [
         sys.executable,
         str(ROOT / "bench" / "plain_loop.py"),
@@ -179,7 +200,7 @@ def bench_model(name: str, work: Path, n: int, batch_sizes: list[int], repeat: i
             schedule = re.search(r"INFO\] (\w+) schedule", log)[1]
             runs.setdefault(who, []).append((seconds, per_image * n, out, rest, schedule))
         print(name, r, {k: round(v[-1][0], 2) for k, v in runs.items()}, flush=True)
-    planning = plan_seconds(prompts)
+    planning = plan_seconds(prompts, model)
     same = identical(runs["plain"][0][2], runs[1][0][2] if 1 in runs else None)
     p_seconds = median(x[0] for x in runs["plain"])
     p_loop = median(x[1] for x in runs["plain"])
@@ -197,6 +218,47 @@ def bench_model(name: str, work: Path, n: int, batch_sizes: list[int], repeat: i
             f"{ratios[b]:.2f} | {loop:.1f} | {loop_ratio:.2f} | {own:.2f} | {100 * own / seconds:.1f}% |"
         )
     return rows, same, verdicts(name, ratios, n)
+
+
+def encode_savings(name: str, work: Path, n: int, k: int = 4) -> str:
+    """What encoding each input once saves: a run of `k` images per row encodes each of its `n`
+    inputs once where the plain loop encodes one per image (n * k), and a second run over the
+    same `runtime.embed_cache` encodes none (read back from disk)."""
+    base, gguf = model_files(name, work)
+    side, steps, guidance, tokens = SIZES[name]
+    prompts = work / f"{name}.jsonl"
+    common = [
+        str(BIN / "flux-batch"),
+        f"dataset.path={prompts}",
+        f"model={MIDS[name][0]}",
+        f"model.base={base}",
+        f"model.transformer={gguf}",
+        f"sampler.width={side}",
+        f"sampler.height={side}",
+        f"sampler.steps={steps}",
+        f"sampler.guidance={guidance}",
+        f"sampler.max_sequence_length={tokens}",
+        f"num_images={k}",
+        "batch_size=4",
+        "runtime.progress=false",
+        "runtime.device=cpu",
+        f"runtime.embed_cache={work / (name + '-embed-cache')}",
+    ]
+    logs = [timed([*common, f"output.dir={work / f'{name}-cache-{run}'}"], work)[1] for run in (1, 2)]
+    found = [
+        re.search(r"input images of (\d+) items: (\d+) VAE-encoded \(([\d.]+) s\), (\d+) read", log)
+        for log in logs
+    ]
+    items, encoded, seconds = int(found[0][1]), int(found[0][2]), float(found[0][3])
+    each = seconds / max(encoded, 1)
+    return (
+        f"- {name}, {n} rows x {k} images ({items} items): each input VAE-encoded once, {encoded} "
+        f"encodes in {seconds:.2f} s ({1000 * each:.0f} ms each) where one pipeline call per image "
+        f"encodes {items} (about {items * each:.2f} s: {items - encoded} encodes, "
+        f"{(items - encoded) * each:.2f} s saved); the second run over the same "
+        f"`runtime.embed_cache`: {found[1][2]} encoded, {found[1][4]} read from disk "
+        f"({float(found[1][3]):.2f} s)."
+    )
 
 
 def verdicts(name: str, ratios: dict, n: int) -> list[str]:
@@ -245,6 +307,7 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="OMP_NUM_THREADS for every command (0: torch's own choice)"
     )
+    parser.add_argument("--inputs", action="store_true", help="every row with its own input image")
     parser.add_argument(
         "--section",
         default="throughput",
@@ -263,13 +326,16 @@ def main() -> None:
     ]
     rows, notes = [], []
     for name in a.models.split(","):
-        model_rows, same, met = bench_model(name, work, a.prompts, batch_sizes, a.repeat)
+        model_rows, same, met = bench_model(name, work, a.prompts, batch_sizes, a.repeat, a.inputs)
         rows += model_rows
         notes += [f"- {name}: batch size 1 against the plain loop: {same}.", *met]
+        if a.inputs:
+            notes.append(encode_savings(name, work, a.prompts))
     end_load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     body = "\n".join(
         [
-            f"{a.prompts} prompts per model, each command a whole process (Python, imports, model load, "
+            ("Each row with its own input image. " if a.inputs else "")
+            + f"{a.prompts} prompts per model, each command a whole process (Python, imports, model load, "
             f"rendering, writing); seconds are medians of {a.repeat} alternating repeats, `vs plain` the "
             "median of the per-repeat ratios; torch threads: "
             f"{a.threads or 'torch default (one per core)'}. `loop` is the rendering loop alone (the plain "
@@ -284,7 +350,7 @@ def main() -> None:
     )
     title = "Throughput: flux-batch vs the plain loop"
     if a.section != "throughput":
-        title += f" ({a.models}, {a.prompts} prompts)"
+        title += f" ({a.models}, {a.prompts} {'rows with input images' if a.inputs else 'prompts'})"
     write_section(a.section, title, body, ("torch", "diffusers"), start_load)
 
 
