@@ -4,7 +4,9 @@ documented rule (plan/inputs.py): EXIF orientation, alpha over white, palette, 1
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -200,3 +202,31 @@ def test_a_wide_input_keeps_its_aspect_at_the_models_area(cli):
     assert record["width"] % 16 == 0 and record["height"] % 16 == 0
     assert abs(record["width"] * record["height"] - 64 * 64) <= 64 * 64 * 0.25
     assert Path(cli.cwd / "out" / record["file_name"]).exists()
+
+
+def test_an_input_changed_mid_run_fails_its_item_and_the_next_run_renders_it(cli):
+    import os
+    import signal
+
+    from conftest import wait_until_stopped
+
+    for name, colour in (("a.png", "red"), ("b.png", "green")):
+        (cli.cwd / name).write_bytes(png(colour=colour))
+    prompts = write_prompts(
+        cli.cwd / "p.jsonl",
+        [{"id": f"edit-{n}", "prompt": "make it blue", "image": n} for n in ("a.png", "b.png")],
+    )
+    args = (f"dataset.path={prompts}", "output.dir=out", *SMALL, "model=tiny-kontext")
+    proc = cli.popen(*args, env={"FLUX_BATCH_CRASH": "input_read:2:stop"}, model=None)
+    wait_until_stopped(proc)  # b.png checked and hashed, about to be read for its encode
+    (cli.cwd / "b.png").write_bytes(png(colour="purple"))
+    os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    assert "rendered 1, skipped 0 already done, failed 1" in out, out + err
+    [error] = [json.loads(line) for line in (cli.cwd / "out" / "errors.jsonl").read_text().splitlines()]
+    assert error["id"] == "edit-b.png" and "changed since the run started" in error["reason"]
+    assert [r["id"] for r in manifest(cli.cwd / "out")] == ["edit-a.png"]
+    again = cli(*args, model=None)
+    assert "rendered 1, skipped 1 already done, failed 0" in again.stdout
+    record = {r["id"]: r for r in manifest(cli.cwd / "out")}["edit-b.png"]
+    assert record["inputs"][0]["sha256"] == hashlib.sha256((cli.cwd / "b.png").read_bytes()).hexdigest()
