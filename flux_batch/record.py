@@ -9,7 +9,9 @@ from __future__ import annotations
 # Every record has these, in this order; `family` only for a family other than FLUX.1,
 # `model_sha256` only for a local transformer file (not a URL), `lora` only when LoRAs are
 # applied, `cache` only with step caching, `inputs` only for an item with input images
-# ([{"path", "sha256"}, ...], the layout may add where it keeps a copy), `sha256` last.
+# ([{"path", "sha256", "copy"}, ...]: copy is the file_name of the run's copy of the input)
+# and `input_file_name` with it (the first input's copy: `datasets`' imagefolder loads it as
+# the `input` image column), `sha256` last.
 FIELDS = (
     "file_name",
     "id",
@@ -30,5 +32,6 @@ FIELDS = (
     "lora",
     "cache",
     "inputs",
+    "input_file_name",
     "sha256",
 )

@@ -13,20 +13,30 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 from flux_batch.errors import FluxBatchError, LockedError
 from flux_batch.export import parquet, webdataset
-from flux_batch.export.samples import ExportError, read_run, samples
+from flux_batch.export.samples import ExportError, input_columns, read_run, samples
 from flux_batch.store.atomic import fsync_dir
 from flux_batch.store.card import card
 from flux_batch.store.layouts import WebDataset
 from flux_batch.store.lock import RunLock
 from flux_batch.store.names import MANIFEST, README, RUN_INFO
 
-# format -> (its writer, the card's data files, its default --shard-size)
+
+class Format(NamedTuple):
+    write: Callable  # (samples, out folder, records, shard_size)
+    data_files: list[str]  # the card's
+    default_size: int  # --shard-size
+    inputs_text: str  # the card's paragraph on the input images of edits
+
+
 FORMATS = {
-    "webdataset": (webdataset.write_webdataset, webdataset.DATA_FILES, WebDataset.default_size),
-    "parquet": (parquet.write_parquet, parquet.DATA_FILES, parquet.ROWS_PER_FILE),
+    "webdataset": Format(
+        webdataset.write_webdataset, webdataset.DATA_FILES, WebDataset.default_size, webdataset.INPUTS_TEXT
+    ),
+    "parquet": Format(parquet.write_parquet, parquet.DATA_FILES, parquet.ROWS_PER_FILE, parquet.INPUTS_TEXT),
 }
 
 
@@ -47,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--output", type=Path, help="folder to create (default: RUN_DIR-<format>)")
     a = parser.parse_args(argv)
     try:
-        out = export(a.run_dir, a.to, a.shard_size or FORMATS[a.to][2], a.output)
+        out = export(a.run_dir, a.to, a.shard_size or FORMATS[a.to].default_size, a.output)
     except FluxBatchError as e:
         print(f"flux-batch-export: error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
@@ -61,15 +71,16 @@ def export(run_dir: Path, to: str, shard_size: int, out: Path | None = None) -> 
     out = (out or run_dir.with_name(f"{run_dir.name}-{to}")).resolve()
     if out.exists():
         raise ExportError(f"{out}: already exists; remove it or choose another -o")
-    write, data_files, _ = FORMATS[to]
+    write, data_files = FORMATS[to].write, FORMATS[to].data_files
     lock = _lock_finished_run(run_dir)
     try:
         records = read_run(run_dir)
         partial = out.with_name(f".{out.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)  # what a killed export left
         try:
-            write(samples(run_dir, records), partial, len(records), shard_size)
-            _write_card(run_dir, partial, data_files, len(records), to, shard_size)
+            write(samples(run_dir, records), partial, records, shard_size)
+            inputs = input_columns(records) > 0
+            _write_card(run_dir, partial, data_files, len(records), to, shard_size, inputs)
             _fsync_tree(partial)  # on disk before the name says complete: a power loss tears nothing
             os.rename(partial, out)
             fsync_dir(out.parent)
@@ -109,13 +120,15 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def _write_card(
-    run_dir: Path, out: Path, data_files: list[str], count: int, to: str, shard_size: int
+    run_dir: Path, out: Path, data_files: list[str], count: int, to: str, shard_size: int, inputs: bool
 ) -> None:
+    """README.md of the export; `inputs`: its images have input images, which it says where to find."""
     info = json.loads((run_dir / RUN_INFO).read_text()) if (run_dir / RUN_INFO).exists() else {}
     layout = f"{to}, {shard_size:,} samples per file, exported from {run_dir.name}"
+    settings, files = info.get("settings", {}), info.get("files")
+    extra = FORMATS[to].inputs_text if inputs else ""
     (out / README).write_text(
-        card(run_dir.name, data_files, info.get("settings", {}), count, layout, files=info.get("files")),
-        encoding="utf-8",
+        card(run_dir.name, data_files, settings, count, layout, extra, files, inputs), encoding="utf-8"
     )
 
 

@@ -1,8 +1,9 @@
 """Parquet files: `data/train-00000-of-00003.parquet`, … of `shard_size` rows, each row one
 image (bytes and path, as the `datasets` Image feature stores them) with its record's fields as
-columns and the whole record as JSON (a row's own columns vary from run to run). The schema
-carries the `datasets` features, so `load_dataset("parquet", …)` and the Hub's viewer show the
-images as images."""
+columns and the whole record as JSON (a row's own columns vary from run to run). A run with
+input images (edits) has an image column for each: `input`, `input_1`, … (as many as a record
+has at most; empty where a row has fewer). The schema carries the `datasets` features, so
+`load_dataset("parquet", …)` and the Hub's viewer show the images as images."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from flux_batch.export.samples import ExportError
+from flux_batch.export.samples import ExportError, copies, input_columns
 from flux_batch.faults import crash_point
+from flux_batch.store.input_files import input_name
 from flux_batch.store.layouts.tars import Sample
 
 DATA = "data"
@@ -35,9 +37,13 @@ COLUMNS = {  # record field -> (arrow type name, datasets dtype)
     "sha256": ("string", "string"),
 }
 ROWS_PER_GROUP = 100  # images per row group: a reader holds one group of images at a time
+INPUTS_TEXT = (
+    "\nAn image rendered from input images (an edit) has them in the image columns `input`, "
+    "`input_1`, … (empty where it has fewer); `record` names each input's file.\n"
+)
 
 
-def write_parquet(samples: Iterable[Sample], out: Path, count: int, shard_size: int) -> None:
+def write_parquet(samples: Iterable[Sample], out: Path, records: list[dict], shard_size: int) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -45,8 +51,9 @@ def write_parquet(samples: Iterable[Sample], out: Path, count: int, shard_size: 
         raise ExportError(
             "flux-batch-export --to parquet needs pyarrow: pip install 'flux-batch[export]'"
         ) from None
-    schema = _schema(pa)
-    files = -(-count // shard_size)
+    inputs = [input_name(n) for n in range(input_columns(records))]
+    schema = _schema(pa, inputs)
+    files = -(-len(records) // shard_size)
     (out / DATA).mkdir(parents=True)
     rows: list[dict] = []
     written = 0
@@ -60,6 +67,7 @@ def write_parquet(samples: Iterable[Sample], out: Path, count: int, shard_size: 
 
     for sample in samples:
         row = {"image": {"bytes": sample.image, "path": Path(sample.record["file_name"]).name}}
+        row.update(_inputs(sample, inputs))
         row.update({name: sample.record.get(name) for name in COLUMNS})
         row["record"] = json.dumps(sample.record, ensure_ascii=False)
         rows.append(row)
@@ -69,13 +77,22 @@ def write_parquet(samples: Iterable[Sample], out: Path, count: int, shard_size: 
         flush()
 
 
-def _schema(pa):
-    fields = [pa.field("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())]))]
+def _inputs(sample: Sample, columns: list[str]) -> dict:
+    """The sample's inputs as image cells, in the run's input columns (None past its own)."""
+    names = [Path(file_name).name for file_name, _ in copies(sample.record)]
+    cells = [{"bytes": data, "path": name} for (_, data), name in zip(sample.inputs, names)]
+    return dict(zip(columns, cells + [None] * (len(columns) - len(cells))))
+
+
+def _schema(pa, inputs: list[str]):
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    fields = [pa.field(name, image) for name in ["image", *inputs]]
     fields += [pa.field(name, getattr(pa, arrow)()) for name, (arrow, _) in COLUMNS.items()]
     fields.append(pa.field("record", pa.string()))
-    features = {"image": {"_type": "Image"}, "record": {"dtype": "string", "_type": "Value"}}
+    features = {name: {"_type": "Image"} for name in ["image", *inputs]}
+    features["record"] = {"dtype": "string", "_type": "Value"}
     features.update({name: {"dtype": dtype, "_type": "Value"} for name, (_, dtype) in COLUMNS.items()})
     # keys in the schema's order: datasets builds its features from this mapping
-    ordered = {name: features[name] for name in ["image", *COLUMNS, "record"]}
+    ordered = {name: features[name] for name in ["image", *inputs, *COLUMNS, "record"]}
     metadata = {"huggingface": json.dumps({"info": {"features": ordered}})}
     return pa.schema(fields, metadata=metadata)

@@ -1,6 +1,7 @@
 """`--to webdataset`: tar shards `shards/000000.tar`, … of `shard_size` samples, written by the
-run's own tar writer (store/layouts/tars.py: `<key>.<png|webp|jpg>`, `<key>.json` with the
-manifest record, `<key>.txt` with the prompt), the layout `webdataset.WebDataset` and `datasets`'
+run's own tar writer (store/layouts/tars.py: `<key>.<png|webp|jpg>`, a copy of each input image
+of an edit `<key>.input.<ext>`, `<key>.input_1.<ext>`, …, `<key>.json` with the manifest
+record, `<key>.txt` with the prompt), the layout `webdataset.WebDataset` and `datasets`'
 webdataset builder read; plus `index.parquet`, one row per sample: its key, shard and record
 (store/sample_index.py, the run's own index writer)."""
 
@@ -17,9 +18,10 @@ from flux_batch.store.names import SHARDS
 from flux_batch.store.sample_index import row, write_index
 
 DATA_FILES = WebDataset().data_files("")
+INPUTS_TEXT = WebDataset().inputs_text()[1]
 
 
-def write_webdataset(samples: Iterable[Sample], out: Path, count: int, shard_size: int) -> None:
+def write_webdataset(samples: Iterable[Sample], out: Path, records: list[dict], shard_size: int) -> None:
     """The shards and their index into `out`."""
     (out / SHARDS).mkdir(parents=True)
     rows: list[dict] = []

@@ -32,9 +32,11 @@ def card(
     layout: str,
     extra: str = "",
     files: dict | None = None,
+    inputs: bool = False,
 ) -> str:
     """The card's text. `data_files`: the patterns that make the train split; `files`: run.json's
-    record of the model files (their SHA-256s)."""
+    record of the model files (their SHA-256s); `inputs`: images rendered from input images
+    (edits), which `extra` says where to find."""
     paths = "\n".join(f"    - {json.dumps(pattern)}" for pattern in data_files)
     model = settings.get("model", {})
     sampler = settings.get("sampler", {})
@@ -61,11 +63,12 @@ def card(
         ("layout", layout),
     ]
     table = "\n".join(f"| {key} | {value} |" for key, value in rows)
+    tasks = ("text-to-image", "image-to-image") if inputs else ("text-to-image",)
+    categories = "".join(f"- {task}\n" for task in tasks)
     return f"""---
 pretty_name: {json.dumps(title)}
 task_categories:
-- text-to-image
-tags:
+{categories}tags:
 - flux-batch
 - synthetic
 size_categories:
@@ -92,7 +95,7 @@ seed, settings, SHA-256 of the file) is in the manifest; `run.json` holds every 
 
 def write_run_card(run_dir: Path, count: int, layout: Layout, extension: str) -> None:
     """README.md of a run directory: the files the layout makes the dataset of (imagefolder +
-    metadata.jsonl, or the tar shards), and how to load them."""
+    metadata.jsonl, or the tar shards; the input images of edits), and how to load them."""
     try:
         info = json.loads((run_dir / RUN_INFO).read_text())
     except (OSError, ValueError):  # no run.json: nothing rendered here yet, nothing to describe
@@ -100,7 +103,11 @@ def write_run_card(run_dir: Path, count: int, layout: Layout, extension: str) ->
     described, how = layout.card_text()
     settings = info.get("settings", {})
     data_files = layout.data_files(extension)
-    text = card(run_dir.name, data_files, settings, count, described, how, info.get("files"))
+    inputs = layout.has_inputs(run_dir)
+    if inputs:
+        input_files, where = layout.inputs_text()
+        data_files, how = data_files + input_files, how + where
+    text = card(run_dir.name, data_files, settings, count, described, how, info.get("files"), inputs)
     write_atomic(run_dir / README, text.encode("utf-8"))
 
 

@@ -7,6 +7,7 @@ MANIFEST = "metadata.jsonl"  # one record per finished image
 ERRORS = "errors.jsonl"  # items that failed and are still not done
 RUN_INFO = "run.json"  # the fingerprint and settings of the run
 IMAGES = "images"  # flat and sharded: the images, each named in its manifest record
+INPUTS = "inputs"  # flat and sharded: a copy of each input image, named by its sha256
 LOCK = ".lock"  # the run lock; part locks are .lock.<part>, the merge lock .lock.merge
 README = "README.md"  # the dataset card
 SHARDS = "shards"  # webdataset: the tar shards

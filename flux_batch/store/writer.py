@@ -15,6 +15,7 @@ from flux_batch.faults import crash_point
 from flux_batch.plan.items import Item
 from flux_batch.samplers import infotext_sampler
 from flux_batch.store.images import EXTENSIONS, encode, infotext, to_uint8
+from flux_batch.store.input_files import with_copies
 from flux_batch.store.layouts import Layout
 from flux_batch.store.layouts.flat import FLAT
 from flux_batch.store.run_dir import RunStore
@@ -109,8 +110,9 @@ class ImageWriter:
             record["lora"] = self.loras
         if o.cache is not None:
             record["cache"] = o.cache
-        if item.inputs:
+        if item.inputs:  # each with where the layout keeps its copy
             record["inputs"] = [i.record() for i in item.inputs]
+            record = with_copies(record, o.layout.input_file_names(item.index, item.inputs))
         return {**record, **item.extra}
 
     def write(self, item: Item, image: np.ndarray) -> None:
@@ -160,7 +162,7 @@ class ImageWriter:
         record["sha256"] = hashlib.sha256(data).hexdigest()
         crash_point("image_encoded")
         try:
-            return record, self.store.output.save(record, data, item.prompt)
+            return record, self.store.output.save(record, data, item.prompt, item.inputs)
         except OSError as e:
             raise write_error(self.store, e) from None
 

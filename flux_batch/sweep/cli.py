@@ -1,4 +1,6 @@
-"""`flux-batch-grid SWEEP_DIR`: a comparison grid (PNG) and, with --html, a gallery page."""
+"""`flux-batch-grid SWEEP_DIR`: a comparison grid (PNG) and, with --html, a gallery page. Items
+rendered from input images (edits) show them first, in columns (or rows) labelled `input`,
+`input_1`, …, beside their outputs."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import sys
 from pathlib import Path
 
 from flux_batch.errors import EXIT_BAD_INPUT, FluxBatchError
+from flux_batch.store.input_files import COPY, input_name
 
 ITEM_AXES = ("prompt", "id")
 
@@ -84,11 +87,14 @@ def make(args: argparse.Namespace) -> str:
         results.items = results.items[: args.max_prompts]
     item_axis = args.rows if args.rows != "job" else args.cols
     item_labels = [_item_label(results, key, item_axis) for key in results.items]
-    job_labels = [results.job_label(job) for job in results.jobs]
     extract_to = results.dir / sweep_results.EXTRACTED
+    inputs = [_input_paths(results, key, extract_to) for key in results.items]
+    shown = max(map(len, inputs), default=0)  # input columns, before the jobs'
+    job_labels = [[input_name(n)] for n in range(shown)] + [results.job_label(job) for job in results.jobs]
     cells = [
-        [job.image_path(key, extract_to) if key in job.records else None for job in results.jobs]
-        for key in results.items
+        [*found, *[None] * (shown - len(found))]
+        + [job.image_path(key, extract_to) if key in job.records else None for job in results.jobs]
+        for key, found in zip(results.items, inputs)
     ]
     if args.rows == "job":
         cells = [list(column) for column in zip(*cells)]
@@ -101,6 +107,22 @@ def make(args: argparse.Namespace) -> str:
     if args.html:
         written.append(str(gallery.write(results, out.parent / "index.html", grid_png=out)))
     return "\n".join(written)
+
+
+def _input_paths(results, key: tuple[str, int], extract_to: Path) -> list[Path | None]:
+    """Files of the item's input images, as the first job that rendered it kept them (None
+    for one it kept no copy of); none for an item without inputs."""
+    for job in results.jobs:
+        named = [i.get(COPY) for i in job.records.get(key, {}).get("inputs") or ()]
+        if named:
+            return [_kept(job, name, extract_to) for name in named]
+    return []
+
+
+def _kept(job, file_name: str | None, extract_to: Path) -> Path | None:
+    if file_name is None or not job.images.exists(file_name):
+        return None
+    return job.images.local_path(file_name, extract_to / job.name)
 
 
 def _item_label(results, key: tuple[str, int], axis: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""A labelled comparison grid of a sweep: one axis the jobs, the other the prompts.
+"""A labelled comparison grid of a sweep: one axis the jobs (after the input images of edits),
+the other the prompts.
 
 The layout (every cell's box and source file) is stored in the PNG itself, as JSON in a
 `flux_batch_grid` text chunk, so tools can map a click or a crop back to its image.
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
+
+from flux_batch.plan.inputs import to_rgb
 
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
@@ -187,7 +190,7 @@ def _paste(grid: Image.Image, font, path: Path | None, origin: tuple[int, int], 
         pen.text((x + PAD, y + PAD), "missing", fill=INK, font=font)
         return {}
     with Image.open(path) as source:
-        image = source.convert("RGB")
+        image = to_rgb(source)  # an input as the model saw it: oriented, alpha over white
     size = thumbnail_size(image.size, cell)
     at = (x + (cell - size[0]) // 2, y + (cell - size[1]) // 2)
     grid.paste(image.resize(size, Image.Resampling.LANCZOS), at)

@@ -38,6 +38,11 @@ class Layout:
         before the image is stored."""
         raise NotImplementedError
 
+    def input_file_names(self, index: int, inputs: tuple) -> list[str]:
+        """Where the copies of the item's input images go (plan/inputs.InputImage), as the
+        writer knows them before they are stored: each input's `file_name` in the record."""
+        raise NotImplementedError
+
     def fingerprint(self) -> dict[str, Any]:
         """The run fingerprint's `output` group (empty: left out, as for plain flat runs)."""
         found: dict[str, Any] = {"layout": self.name, "shard_size": self.size}
@@ -51,6 +56,15 @@ class Layout:
 
     def card_text(self) -> tuple[str, str]:
         """The card's `layout` row and the paragraph on how to load the dataset."""
+        raise NotImplementedError
+
+    def has_inputs(self, run_dir: Path) -> bool:
+        """Whether the run stored input images (the card then says where they are)."""
+        return False
+
+    def inputs_text(self) -> tuple[list[str], str]:
+        """For a run with input images: the card's data files that hold them besides
+        `data_files`, and the paragraph on where they are."""
         raise NotImplementedError
 
     @staticmethod
@@ -70,8 +84,9 @@ class Output:
     `list` on the render thread in the order images were handed in; an image is in the manifest
     only once it is in a complete file."""
 
-    def save(self, record: dict, data: bytes, prompt: str) -> Any:
-        """Store one encoded image (a pool thread); what `list` gets back."""
+    def save(self, record: dict, data: bytes, prompt: str, inputs: tuple = ()) -> Any:
+        """Store one encoded image and the input images it was rendered from (a pool thread;
+        `inputs`: plan/inputs.InputImage, their copies named in `record`); what `list` gets back."""
         raise NotImplementedError
 
     def list(self, record: dict, saved: Any) -> None:

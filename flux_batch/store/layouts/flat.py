@@ -1,5 +1,6 @@
 """layout=flat: `images/<stem>.png`, each image its own file (with `output.captions`, the prompt
-as `images/<stem>.txt` beside it); the run directory loads as an imagefolder."""
+as `images/<stem>.txt` beside it), the input images of an edit once each in `inputs/`; the run
+directory loads as an imagefolder."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from flux_batch.faults import crash_point
 from flux_batch.store.atomic import TMP_SUFFIX
+from flux_batch.store.input_files import InputCopies, copy_name
 from flux_batch.store.layouts.base import Layout, Output
-from flux_batch.store.names import IMAGES
+from flux_batch.store.names import IMAGES, INPUTS
 
 if TYPE_CHECKING:
     from flux_batch.store.run_dir import RunStore
@@ -19,6 +21,12 @@ LOAD_IMAGEFOLDER = (
     '\nLoad it with `datasets.load_dataset("imagefolder", data_dir=...)` or from the Hub '
     "by its name; the `.txt` files beside the images, when present, are the prompts.\n"
 )
+INPUTS_TEXT = (
+    "\nAn image rendered from input images (an edit) has `input_file_name`, its first input's "
+    f"copy in `{INPUTS}/` (named by its SHA-256: an input many images share is stored once), "
+    "which `imagefolder` loads as the `input` image column; `inputs` lists every input with "
+    "its copy (`copy`, relative to the run directory).\n"
+)
 
 
 class Flat(Layout):
@@ -26,6 +34,9 @@ class Flat(Layout):
 
     def file_name(self, index: int, stem: str, extension: str) -> str:
         return f"{IMAGES}/{stem}{extension}"
+
+    def input_file_names(self, index: int, inputs: tuple) -> list[str]:
+        return [copy_name(image) for image in inputs]
 
     def fingerprint(self) -> dict[str, Any]:
         return {"captions": True} if self.captions else {}  # absent for plain flat: older runs keep theirs
@@ -36,9 +47,17 @@ class Flat(Layout):
     def card_text(self) -> tuple[str, str]:
         return self.name, LOAD_IMAGEFOLDER
 
+    def has_inputs(self, run_dir: Path) -> bool:
+        return (run_dir / INPUTS).is_dir()
+
+    def inputs_text(self) -> tuple[list[str], str]:
+        return [f"{INPUTS}/*"], INPUTS_TEXT
+
     @staticmethod
     def on_disk(run_dir: Path, remove_temp: bool) -> set[str]:
-        return list_folder(run_dir, run_dir / IMAGES, remove_temp)
+        """The images, and the input copies (whose temp files a kill left go the same way)."""
+        images = list_folder(run_dir, run_dir / IMAGES, remove_temp)
+        return images | list_folder(run_dir, run_dir / INPUTS, remove_temp)
 
     def open(self, store: RunStore) -> Output:
         return ImageFiles(store, self.captions)
@@ -48,14 +67,17 @@ FLAT = Flat()  # the default layout
 
 
 class ImageFiles(Output):
-    """Each image written atomically on a pool thread (its caption after it), then its
-    manifest line appended: a listed image always has its file and caption."""
+    """Each image written atomically on a pool thread (its input copies before it, its caption
+    after it), then its manifest line appended: a listed image always has its file, inputs and
+    caption."""
 
     def __init__(self, store: RunStore, captions: bool):
         self.store = store
         self.captions = captions
+        self.inputs = InputCopies(store.dir)
 
-    def save(self, record: dict, data: bytes, prompt: str) -> None:
+    def save(self, record: dict, data: bytes, prompt: str, inputs: tuple = ()) -> None:
+        self.inputs.store(inputs)
         self.store.save_image(record["file_name"], data)
         crash_point("image_written")
         if self.captions:  # before the manifest line: a listed image always has its caption

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from flux_batch.store.input_files import COPY
 from flux_batch.store.layouts.tars import PARTIAL
 from flux_batch.store.names import INDEX, SHARDS
 
@@ -34,9 +35,18 @@ def parse_tar_name(name: str) -> tuple[str | None, int] | None:
 
 def placed(record: dict, tar: str, member: str) -> dict:
     """The record of a sample stored as `member` of `tar`: file_name says where (the tar's path
-    then the member's name), shard and key follow it."""
+    then the member's name), shard and key follow it; its inputs' copies are placed in the
+    same tar."""
     rest = {k: v for k, v in record.items() if k not in ("file_name", "shard", "key")}
+    if "input_file_name" in rest:
+        rest["inputs"] = [{**i, COPY: _in_tar(tar, i[COPY])} for i in rest["inputs"]]
+        rest["input_file_name"] = _in_tar(tar, rest["input_file_name"])
     return {"file_name": f"{tar}/{member}", "shard": tar, "key": member.split(".", 1)[0], **rest}
+
+
+def _in_tar(tar: str, file_name: str) -> str:
+    """`shards/000007.tar/000000123.input.png` of a member's name, placed or placed elsewhere."""
+    return f"{tar}/{file_name.rpartition('/')[2]}"
 
 
 def index_path(run_dir: Path, tar: str) -> Path:

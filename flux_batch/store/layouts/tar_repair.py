@@ -1,10 +1,11 @@
 """What a kill or a later change leaves in a webdataset run, and what the next start does with
 it, for the writers `mine` accepts:
 
-- a temporary tar whose writer is dead: its whole samples (all three members there, the image
-  matching the record's sha256) that are not done yet are copied into a new shard, which is
-  sealed and listed at once; only a torn last sample is rendered again. Re-rendering up to a
-  shard's worth of images would cost hours on a GPU; copying them costs seconds.
+- a temporary tar whose writer is dead: its whole samples (all their members there, the image
+  and each input matching the record's sha256s) that are not done yet are copied into a new
+  shard (their inputs' copies named there too), which is sealed and listed at once; only a
+  torn last sample is rendered again. Re-rendering up to a shard's worth of images would cost
+  hours on a GPU; copying them costs seconds.
 - a shard renamed but not wholly listed: only the newest shard of each writer can be one (a
   writer lists a shard before it starts the next); its unlisted samples are listed.
 - a shard without its index, or an index without its shard: the index is written or removed.
@@ -93,7 +94,7 @@ def _list_newest(tars: TarShards, names: Iterator[str]) -> None:
             images = [
                 f"{name}/{member}"
                 for member, _ in members(f, data=False)
-                if member.rpartition(".")[2] in IMAGE_EXTENSIONS
+                if member.partition(".")[2] in IMAGE_EXTENSIONS  # `<key>.png`, not its inputs
             ]
         if listed[name].issuperset(images):
             continue

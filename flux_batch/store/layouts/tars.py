@@ -2,8 +2,10 @@
 (webdataset.py) and `flux-batch-export --to webdataset` both write with `TarWriter`.
 
 A sample is three members, in this order: `<key>.<png|webp|jpg>` (the image as encoded),
-`<key>.json` (its manifest record) and `<key>.txt` (its prompt). Members carry no clock, owner
-or mode from the machine: the same samples, the same bytes.
+`<key>.json` (its manifest record) and `<key>.txt` (its prompt); an image rendered from input
+images has a copy of each after its image, `<key>.input.<ext>`, `<key>.input_1.<ext>`, … (as
+their files hold them, named in the record's `inputs[*].copy`). Members carry no clock, owner or mode
+from the machine: the same samples, the same bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import BinaryIO, Iterator
 from flux_batch import faults
 from flux_batch.faults import crash_point
 from flux_batch.store.atomic import fsync_dir
+from flux_batch.store.input_files import COPY
 
 PARTIAL = ".partial"  # shards/.000007.tar.partial: a tar being written
 IMAGE_EXTENSIONS = ("png", "webp", "jpg")
@@ -35,6 +38,7 @@ class Sample:
     image: bytes  # as encoded
     record: dict  # the manifest record
     prompt: str
+    inputs: tuple[tuple[str, bytes], ...] = ()  # (member name after the key: input.png, bytes)
 
 
 def member_bytes(name: str, data: bytes) -> bytes:
@@ -45,10 +49,11 @@ def member_bytes(name: str, data: bytes) -> bytes:
 
 
 def sample_bytes(sample: Sample, record: dict) -> bytes:
-    """The sample's three members, `record` as its json."""
+    """The sample's members, `record` as its json."""
     record_json = json.dumps(record, ensure_ascii=False).encode("utf-8")
     return (
         member_bytes(f"{sample.key}.{sample.extension}", sample.image)
+        + b"".join(member_bytes(f"{sample.key}.{name}", data) for name, data in sample.inputs)
         + member_bytes(f"{sample.key}.json", record_json)
         + member_bytes(f"{sample.key}.txt", sample.prompt.encode("utf-8"))
     )
@@ -100,8 +105,8 @@ class TarWriter:
 
 
 def whole_samples(f: BinaryIO) -> Iterator[Sample]:
-    """The whole samples of a tar file, complete or torn: each sample's three members there and
-    its image matching its record's sha256; reading stops at the end-of-archive or the first
+    """The whole samples of a tar file, complete or torn: each sample's members there and its
+    image and inputs matching their record's sha256s; reading stops at the end-of-archive or the first
     torn or damaged header."""
     group: dict[str, tuple[str, bytes]] = {}  # extension -> (member name, data), one key's
     key = None
@@ -133,7 +138,30 @@ def _sample(key: str, group: dict[str, tuple[str, bytes]]) -> Sample | None:
         return None
     if not isinstance(record, dict) or hashlib.sha256(image[1]).hexdigest() != record.get("sha256"):
         return None
-    return Sample(key, image[0], image[1], record, group["txt"][1].decode("utf-8", "replace"))
+    inputs = _inputs(group, record)
+    if inputs is None:
+        return None
+    return Sample(key, image[0], image[1], record, group["txt"][1].decode("utf-8", "replace"), inputs)
+
+
+def input_member(file_name: str) -> str:
+    """`input.png` of an input's copy `shards/000007.tar/000000123.input.png`."""
+    return file_name.rpartition("/")[2].partition(".")[2]
+
+
+def _inputs(group: dict[str, tuple[str, bytes]], record: dict) -> tuple | None:
+    """The input members the record names, each matching its sha256; None when one is
+    missing or damaged (the sample is then not whole)."""
+    found = []
+    for entry in record.get("inputs") or ():
+        if not isinstance(entry, dict) or COPY not in entry:
+            continue  # a record of a run that kept no copies
+        name = input_member(entry[COPY])
+        member = group.get(name)
+        if member is None or hashlib.sha256(member[1]).hexdigest() != entry.get("sha256"):
+            return None
+        found.append((name, member[1]))
+    return tuple(found)
 
 
 def member_offsets(f: BinaryIO) -> dict[str, tuple[int, int]]:

@@ -1,5 +1,5 @@
-"""layout=webdataset: the run writes tar shards itself (tars.py's format), each with its
-Parquet index.
+"""layout=webdataset: the run writes tar shards itself (tars.py's format: the image, a copy of
+each input image it was rendered from, its record and prompt), each with its Parquet index.
 
 Each process writes its own shards, named after its manifest part: `shards/000000.tar`, … for a
 process alone, `shards/rank-1-000000.tar`, `shards/shard-2-000000.tar`, … for the workers of a
@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flux_batch.faults import crash_point
+from flux_batch.store.input_files import COPY, input_name, read_checked
 from flux_batch.store.layouts.base import Layout, Mine, Output
 from flux_batch.store.layouts.tar_check import Stamps
 from flux_batch.store.layouts.tar_names import index_path, placed, sample_key, scan, tar_name
 from flux_batch.store.layouts.tar_repair import repair
-from flux_batch.store.layouts.tars import Sample, TarWriter
-from flux_batch.store.names import INDEX, SHARDS
+from flux_batch.store.layouts.tars import Sample, TarWriter, input_member
+from flux_batch.store.names import INDEX, MANIFEST, SHARDS
 from flux_batch.store.sample_index import row, write_index
 
 if TYPE_CHECKING:
@@ -49,6 +50,11 @@ class WebDataset(Layout):
         """The sample's member name; placed in its shard (`shards/…tar/<member>`) when added."""
         return f"{sample_key(index)}{extension}"
 
+    def input_file_names(self, index: int, inputs: tuple) -> list[str]:
+        """The sample's input members, `<key>.input.png`, `<key>.input_1.jpg`, …: placed with it."""
+        key = sample_key(index)
+        return [f"{key}.{input_name(n)}{image.extension}" for n, image in enumerate(inputs)]
+
     def data_files(self, extension: str) -> list[str]:
         return [f"{SHARDS}/*.tar"]
 
@@ -59,6 +65,22 @@ class WebDataset(Layout):
             '(its prompt). Load it with `datasets.load_dataset("webdataset", data_files=...)` or '
             "`webdataset.WebDataset(...)`; `index/*.parquet` lists every sample with its record.\n",
         )
+
+    def has_inputs(self, run_dir: Path) -> bool:
+        """Whether a record names inputs: the manifest read in blocks, up to the first that does."""
+        try:
+            with open(run_dir / MANIFEST, "rb") as f:
+                tail = b""
+                while block := f.read(1 << 20):
+                    if INPUTS_MARK in tail + block:
+                        return True
+                    tail = block[-len(INPUTS_MARK) :]
+        except FileNotFoundError:
+            pass
+        return False
+
+    def inputs_text(self) -> tuple[list[str], str]:
+        return [], INPUTS_TEXT
 
     @staticmethod
     def on_disk(run_dir: Path, remove_temp: bool) -> set[str]:
@@ -71,6 +93,14 @@ class WebDataset(Layout):
 
     def open(self, store: RunStore) -> Output:
         return TarShards(store.dir, store.part, self.size, store.manifest)
+
+
+INPUTS_MARK = b'"input_file_name": '  # as json.dumps writes the field (record.FIELDS)
+INPUTS_TEXT = (
+    "\nA sample rendered from input images (an edit) holds a copy of each after its image, "
+    "`<key>.input.png` (the first; its own format's extension), `<key>.input_1.png`, …, which "
+    "`datasets` loads as image columns; its record's `inputs` names them.\n"
+)
 
 
 class _OpenTar:
@@ -101,10 +131,15 @@ class TarShards(Output):
         self.stamps = Stamps(run_dir, owner)
         self.current: _OpenTar | None = None
 
-    def save(self, record: dict, data: bytes, prompt: str) -> Sample:
-        """Nothing is written on the pool thread: samples enter the tar in order, in `list`."""
+    def save(self, record: dict, data: bytes, prompt: str, inputs: tuple = ()) -> Sample:
+        """Nothing is written on the pool thread (the inputs are read there): samples enter the
+        tar in order, in `list`."""
         key, _, extension = record["file_name"].partition(".")
-        return Sample(key, extension, data, record, prompt)
+        members = tuple(
+            (input_member(entry[COPY]), read_checked(image))
+            for entry, image in zip(record.get("inputs", ()), inputs)
+        )
+        return Sample(key, extension, data, record, prompt, members)
 
     def list(self, record: dict, saved: Sample) -> None:
         self.add(saved)
