@@ -9,6 +9,7 @@ import glob
 import hashlib
 import io
 import json
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -302,7 +303,7 @@ def test_the_grid_shows_each_input_beside_its_outputs(job, cli_server, tmp_path)
     assert result.returncode == 0, result.stdout
     out = tmp_path / "g.png"
     drawn = subprocess.run(
-        [script("flux-batch-grid"), str(cwd / "sweep"), "-o", str(out), "--cell", "48"],
+        [script("flux-batch-grid"), str(cwd / "sweep"), "-o", str(out), "--cell", "48", "--html"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -320,6 +321,16 @@ def test_the_grid_shows_each_input_beside_its_outputs(job, cli_server, tmp_path)
         expected = to_rgb(Image.open(source)).resize((48, 48), Image.Resampling.LANCZOS)
         assert (w, h) == (48, 48)
         assert np.array_equal(np.asarray(image.crop((x, y, x + w, y + h))), np.asarray(expected))
+
+    # the gallery page: an input column first, each row's input linked to the run's copy of it
+    page = (tmp_path / "index.html").read_text()
+    images = page.split("<h2>Manifest</h2>")[0]
+    assert re.findall(r"<th>([^<]*)</th>", images)[:2] == ["prompt", "input"]
+    rows = images.split("<tr>")[2:]
+    assert len(rows) == 4
+    for row, name in zip(rows, INPUT_OF_ITEM):
+        first = re.search(r"<img src='([^']+)'", row)[1]
+        assert sha(tmp_path / first) == sha(cwd / name)
 
     transposed = tmp_path / "t.png"
     drawn = subprocess.run(

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from flux_batch.errors import EXIT_BAD_INPUT, FluxBatchError
-from flux_batch.store.input_files import COPY, input_name
+from flux_batch.store.input_files import input_name
 
 ITEM_AXES = ("prompt", "id")
 
@@ -88,7 +88,7 @@ def make(args: argparse.Namespace) -> str:
     item_axis = args.rows if args.rows != "job" else args.cols
     item_labels = [_item_label(results, key, item_axis) for key in results.items]
     extract_to = results.dir / sweep_results.EXTRACTED
-    inputs = [_input_paths(results, key, extract_to) for key in results.items]
+    inputs = [results.input_paths(key, extract_to) for key in results.items]
     shown = max(map(len, inputs), default=0)  # input columns, before the jobs'
     job_labels = [[input_name(n)] for n in range(shown)] + [results.job_label(job) for job in results.jobs]
     cells = [
@@ -107,22 +107,6 @@ def make(args: argparse.Namespace) -> str:
     if args.html:
         written.append(str(gallery.write(results, out.parent / "index.html", grid_png=out)))
     return "\n".join(written)
-
-
-def _input_paths(results, key: tuple[str, int], extract_to: Path) -> list[Path | None]:
-    """Files of the item's input images, as the first job that rendered it kept them (None
-    for one it kept no copy of); none for an item without inputs."""
-    for job in results.jobs:
-        named = [i.get(COPY) for i in job.records.get(key, {}).get("inputs") or ()]
-        if named:
-            return [_kept(job, name, extract_to) for name in named]
-    return []
-
-
-def _kept(job, file_name: str | None, extract_to: Path) -> Path | None:
-    if file_name is None or not job.images.exists(file_name):
-        return None
-    return job.images.local_path(file_name, extract_to / job.name)
 
 
 def _item_label(results, key: tuple[str, int], axis: str) -> list[str]:

@@ -1,7 +1,8 @@
 """A static HTML gallery of a sweep: opens from disk in any browser, no server.
 
 Images are linked by paths relative to the page, so the sweep folder can be moved or served
-as it is. The page shows the grid (prompts × jobs) and every manifest record in a table.
+as it is. The page shows the grid (prompts × jobs, after the input images of edits) and every
+manifest record in a table.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from pathlib import Path
 
 from flux_batch.record import FIELDS
+from flux_batch.store.input_files import input_name
 from flux_batch.sweep.results import EXTRACTED, SweepResults
 
 STYLE = """
@@ -43,30 +45,38 @@ def write(results: SweepResults, out: Path, grid_png: Path | None = None) -> Pat
     ]
     if grid_png is not None:
         parts.append(f"<p><a href='{_href(grid_png, page_dir)}'>comparison grid (PNG)</a></p>")
+    extract_to = results.dir / EXTRACTED
+    inputs = [results.input_paths(key, extract_to) for key in results.items]
+    shown = max(map(len, inputs), default=0)  # input columns, before the jobs'
     parts.append("<h2>Images</h2><table><tr><th>prompt</th>")
+    parts += [f"<th>{input_name(n)}</th>" for n in range(shown)]
     parts += [f"<th>{'<br>'.join(_e(line) for line in results.job_label(job))}</th>" for job in jobs]
     parts.append("</tr>")
-    for key in results.items:
+    for key, found in zip(results.items, inputs):
         parts.append(
             f"<tr><td class='prompt'><b>{_e(key[0])}</b>"
             f"{'' if key[1] == 0 else ' #' + str(key[1])}<br>{_e(results.prompt(key))}</td>"
         )
+        for path in [*found, *[None] * (shown - len(found))]:
+            parts.append(_cell(path, page_dir, key[0], ""))
         for job in jobs:
             record = job.records.get(key)
-            if record is None:
-                parts.append("<td class='cell'><div class='missing'></div></td>")
-                continue
-            src = _href(job.image_path(key, results.dir / EXTRACTED), page_dir)
-            parts.append(
-                f"<td class='cell'><a href='{src}'><img src='{src}' alt='{_e(key[0])}'></a>"
-                f"seed {_e(record.get('seed'))}</td>"
-            )
+            path = None if record is None else job.image_path(key, extract_to)
+            parts.append(_cell(path, page_dir, key[0], f"seed {_e(record and record.get('seed'))}"))
         parts.append("</tr>")
     parts.append("</table>")
     parts += _manifest_table(results, page_dir)
     parts.append("</body></html>\n")
     out.write_text("\n".join(parts), encoding="utf-8")
     return out
+
+
+def _cell(path: Path | None, page_dir: Path, alt: str, caption: str) -> str:
+    """One image of the table, linked to its file, or a grey box where there is none."""
+    if path is None:
+        return "<td class='cell'><div class='missing'></div></td>"
+    src = _href(path, page_dir)
+    return f"<td class='cell'><a href='{src}'><img src='{src}' alt='{_e(alt)}'></a>{caption}</td>"
 
 
 def _manifest_table(results: SweepResults, page_dir: Path) -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flux_batch.errors import FluxBatchError
+from flux_batch.store.input_files import COPY
 from flux_batch.store.manifest import read_records
 from flux_batch.store.names import MANIFEST
 from flux_batch.store.reader import RunImages
@@ -41,6 +42,15 @@ class SweepResults:
     jobs: list[Job]
     items: list[tuple[str, int]]  # every (id, k) of any job, in order of first appearance
 
+    def input_paths(self, key: tuple[str, int], extract_to: Path) -> list[Path | None]:
+        """Files of the item's input images, as the first job that rendered it kept them (None
+        for one it kept no copy of); none for an item without inputs."""
+        for job in self.jobs:
+            named = [i.get(COPY) for i in job.records.get(key, {}).get("inputs") or ()]
+            if named:
+                return [_kept(job, name, extract_to) for name in named]
+        return []
+
     def prompt(self, key: tuple[str, int]) -> str:
         return next(job.records[key]["prompt"] for job in self.jobs if key in job.records)
 
@@ -53,6 +63,12 @@ class SweepResults:
         """Lines naming a job by what sets it apart: `guidance=2.5`, `steps=20`."""
         lines = [f"{k.rsplit('.', 1)[-1]}={job.overrides.get(k, '-')}" for k in self.differing()]
         return lines or [job.name]
+
+
+def _kept(job: Job, file_name: str | None, extract_to: Path) -> Path | None:
+    if file_name is None or not job.images.exists(file_name):
+        return None
+    return job.images.local_path(file_name, extract_to / job.name)
 
 
 def load(sweep_dir: str | Path) -> SweepResults:
