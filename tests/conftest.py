@@ -73,6 +73,9 @@ FAST_TESTS: dict[str, tuple[str, ...]] = {
     ),
     "test_docs_tables.py": (),
     "test_encoder_device.py": ("test_with_model_offload_it_is_refused_in_one_line",),
+    # input images: every refusal, and a before/after dataset that loads
+    "test_input_images.py": ("test_a_bad_input_is_one_line_naming_the_file_and_line_and_nothing_is_written",),
+    "test_input_outputs.py": ("test_a_folder_run_keeps_each_input_once_and_loads_as_before_after_pairs",),
 }
 
 
