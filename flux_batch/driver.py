@@ -28,7 +28,7 @@ from flux_batch.model.cache import get_pipeline
 from flux_batch.model.device import resolve_device
 from flux_batch.model.files import ModelFiles, check_same_model, resolve_files
 from flux_batch.model.load import LoadOptions
-from flux_batch.plan import inputs
+from flux_batch.plan import inputs, template
 from flux_batch.plan import known as known_plan
 from flux_batch.plan.items import Item, Plan, RowDefaults, Settings
 from flux_batch.plan.known import KnownPlan
@@ -79,12 +79,14 @@ class Summary:
 def plan_run(cfg: FluxBatchConfig, run_dir: str | os.PathLike | None = None) -> Plan | KnownPlan:
     """The prompt file's items (first `limit` only), checked whole, or PromptFileError. With
     `run_dir`: the keys that run kept for this very file and these settings, when it has them
-    (the file is then parsed only if an item is pending)."""
+    (the file is then parsed only if an item is pending). A template's slots are read (and
+    checked) here, before any digest, so a missing slot file is refused whatever the run holds."""
     d = cfg.dataset
-    prompt_file = find_prompt_file(d.path)
+    made = template.load(d, cfg.seed) if d.template is not None else None
+    prompt_file = find_prompt_file(d.path) if made is None else None
 
     def parse() -> Plan:
-        source, rows = read_plan_rows(cfg, prompt_file)
+        source, rows = read_plan_rows(cfg, prompt_file, made)
         s = cfg.sampler
         width, height = default_size(s)
         settings = Settings(width, height, s.steps, float(s.guidance), float(s.true_cfg), s.scheduler)
@@ -94,21 +96,25 @@ def plan_run(cfg: FluxBatchConfig, run_dir: str | os.PathLike | None = None) -> 
 
     # a plan with input images is parsed at every start: its inputs are hashed again, so an
     # input changed under the same name is never taken for done
-    if run_dir is None or d.images is not None or not Path(prompt_file).is_file():
+    if run_dir is None or d.images is not None or (made is None and not Path(prompt_file).is_file()):
         return parse()
-    digest = known_plan.plan_digest(Path(prompt_file), _plan_shape(cfg))
+    digest = known_plan.plan_digest(prompt_file, _plan_shape(cfg, made))
     keys = known_plan.load(Path(run_dir), digest)
     if keys is not None:
-        return KnownPlan(keys, str(d.path), digest, parse)
+        return KnownPlan(keys, template.SOURCE if made else str(d.path), digest, parse)
     plan = parse()
     plan.digest = digest
     return plan
 
 
-def read_plan_rows(cfg: FluxBatchConfig, prompt_file: Path) -> tuple[str, list]:
-    """The rows of the prompt file (or of dataset.images' folder), their input images checked
-    and hashed, and what their problems are reported against."""
+def read_plan_rows(
+    cfg: FluxBatchConfig, prompt_file: Path | None, made: template.TemplateRows | None = None
+) -> tuple[str, list]:
+    """The rows of the prompt file (or of dataset.images' folder, or of the template `made`),
+    their input images checked and hashed, and what their problems are reported against."""
     d = cfg.dataset
+    if made is not None:  # a template's rows name no input images
+        return template.SOURCE, made.rows()
     if d.images is not None:
         source, folder = str(d.images), Path(d.images).expanduser()
         rows = inputs.folder_rows(folder, d.instruction)
@@ -119,9 +125,10 @@ def read_plan_rows(cfg: FluxBatchConfig, prompt_file: Path) -> tuple[str, list]:
     return source, rows
 
 
-def _plan_shape(cfg: FluxBatchConfig) -> dict[str, Any]:
-    """The settings a plan's keys and checks depend on, besides the prompt file's bytes."""
-    return {
+def _plan_shape(cfg: FluxBatchConfig, made: template.TemplateRows | None = None) -> dict[str, Any]:
+    """The settings a plan's keys and checks depend on, besides the prompt file's bytes (or
+    the template's, with its slots' values)."""
+    shape = {
         "dataset": {
             k: getattr(cfg.dataset, k) for k in ("format", "prompt_field", "id_field", "image_field")
         },
@@ -133,6 +140,7 @@ def _plan_shape(cfg: FluxBatchConfig) -> dict[str, Any]:
         # which of guidance or true_cfg takes the negative prompt changes the plan's checks
         "guided_negatives": families.get(cfg.model.family).guided_negatives(cfg.model.variant),
     }
+    return shape if made is None else {**shape, "template": made.shape()}
 
 
 def plan_items(cfg: FluxBatchConfig | DictConfig) -> list[Item]:

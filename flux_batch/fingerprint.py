@@ -71,8 +71,16 @@ def slug(text: str) -> str:
 def default_run_dir(cfg: FluxBatchConfig | DictConfig) -> str:
     """outputs/<dataset>-<model>-<quant>-<8 hex of the fingerprint>, relative to the cwd."""
     digest = fingerprint(pixel_settings(cfg))[:8]
-    dataset = slug(Path(str(cfg.dataset.images or cfg.dataset.path)).stem)
-    return f"outputs/{dataset}-{slug(cfg.model.name)}-{slug(cfg.quant.name)}-{digest}"
+    return f"outputs/{dataset_name(cfg.dataset)}-{slug(cfg.model.name)}-{slug(cfg.quant.name)}-{digest}"
+
+
+def dataset_name(dataset: Any) -> str:
+    """A prompt file's (or image folder's) stem; for a template, template-<8 hex of its text>:
+    one folder per template, which its slots' values, mode and count share (their items' ids
+    tell them apart), so a value added to a slot resumes there."""
+    if dataset.template is not None:
+        return f"template-{hashlib.sha256(str(dataset.template).encode()).hexdigest()[:8]}"
+    return slug(Path(str(dataset.images or dataset.path)).stem)
 
 
 def run_dir_resolver(*, _root_: DictConfig) -> str:

@@ -37,7 +37,11 @@ def register_schemas() -> None:
     cs.store(group="quant", name="quant_schema", node=QuantConfig)
     cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
     cs.store(group="cache", name="cache_schema", node=CacheConfig)
-    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+    # a template's slots are named by the user: `dataset.slots.colour=[red,green]` adds one
+    # without Hydra's `+`, as every other key is set
+    dataset = OmegaConf.structured(DatasetConfig)
+    OmegaConf.set_struct(dataset.slots, False)
+    cs.store(group="dataset", name="dataset_schema", node=dataset)
 
 
 def load(cfg: DictConfig | FluxBatchConfig) -> FluxBatchConfig:

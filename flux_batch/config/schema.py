@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -72,6 +72,11 @@ class DType(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
+
+
+class TemplateMode(str, Enum):
+    product = "product"  # every combination of the slots' values, the first slot varying slowest
+    sample = "sample"  # dataset.count of them, drawn without repeats by the run's seed
 
 
 class Layout(str, Enum):
@@ -249,13 +254,24 @@ class DatasetConfig(Section):
     # with `instruction` as its prompt
     images: Optional[str] = None
     instruction: str = ""
+    # a prompt template instead of a prompt file: "a {style} photo of a {object}", each {slot}
+    # filled from `slots`, each {a|b|c} an anonymous slot (plan/template.py)
+    template: Optional[str] = None
+    # slot name -> a list of values, or the path of a text file of one value per line
+    slots: Dict[str, Any] = field(default_factory=dict)
+    mode: TemplateMode = TemplateMode.product  # every combination, or `count` drawn by the seed
+    count: Optional[int] = setting(None, rule=Rule(minimum=1))  # mode=sample: how many are drawn
 
     def check(self) -> None:
         super().check()
+        if self.template is not None and self.images is not None:
+            raise ConfigError("dataset.template and dataset.images: set one of them, not both")
         if self.images is not None and not self.instruction.strip():
             raise ConfigError(
                 "dataset.instruction: empty; dataset.images needs the instruction each image gets"
             )
+        if self.mode == TemplateMode.sample and self.count is None:
+            raise ConfigError("dataset.mode=sample: set dataset.count, the number of combinations drawn")
 
 
 @dataclass

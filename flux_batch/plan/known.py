@@ -2,7 +2,8 @@
 its pending items without parsing the prompt file again.
 
 The keys are trusted only for the same prompt-file bytes (SHA-256) and the same settings that
-shape or check the plan (dataset fields, sampler defaults, seed, num_images, limit, layout):
+shape or check the plan (dataset fields, sampler defaults, seed, num_images, limit, layout; a
+template's text, slot values, mode and count):
 then the file was read and checked whole before, with this outcome. The file is parsed again
 only when an item is pending. Like the manifest index it is disposable: deleting it is always
 safe, and a damaged or stale one is ignored.
@@ -21,12 +22,14 @@ PLAN_INDEX = ".plan.index"
 VERSION = 1
 
 
-def plan_digest(prompt_file: Path, shape: dict[str, Any]) -> str:
-    """What the plan depends on: the prompt file's bytes and the settings in `shape`."""
+def plan_digest(prompt_file: Path | None, shape: dict[str, Any]) -> str:
+    """What the plan depends on: the prompt file's bytes and the settings in `shape` (a
+    template's plan has no prompt file: its shape holds the template and its slots' values)."""
     digest = hashlib.sha256(json.dumps({"version": VERSION, **shape}, sort_keys=True, default=str).encode())
-    with open(prompt_file, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
+    if prompt_file is not None:
+        with open(prompt_file, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -9,11 +9,10 @@ only what is missing, and a value added to an axis renders only the new jobs.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 from omegaconf import DictConfig
 
-from flux_batch.fingerprint import fingerprint, pixel_settings, slug
+from flux_batch.fingerprint import dataset_name, fingerprint, pixel_settings, slug
 
 SINGLE_JOB = "single"  # the folder of a multirun that sweeps nothing
 
@@ -71,9 +70,7 @@ def sweep_dir_resolver(*, _root_: DictConfig) -> str:
     swept = {
         o.key_or_group for o in parse_overrides(list(_root_.hydra.overrides.task)) if o.is_sweep_override()
     }
-    source = _root_.dataset.images or _root_.dataset.path
-    dataset = (
-        "datasets" if swept & {"dataset", "dataset.path", "dataset.images"} else slug(Path(str(source)).stem)
-    )
+    datasets = {"dataset", "dataset.path", "dataset.images", "dataset.template"}
+    dataset = "datasets" if swept & datasets else dataset_name(_root_.dataset)
     model = "models" if "model" in swept else slug(_root_.model.name)
     return f"multirun/{dataset}-{model}-{fingerprint(pixel_settings(_root_))[:8]}"
