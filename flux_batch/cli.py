@@ -46,7 +46,7 @@ def register_configs() -> None:
         "fb_job_dir": job_dir_resolver,
         "fb_tiny_dir": lambda variant="dev", family=DEFAULT_FAMILY: str(tiny.base_dir(variant, family)),
         "fb_demo_dir": lambda: str(demo.model_dir()),
-        "fb_demo_transformer": lambda gguf_type: str(demo.transformer_path(gguf_type)),
+        "fb_demo_transformer": lambda gguf_type, variant="": str(demo.transformer_path(gguf_type, variant)),
     }
     for name, resolver in resolvers.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)

@@ -42,6 +42,9 @@ class Reading:
     position: Optional[str] = None
     fill: Optional[float] = None
     hue: Optional[float] = None
+    x: Optional[float] = None  # the box's centre, pixels
+    y: Optional[float] = None
+    side: Optional[float] = None  # the box's mean side, pixels
 
 
 def read(image: np.ndarray) -> Reading:
@@ -66,13 +69,17 @@ def read(image: np.ndarray) -> Reading:
     width, height = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
     fill = float(region.sum() / (width * height))
     hue = _median_hue(image[region])
+    x, y = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
     return Reading(
         colour=min(PALETTE_HUES, key=lambda name: _hue_gap(hue, PALETTE_HUES[name])),
         shape="square" if fill > FILL_SQUARE else "circle" if fill > FILL_TRIANGLE else "triangle",
         size="large" if (width + height) / 2 > LARGE_SIDE else "small",
-        position=_position((xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2),
+        position=_position(x, y),
         fill=round(fill, 3),
         hue=round(hue, 1),
+        x=float(x),
+        y=float(y),
+        side=float((width + height) / 2),
     )
 
 
@@ -106,6 +113,25 @@ def matches(caption: Caption, reading: Reading) -> dict[str, Optional[bool]]:
         "size": None if caption.size is None else reading.size == caption.size,
         "position": None if caption.position is None else reading.position == caption.position,
     }
+
+
+EDIT_CHECKS = ("edited", "colour", "shape", "size", "position")
+PLACE_PIXELS = 4.0  # a recoloured shape's centre moves less than this: it stays where it was
+
+
+def edit_matches(kind: str, value: str, before: Reading, after: Reading) -> dict[str, Optional[bool]]:
+    """Per check: whether the output shows the edit (`kind`, the attribute changed, now
+    `value`) and keeps the input's other attributes (None: the attribute the edit changes).
+    A recoloured shape keeps its position only if its centre stays within PLACE_PIXELS."""
+    if before.shape is None or after.shape is None:  # nothing drawn: nothing kept or edited
+        return {check: (None if check == kind else False) for check in EDIT_CHECKS}
+    found = {"edited": getattr(after, kind) == value}
+    for check in EDIT_CHECKS[1:]:
+        found[check] = None if check == kind else getattr(after, check) == getattr(before, check)
+    if kind != "position":
+        moved = math.dist((before.x, before.y), (after.x, after.y))
+        found["position"] = found["position"] and moved < PLACE_PIXELS
+    return found
 
 
 def psnr(a: np.ndarray, b: np.ndarray, cap: float = 100.0) -> float:

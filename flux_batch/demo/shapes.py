@@ -89,22 +89,49 @@ def random_caption(rng: random.Random) -> Caption:
     )
 
 
-def draw(caption: Caption, rng: random.Random) -> Image.Image:
-    """The picture of `caption`; unnamed size and position are chosen by `rng`."""
+@dataclass(frozen=True)
+class Layout:
+    """Where and how one shape is drawn: what `draw` picks before painting, so that an edit
+    can change one part of a picture and keep the rest exactly (flux_batch.demo.edits)."""
+
+    shape: str
+    half: float  # half-width, pixels
+    cx: float  # centre, pixels
+    cy: float
+    rgb: tuple  # fill colour, jittered around the palette's
+
+
+def layout(caption: Caption, rng: random.Random) -> Layout:
+    """The layout of `caption`; unnamed size and position are chosen by `rng`."""
     size = caption.size or rng.choice(list(SIZES))
     position = caption.position or rng.choice(list(POSITIONS))
     half = rng.uniform(*SIZES[size])
     cx, cy = (c + rng.uniform(-JITTER, JITTER) for c in POSITIONS[position][1])
-    colour = tuple(max(0, min(255, v + rng.randint(-12, 12))) for v in COLOURS[caption.colour])
+    return Layout(caption.shape, half, cx, cy, jittered(caption.colour, rng))
+
+
+def jittered(colour: str, rng: random.Random) -> tuple:
+    """The palette colour with a little per-channel noise, as every picture is drawn."""
+    return tuple(max(0, min(255, v + rng.randint(-12, 12))) for v in COLOURS[colour])
+
+
+def paint(shape: Layout) -> Image.Image:
+    """The picture of one laid-out shape on the background."""
     # drawn at 4x and scaled down, for anti-aliased edges
     scale = 4
+    cx, cy, half = shape.cx, shape.cy, shape.half
     image = Image.new("RGB", (SIZE * scale, SIZE * scale), BACKGROUND)
     pen = ImageDraw.Draw(image)
     box = [(cx - half) * scale, (cy - half) * scale, (cx + half) * scale, (cy + half) * scale]
-    if caption.shape == "circle":
-        pen.ellipse(box, fill=colour)
-    elif caption.shape == "square":
-        pen.rectangle(box, fill=colour)
+    if shape.shape == "circle":
+        pen.ellipse(box, fill=shape.rgb)
+    elif shape.shape == "square":
+        pen.rectangle(box, fill=shape.rgb)
     else:  # pointing up; its base as wide as the square's side
-        pen.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) / 2, box[1])], fill=colour)
+        pen.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) / 2, box[1])], fill=shape.rgb)
     return image.resize((SIZE, SIZE), Image.LANCZOS)
+
+
+def draw(caption: Caption, rng: random.Random) -> Image.Image:
+    """The picture of `caption`; unnamed size and position are chosen by `rng`."""
+    return paint(layout(caption, rng))

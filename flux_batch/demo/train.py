@@ -329,16 +329,7 @@ def flow_stage(s: Settings, stage: Stage, model, log: Log, data: FlowData):
             guidance, target = torch.ones(s.batch), batch.target
         out = predict(model, batch, all_rows, batch.seq, batch.pooled, guidance)
         loss = torch.nn.functional.mse_loss(out, target)
-        for group in opt.param_groups:
-            group["lr"] = stage.lr * cosine(step, stage.steps, stage.warmup)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        decay = min(s.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), model.parameters()):
-                e.lerp_(p, 1 - decay)
+        update(model, ema, opt, loss, stage.lr * cosine(step, stage.steps, stage.warmup), s.ema, step)
         log.step(stage.name, step, stage.steps, loss=loss.item())
     return ema
 
@@ -488,6 +479,31 @@ def _save(folder: Path, vae, transformer) -> None:
     )
 
 
+def update(model, ema, opt, loss, lr: float, ema_decay: float, step: int) -> None:
+    """One optimizer step at `lr` (gradients clipped to norm 1), then the EMA weights moved
+    towards the model's (a decay warming up to `ema_decay`)."""
+    import torch
+
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+
+def add_settings(parser: argparse.ArgumentParser, defaults) -> None:
+    """OUT, and a `--name` option for each number of a training's settings (a dataclass)."""
+    parser.add_argument("out", type=Path, help="folder to write (replaced when it exists)")
+    for name, value in asdict(defaults).items():
+        if isinstance(value, (int, float)):
+            parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+
+
 def main(argv: list[str] | None = None) -> int:
     defaults = Settings()
     parser = argparse.ArgumentParser(
@@ -495,10 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Train the demo model (a tiny FLUX drawing coloured shapes) into OUT. "
         "The defaults reproduce the shipped weights.",
     )
-    parser.add_argument("out", type=Path, help="folder to write (replaced when it exists)")
-    for name, value in asdict(defaults).items():
-        if isinstance(value, (int, float)):
-            parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    add_settings(parser, defaults)
     parser.add_argument(
         "--resume",
         type=Path,

@@ -68,7 +68,7 @@ def model_identity(m: DictConfig) -> dict:
             }
     if m.builder == "demo":
         if demo.is_demo_file(transformer) and Path(str(m.base)) == demo.model_dir():
-            return {"builder": demo.VERSION, "transformer": os.path.basename(transformer)}
+            return {"builder": demo.version_of(transformer), "transformer": os.path.basename(transformer)}
     identity: dict = {"name": os.path.basename(transformer)}
     if os.path.isfile(transformer):
         identity["size"] = os.path.getsize(transformer)
@@ -96,7 +96,7 @@ def _ensure_demo(m: DictConfig, quant: DictConfig) -> None:
     if not demo.is_demo_file(os.path.expanduser(str(m.transformer))):
         return  # an overridden path is used as given
     _check_writable(quant, "demo")
-    demo.ensure_built(quant.gguf_type)
+    demo.ensure_built(quant.gguf_type, demo.variant_of(os.path.expanduser(str(m.transformer))))
 
 
 def _check_writable(quant: DictConfig, model: str) -> None:
