@@ -32,7 +32,7 @@ from flux_batch.plan import inputs, template
 from flux_batch.plan import known as known_plan
 from flux_batch.plan.items import Item, Plan, RowDefaults, Settings
 from flux_batch.plan.known import KnownPlan
-from flux_batch.plan.prompts import Fields, find_prompt_file, read_rows
+from flux_batch.plan.prompts import Fields, find_prompt_file, is_source, read_rows
 from flux_batch.plan.sizes import area, default_size
 from flux_batch.render.progress import StepProgress
 from flux_batch.render.schedule import RenderOptions
@@ -96,9 +96,9 @@ def plan_run(cfg: FluxBatchConfig, run_dir: str | os.PathLike | None = None) -> 
 
     # a plan with input images is parsed at every start: its inputs are hashed again, so an
     # input changed under the same name is never taken for done
-    if run_dir is None or d.images is not None or (made is None and not Path(prompt_file).is_file()):
+    if run_dir is None or d.images is not None or (made is None and not is_source(prompt_file, d.format)):
         return parse()
-    digest = known_plan.plan_digest(prompt_file, _plan_shape(cfg, made))
+    digest = known_plan.plan_digest(prompt_file, _plan_shape(cfg, made), d.format)
     keys = known_plan.load(Path(run_dir), digest)
     if keys is not None:
         return KnownPlan(keys, template.SOURCE if made else str(d.path), digest, parse)
@@ -119,7 +119,8 @@ def read_plan_rows(
         source, folder = str(d.images), Path(d.images).expanduser()
         rows = inputs.folder_rows(folder, d.instruction)
     else:
-        source, folder = str(d.path), Path(prompt_file).parent
+        # input image paths are relative to the file's folder, or to a folder source's own
+        source, folder = str(d.path), prompt_file if prompt_file.is_dir() else prompt_file.parent
         rows = read_rows(prompt_file, d.format, Fields(d.prompt_field, d.id_field, d.image_field))
     inputs.resolve_rows(rows, source, inputs.InputReader(folder), families.get(cfg.model.family))
     return source, rows

@@ -14,7 +14,7 @@ from typing import Any
 from flux_batch.plan.sizes import parse_aspect
 from flux_batch.samplers import SCHEDULERS
 
-DATASET_FORMATS = ("auto", "jsonl", "csv", "tsv", "txt")
+DATASET_FORMATS = ("auto", "jsonl", "csv", "tsv", "txt", "parquet", "arrow")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 

@@ -240,8 +240,9 @@ class LoraConfig(Section):
 
 @dataclass
 class DatasetConfig(Section):
-    """A prompt file: .jsonl, .csv, .tsv or .txt (or set format). Relative paths are read from
-    the current directory; prompts/example.jsonl falls back to the copy shipped with flux-batch."""
+    """A prompt file: .jsonl, .csv, .tsv, .txt, .parquet or .arrow, or a folder of Parquet files
+    or one datasets' save_to_disk wrote (or set format). Relative paths are read from the
+    current directory; prompts/example.jsonl falls back to the copy shipped with flux-batch."""
 
     KEY: ClassVar[str] = "dataset"
 
@@ -249,7 +250,7 @@ class DatasetConfig(Section):
     format: str = setting("auto", rule=Rule(problem=checks.dataset_format_problem))
     prompt_field: str = "prompt"
     id_field: str = "id"
-    image_field: str = "image"  # a row's input image(s): a path relative to the file, or a list
+    image_field: str = "image"  # a row's input image(s): a path relative to the file's folder, or a list
     # a folder of images instead of a prompt file: one row per image, sorted by name, each
     # with `instruction` as its prompt
     images: Optional[str] = None

@@ -1,7 +1,9 @@
 """The plan's keys kept in the run directory (`.plan.index`), so that resuming a long run finds
 its pending items without parsing the prompt file again.
 
-The keys are trusted only for the same prompt-file bytes (SHA-256) and the same settings that
+The keys are trusted only for the same prompt-file bytes (SHA-256; for a Parquet or Arrow
+source, file or folder, each data file's name, size, mtime and first and last 64 KiB) and the
+same settings that
 shape or check the plan (dataset fields, sampler defaults, seed, num_images, limit, layout; a
 template's text, slot values, mode and count):
 then the file was read and checked whole before, with this outcome. The file is parsed again
@@ -16,17 +18,24 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Container
 
+from flux_batch.plan import arrow_rows
 from flux_batch.plan.items import Item, Plan
+from flux_batch.plan.prompts import table_format
 
 PLAN_INDEX = ".plan.index"
 VERSION = 1
 
 
-def plan_digest(prompt_file: Path | None, shape: dict[str, Any]) -> str:
+def plan_digest(prompt_file: Path | None, shape: dict[str, Any], fmt: str = "auto") -> str:
     """What the plan depends on: the prompt file's bytes and the settings in `shape` (a
-    template's plan has no prompt file: its shape holds the template and its slots' values)."""
+    template's plan has no prompt file: its shape holds the template and its slots' values).
+    A Parquet or Arrow source (`fmt`: dataset.format) counts by its files' identity instead:
+    hashing a 10 GB folder at every start would cost a minute."""
     digest = hashlib.sha256(json.dumps({"version": VERSION, **shape}, sort_keys=True, default=str).encode())
-    if prompt_file is not None:
+    table = None if prompt_file is None else table_format(prompt_file, fmt)
+    if table is not None:
+        digest.update(arrow_rows.identity(prompt_file, table))
+    elif prompt_file is not None:
         with open(prompt_file, "rb") as f:
             while chunk := f.read(1 << 24):
                 digest.update(chunk)

@@ -1,7 +1,9 @@
-"""Prompt-file readers (JSONL, CSV, TSV, TXT) and row validation.
+"""Prompt-file readers (JSONL, CSV, TSV, TXT; Parquet and Arrow in arrow_rows.py) and row
+validation.
 
 `read_rows()` returns every row of a file, or raises PromptFileError listing every problem
-as `FILE:LINE: reason`, so a bad file is refused whole before any model loads.
+as `FILE:LINE: reason` (a Parquet or Arrow row's line is its row number), so a bad file is
+refused whole before any model loads.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Iterator
 from flux_batch import record as record_fields
 from flux_batch.config import FluxBatchConfig, SamplerConfig, rule_of
 from flux_batch.errors import PromptFileError
+from flux_batch.plan import arrow_rows
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 INT_TEXT = re.compile(r"[+-]?\d+")
@@ -50,6 +53,7 @@ RULES = {
 # Manifest keys a leftover column of the prompt file may not take over.
 
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".txt": "txt"}
+TABLE_FORMATS = arrow_rows.FORMATS  # parquet, arrow: read with pyarrow, a file or a folder
 
 
 @dataclass
@@ -70,7 +74,22 @@ class Fields:
     image: str = "image"
 
 
+def table_format(path: Path, fmt: str) -> str | None:
+    """parquet or arrow for a source read with pyarrow (a file, or a folder of such files, or
+    one save_to_disk wrote), None for a text file."""
+    if fmt in TABLE_FORMATS:
+        return fmt
+    if fmt != "auto" or path.suffix.lower() in EXTENSIONS:  # a.jsonl/, a folder: not a table
+        return None
+    if path.is_dir():
+        return arrow_rows.folder_format(path)
+    return arrow_rows.EXTENSIONS.get(path.suffix.lower())
+
+
 def detect_format(path: Path, fmt: str) -> str:
+    """The format of `dataset.path` (a file, or for Parquet and Arrow a folder too)."""
+    if (table := table_format(path, fmt)) is not None:
+        return table
     if fmt != "auto":
         return fmt
     found = EXTENSIONS.get(path.suffix.lower())
@@ -78,29 +97,41 @@ def detect_format(path: Path, fmt: str) -> str:
         raise PromptFileError(
             [
                 f"{path}: unknown prompt file format {path.suffix or '(no extension)'!r}; "
-                f"use .jsonl, .csv, .tsv or .txt, or set dataset.format"
+                f"use .jsonl, .csv, .tsv, .txt, .parquet or .arrow, or set dataset.format"
             ]
         )
     return found
 
 
+def is_source(path: Path, fmt: str) -> bool:
+    """Whether `path` is there to be read: a file, or a folder of Parquet or Arrow files."""
+    return path.is_file() or (path.is_dir() and table_format(path, fmt) is not None)
+
+
 def read_rows(path: str | os.PathLike, fmt: str = "auto", fields: Fields | None = None) -> list[Row]:
     path = Path(path)
     fields = fields or Fields()
-    text = _read_text(path)
+    if not path.exists():
+        raise PromptFileError([f"{path}: prompt file not found (set dataset.path)"])
     fmt = detect_format(path, fmt)
-    if fmt == "txt":
-        raw_rows = _txt(text, fields.prompt)
+    if fmt in TABLE_FORMATS:
+        raw_rows = arrow_rows.raw_rows(
+            path,
+            fmt,
+            fields.prompt,
+            fields.image,
+            lambda names: _columns_problem(names, fields, "the schema"),
+        )
     else:
-        raw_rows = _jsonl(text) if fmt == "jsonl" else {"csv": _csv, "tsv": _tsv}[fmt](text, fields)
+        raw_rows = _text_rows(path, _read_text(path), fmt, fields)
     problems: list[str] = []
     rows: list[Row] = []
-    for line, record, error in raw_rows:
+    for line, record, error, where in raw_rows:
         if error is None:
             row, errors = _to_row(line, record, fields)
             error = "; ".join(errors) if errors else None
         if error is not None:
-            problems.append(f"{path}:{line}: {error}")
+            problems.append(f"{where}: {error}")
         else:
             rows.append(row)
     if not rows and not problems:
@@ -110,9 +141,17 @@ def read_rows(path: str | os.PathLike, fmt: str = "auto", fields: Fields | None 
     return rows
 
 
+def _text_rows(path: Path, text: str, fmt: str, fields: Fields) -> arrow_rows.TableRows:
+    """A text file's rows, each with where its problems are reported: FILE:LINE."""
+    if fmt == "txt":
+        raw_rows = _txt(text, fields.prompt)
+    else:
+        raw_rows = _jsonl(text) if fmt == "jsonl" else {"csv": _csv, "tsv": _tsv}[fmt](text, fields)
+    for line, record, error in raw_rows:
+        yield line, record, error, f"{path}:{line}"
+
+
 def _read_text(path: Path) -> str:
-    if not path.exists():
-        raise PromptFileError([f"{path}: prompt file not found (set dataset.path)"])
     if path.is_dir():
         raise PromptFileError([f"{path}: is a directory, not a prompt file"])
     data = path.read_bytes()
@@ -201,27 +240,35 @@ def _csv(text: str, fields: Fields) -> RawRows:
 
 def _header_problem(columns: list[str], fields: Fields) -> str | None:
     """What is wrong with a CSV or TSV header, found once rather than again on every row."""
-    prompt_field = fields.prompt
+    if (problem := _columns_problem(columns, fields)) is not None:
+        return problem
+    if fields.prompt.lower() not in {name.strip().lower() for name in columns}:
+        # most often a file without a header row
+        shown = ", ".join(repr(c[:40]) for c in columns[:5])
+        return (
+            f"no {fields.prompt!r} column in the header ({shown}); the first line must name "
+            "the columns (or set dataset.prompt_field)"
+        )
+    return None
+
+
+def _columns_problem(columns: list[str], fields: Fields, where: str = "the header") -> str | None:
+    """What is wrong with a table's column names (a CSV or TSV header, a Parquet or Arrow
+    schema), found once rather than again on every row."""
     seen: set[str] = set()
     for name in columns:
         key = name.strip().lower()
         if not key:
-            return "empty column name in the header"
+            return f"empty column name in {where}"
         if key in seen:
-            return f"duplicate column {name!r} in the header"
+            return f"duplicate column {name!r} in {where}"
         if (problem := _control_problem(f"column name {name!r}", name)) is not None:
-            return f"the header's {problem}; {CONTROL_RULE}"
+            return f"{where}'s {problem}; {CONTROL_RULE}"
         seen.add(key)
     if len(carried := _carried_names(seen, fields)) > MAX_CARRIED_COLUMNS:
         return (
-            f"the header has {len(columns):,} columns, {len(carried):,} of them carried into "
+            f"{where} has {len(columns):,} columns, {len(carried):,} of them carried into "
             f"the manifest and the image; the limit is {MAX_CARRIED_COLUMNS} carried columns"
-        )
-    if prompt_field.lower() not in seen:  # most often a file without a header row
-        shown = ", ".join(repr(c[:40]) for c in columns[:5])
-        return (
-            f"no {prompt_field!r} column in the header ({shown}); the first line must name "
-            "the columns (or set dataset.prompt_field)"
         )
     return None
 
