@@ -11,7 +11,8 @@ from conftest import FAST, REPO, write_prompts
 
 # what only the FLUX.1 family's folder may name (and the demo's trainer, which builds FLUX.1)
 FLUX1_NAMES = re.compile(r"FluxPipeline|FluxTransformer2DModel|text_encoder_2")
-ALLOWED = ("flux_batch/families/flux1/", "flux_batch/demo/train.py")
+# the demo and its edit variant are FLUX.1 models: their trainers build FLUX.1's classes
+ALLOWED = ("flux_batch/families/flux1/", "flux_batch/demo/train.py", "flux_batch/demo/train_edit.py")
 
 
 @pytest.mark.parametrize(
