@@ -150,6 +150,7 @@ def test_a_grown_slot_renders_only_its_new_combinations_and_labels_every_image(c
     )
     assert exported.returncode == 0, exported.stderr
     table = load_dataset(tmp_path, "parquet", data_files=str(out / "data" / "*.parquet"))
+    assert sorted(zip(table["colour"], table["shape"])) == sorted((r["colour"], r["shape"]) for r in records)
     assert sorted(json.loads(r)["colour"] for r in table["record"]) == sorted(r["colour"] for r in records)
 
 

@@ -2,7 +2,9 @@
 image (bytes and path, as the `datasets` Image feature stores them) with its record's fields as
 columns and the whole record as JSON (a row's own columns vary from run to run). A run with
 input images (edits) has an image column for each: `input`, `input_1`, … (as many as a record
-has at most; empty where a row has fewer). The schema carries the `datasets` features, so
+has at most; empty where a row has fewer). A prompt row's own text columns (a template's slot
+values, a class label) are string columns too, so a labelled dataset loads with its labels;
+other carried values stay in the record. The schema carries the `datasets` features, so
 `load_dataset("parquet", …)` and the Hub's viewer show the images as images."""
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Iterable
 
 from flux_batch.export.samples import ExportError, copies, input_columns
 from flux_batch.faults import crash_point
+from flux_batch.record import FIELDS
 from flux_batch.store.input_files import input_name
+from flux_batch.store.layouts import LAYOUTS
 from flux_batch.store.layouts.tars import Sample
 
 DATA = "data"
@@ -52,7 +56,9 @@ def write_parquet(samples: Iterable[Sample], out: Path, records: list[dict], sha
             "flux-batch-export --to parquet needs pyarrow: pip install 'flux-batch[export]'"
         ) from None
     inputs = [input_name(n) for n in range(input_columns(records))]
-    schema = _schema(pa, inputs)
+    placed = {name for layout in LAYOUTS.values() for name in layout.placed_fields}  # a tar's shard, key
+    labels = text_columns(records, taken={"image", "record", *inputs, *COLUMNS, *placed})
+    schema = _schema(pa, inputs, labels)
     files = -(-len(records) // shard_size)
     (out / DATA).mkdir(parents=True)
     rows: list[dict] = []
@@ -68,7 +74,7 @@ def write_parquet(samples: Iterable[Sample], out: Path, records: list[dict], sha
     for sample in samples:
         row = {"image": {"bytes": sample.image, "path": Path(sample.record["file_name"]).name}}
         row.update(_inputs(sample, inputs))
-        row.update({name: sample.record.get(name) for name in COLUMNS})
+        row.update({name: sample.record.get(name) for name in [*COLUMNS, *labels]})
         row["record"] = json.dumps(sample.record, ensure_ascii=False)
         rows.append(row)
         if len(rows) == shard_size:
@@ -84,15 +90,29 @@ def _inputs(sample: Sample, columns: list[str]) -> dict:
     return dict(zip(columns, cells + [None] * (len(columns) - len(cells))))
 
 
-def _schema(pa, inputs: list[str]):
+def text_columns(records: list[dict], taken: set[str]) -> list[str]:
+    """The rows' own columns (not manifest fields, nor `taken`) whose every value is text or
+    absent, in the order they first appear: labels that become columns of their own."""
+    text: dict[str, bool] = {}
+    for record in records:
+        for name, value in record.items():
+            if name in FIELDS or name in taken:
+                continue
+            text[name] = text.get(name, True) and (value is None or isinstance(value, str))
+    return [name for name, only_text in text.items() if only_text]
+
+
+def _schema(pa, inputs: list[str], labels: list[str]):
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     fields = [pa.field(name, image) for name in ["image", *inputs]]
     fields += [pa.field(name, getattr(pa, arrow)()) for name, (arrow, _) in COLUMNS.items()]
+    fields += [pa.field(name, pa.string()) for name in labels]
     fields.append(pa.field("record", pa.string()))
     features = {name: {"_type": "Image"} for name in ["image", *inputs]}
     features["record"] = {"dtype": "string", "_type": "Value"}
     features.update({name: {"dtype": dtype, "_type": "Value"} for name, (_, dtype) in COLUMNS.items()})
+    features.update({name: {"dtype": "string", "_type": "Value"} for name in labels})
     # keys in the schema's order: datasets builds its features from this mapping
-    ordered = {name: features[name] for name in ["image", *inputs, *COLUMNS, "record"]}
+    ordered = {name: features[name] for name in ["image", *inputs, *COLUMNS, *labels, "record"]}
     metadata = {"huggingface": json.dumps({"info": {"features": ordered}})}
     return pa.schema(fields, metadata=metadata)
