@@ -226,6 +226,8 @@ def test_a_folder_of_images_with_one_instruction(cli, model):
     records = manifest(cli.cwd / "dir")
     assert [r["inputs"][0]["path"] for r in records] == ["p0.png", "p1.png"]
     assert {r["prompt"] for r in records} == {"make it blue"}
+    card = (cli.cwd / "dir" / "README.md").read_text()
+    assert "from a folder of input images with one instruction," in card
 
 
 def test_flux2_takes_several_reference_images_per_row(cli, model):

@@ -138,6 +138,7 @@ def test_a_grown_slot_renders_only_its_new_combinations_and_labels_every_image(c
     assert fresh.keys() == kept.keys() and all(np.array_equal(fresh[key], kept[key]) for key in kept)
 
     # the labels are columns of the dataset the card describes, and travel with an export
+    assert "rendered by flux-batch from a prompt template," in (run_dir / "README.md").read_text()
     loaded = load_dataset(tmp_path, str(run_dir))
     assert sorted(zip(loaded["colour"], loaded["shape"])) == sorted(
         (r["colour"], r["shape"]) for r in records

@@ -19,7 +19,7 @@ from flux_batch.errors import FluxBatchError, LockedError
 from flux_batch.export import parquet, webdataset
 from flux_batch.export.samples import ExportError, input_columns, read_run, samples
 from flux_batch.store.atomic import fsync_dir
-from flux_batch.store.card import card
+from flux_batch.store.card import card, source_of
 from flux_batch.store.layouts import WebDataset
 from flux_batch.store.lock import RunLock
 from flux_batch.store.names import MANIFEST, README, RUN_INFO
@@ -128,7 +128,8 @@ def _write_card(
     settings, files = info.get("settings", {}), info.get("files")
     extra = FORMATS[to].inputs_text if inputs else ""
     (out / README).write_text(
-        card(run_dir.name, data_files, settings, count, layout, extra, files, inputs), encoding="utf-8"
+        card(run_dir.name, data_files, settings, count, layout, extra, files, inputs, source_of(info)),
+        encoding="utf-8",
     )
 
 

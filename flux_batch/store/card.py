@@ -33,6 +33,7 @@ def card(
     extra: str = "",
     files: dict | None = None,
     inputs: bool = False,
+    source: str = "a prompt file",
 ) -> str:
     """The card's text. `data_files`: the patterns that make the train split; `files`: run.json's
     record of the model files (their SHA-256s); `inputs`: images rendered from input images
@@ -83,7 +84,7 @@ configs:
 
 # {title}
 
-Synthetic images rendered by flux-batch from a prompt file, one image per
+Synthetic images rendered by flux-batch from {source}, one image per
 (prompt id, k), each with the seed derived from its item alone. Every image's record (prompt,
 seed, settings, SHA-256 of the file) is in the manifest; `run.json` holds every setting.
 
@@ -107,8 +108,20 @@ def write_run_card(run_dir: Path, count: int, layout: Layout, extension: str) ->
     if inputs:
         input_files, where = layout.inputs_text()
         data_files, how = data_files + input_files, how + where
-    text = card(run_dir.name, data_files, settings, count, described, how, info.get("files"), inputs)
+    text = card(
+        run_dir.name, data_files, settings, count, described, how, info.get("files"), inputs, source_of(info)
+    )
     write_atomic(run_dir / README, text.encode("utf-8"))
+
+
+def source_of(info: dict) -> str:
+    """What a run's prompts came from (run.json's dataset config), as its card says it."""
+    dataset = (info.get("config") or {}).get("dataset") or {}
+    if dataset.get("template"):
+        return "a prompt template"
+    if dataset.get("images"):
+        return "a folder of input images with one instruction"
+    return "a prompt file"
 
 
 def _file_identity(model: dict, prefix: str = "") -> str:
