@@ -235,3 +235,27 @@ def test_bad_input_is_one_line_and_writes_nothing(cli, overrides, message):
     assert len(lines) == 1 and lines[0].startswith("flux-batch: error: ") and message in lines[0], lines
     outputs = cli.cwd / "outputs"
     assert not outputs.exists() or all(left_behind(run_dir) == [] for run_dir in outputs.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (
+            (
+                "dataset=template",
+                COLOUR_SHAPE,
+                "dataset.slots.colour=[red]",
+                "dataset.slots.shape=[dot]",
+                "dataset.count=3",
+            ),
+            "dataset.count=3 has no effect: dataset.mode=product does not read it (only sample does)",
+        ),
+        (("dataset.slots.colour=[red]", "limit=1"), "dataset.slots={'colour': ['red']} has no effect"),
+    ],
+    ids=["count under product", "slots without a template"],
+)
+def test_a_template_key_the_run_does_not_read_is_one_warning_line(cli, args, said):
+    result = cli(*args, "output.dir=out", *FAST)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("flux-batch: warning:")]
+    assert len(warnings) == 1 and said in warnings[0]
+    assert "rendered 1" in result.stdout

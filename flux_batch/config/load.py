@@ -85,7 +85,24 @@ def unread_settings(cfg: FluxBatchConfig) -> list[str]:
                     f"{plain(getattr(section, chooser))} does not read it (only "
                     f"{' and '.join(readers)} {'does' if len(readers) == 1 else 'do'})"
                 )
-    return found
+    return found + _unread_dataset_settings(cfg.dataset)
+
+
+def _unread_dataset_settings(d) -> list[str]:
+    """The template keys a run does not read: dataset.count outside sample mode, and the mode,
+    slots and count without a template."""
+    if d.template is None:
+        return [
+            f"dataset.{key}={plain(getattr(d, key))} has no effect: it goes with dataset.template"
+            for key, unset in (("slots", {}), ("count", None), ("mode", "product"))
+            if plain(getattr(d, key)) != unset
+        ]
+    if d.count is not None and plain(d.mode) != "sample":
+        return [
+            f"dataset.count={d.count} has no effect: dataset.mode={plain(d.mode)} does not read it "
+            "(only sample does)"
+        ]
+    return []
 
 
 def output_layout(output: Any) -> StoreLayout:
