@@ -389,7 +389,6 @@ def _train(out: Path, s: Settings, resume: Path | None) -> dict:
 
 
 def _train_into(tmp: Path, out: Path, s: Settings, resume: Path | None) -> dict:
-    import torch
 
     vae = transformer = None
     stages: dict = {}
@@ -414,14 +413,16 @@ def _train_into(tmp: Path, out: Path, s: Settings, resume: Path | None) -> dict:
         stages["decoder"] = log.lap()
     log.file.close()
     _save(tmp, vae, transformer)
+    return publish(tmp, out, {"version": VERSION}, s, stages)
+
+
+def publish(tmp: Path, out: Path, head: dict, s, stages: dict) -> dict:
+    """`tmp`'s training.json (`head`, the settings, each stage's and the total wall and CPU
+    seconds), then `tmp` put in `out`'s place; the summary."""
+    import torch
+
     total = {k: round(sum(stage[k] for stage in stages.values()), 1) for k in ("wall_s", "cpu_s")}
-    summary = {
-        "version": VERSION,
-        "settings": asdict(s),
-        "stages": stages,
-        "total": total,
-        "torch": torch.__version__,
-    }
+    summary = {**head, "settings": asdict(s), "stages": stages, "total": total, "torch": torch.__version__}
     (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)

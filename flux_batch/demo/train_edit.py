@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import random
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from flux_batch.demo import EDIT_VERSION, model_dir
 from flux_batch.demo import components as C
 from flux_batch.demo.edits import all_edits, random_pair
 from flux_batch.demo.shapes import paint
-from flux_batch.demo.train import Log, add_settings, cosine, images_tensor, update
+from flux_batch.demo.train import Log, add_settings, cosine, images_tensor, publish, update
 
 
 @dataclass
@@ -198,20 +197,11 @@ def _train_into(tmp: Path, out: Path, s: Settings) -> dict:
     stages["edit"] = log.lap()
     log.file.close()
     _save(tmp, model)
-    total = {k: round(sum(stage[k] for stage in stages.values()), 1) for k in ("wall_s", "cpu_s")}
-    summary = {
+    head = {
         "version": EDIT_VERSION,
         "from": "the shipped demo transformer (flux_batch/demo/model/transformer)",
-        "settings": asdict(s),
-        "stages": stages,
-        "total": total,
-        "torch": torch.__version__,
     }
-    (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return summary
+    return publish(tmp, out, head, s, stages)
 
 
 def _save(folder: Path, transformer) -> None:

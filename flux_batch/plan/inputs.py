@@ -58,6 +58,14 @@ class InputImage:
         """The entry of the manifest record's `inputs`."""
         return {"path": self.path, "sha256": self.sha256}
 
+    def checked_bytes(self) -> bytes:
+        """The file's bytes, or OSError when it has gone or no longer holds what the plan
+        hashed (its item then fails; it is never rendered, copied or scored from other bytes)."""
+        data = self.file.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise OSError(f"input image {self.path!r} changed since the run started ({self.file})")
+        return data
+
 
 class InputReader:
     """Reads and checks input files, each once however many rows name it."""
@@ -133,12 +141,8 @@ def read_inputs(reader: InputReader, paths: Iterable[str]) -> tuple[tuple[InputI
 
 def load_rgb(image: InputImage) -> Image.Image:
     """The input as an 8-bit RGB picture, by the module's rule; OSError when the file has gone
-    or changed since it was checked (the item then fails; it is never rendered from other bytes)."""
-
-    data = image.file.read_bytes()
-    if hashlib.sha256(data).hexdigest() != image.sha256:
-        raise OSError(f"input image {image.path!r} changed since the run started ({image.file})")
-    with _open(data) as opened:
+    or changed since it was checked (InputImage.checked_bytes)."""
+    with _open(image.checked_bytes()) as opened:
         return to_rgb(opened)
 
 

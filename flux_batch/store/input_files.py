@@ -33,15 +33,6 @@ def copy_name(image) -> str:
     return f"{INPUTS}/{image.sha256}{image.extension}"
 
 
-def read_checked(image) -> bytes:
-    """The input's bytes, or OSError when its file has gone or no longer holds what the item
-    was rendered from (a copy never differs from its record's sha256)."""
-    data = Path(image.file).read_bytes()
-    if hashlib.sha256(data).hexdigest() != image.sha256:
-        raise OSError(f"input image {image.path!r} changed since the run started ({image.file})")
-    return data
-
-
 def with_copies(record: dict, names: Iterable[str]) -> dict:
     """`record` with each input's copy named: `inputs[i].copy`, and `input_file_name` (the
     first's) right after `inputs`."""
@@ -84,4 +75,4 @@ class InputCopies:
         except FileNotFoundError:
             pass
         self.folder.mkdir(exist_ok=True)
-        write_atomic(path, read_checked(image), fault_point="mid_image_write")
+        write_atomic(path, image.checked_bytes(), fault_point="mid_image_write")

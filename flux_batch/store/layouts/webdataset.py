@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flux_batch.faults import crash_point
-from flux_batch.store.input_files import COPY, input_name, read_checked
+from flux_batch.store.input_files import COPY, input_name
 from flux_batch.store.layouts.base import Layout, Mine, Output
 from flux_batch.store.layouts.tar_check import Stamps
 from flux_batch.store.layouts.tar_names import index_path, placed, sample_key, scan, tar_name
@@ -136,7 +136,7 @@ class TarShards(Output):
         tar in order, in `list`."""
         key, _, extension = record["file_name"].partition(".")
         members = tuple(
-            (input_member(entry[COPY]), read_checked(image))
+            (input_member(entry[COPY]), image.checked_bytes())
             for entry, image in zip(record.get("inputs", ()), inputs)
         )
         return Sample(key, extension, data, record, prompt, members)
