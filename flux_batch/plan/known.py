@@ -3,10 +3,9 @@ its pending items without parsing the prompt file again.
 
 The keys are trusted only for the same prompt-file bytes (SHA-256; for a Parquet or Arrow
 source, file or folder, each data file's name, size, mtime and first and last 64 KiB) and the
-same settings that
-shape or check the plan (dataset fields, sampler defaults, seed, num_images, limit, layout; a
-template's text, slot values, mode and count):
-then the file was read and checked whole before, with this outcome. The file is parsed again
+same settings that shape or check the plan (dataset fields, sampler defaults, seed,
+num_images, limit, layout; a template's text, slot values, mode and count): then the file was
+read and checked whole before, with this outcome. The file is parsed again
 only when an item is pending. Like the manifest index it is disposable: deleting it is always
 safe, and a damaged or stale one is ignored.
 """
