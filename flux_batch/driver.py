@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig
 
@@ -32,7 +32,7 @@ from flux_batch.plan import inputs, template
 from flux_batch.plan import known as known_plan
 from flux_batch.plan.items import Item, Plan, RowDefaults, Settings
 from flux_batch.plan.known import KnownPlan
-from flux_batch.plan.prompts import Fields, find_prompt_file, is_source, read_rows
+from flux_batch.plan.prompts import Fields, find_prompt_file, is_source, read_rows, stream_rows, streamable
 from flux_batch.plan.sizes import area, default_size
 from flux_batch.render.progress import StepProgress
 from flux_batch.render.schedule import RenderOptions
@@ -109,9 +109,10 @@ def plan_run(cfg: FluxBatchConfig, run_dir: str | os.PathLike | None = None) -> 
 
 def read_plan_rows(
     cfg: FluxBatchConfig, prompt_file: Path | None, made: template.TemplateRows | None = None
-) -> tuple[str, list]:
+) -> tuple[str, list | Callable[[], Iterator]]:
     """The rows of the prompt file (or of dataset.images' folder, or of the template `made`),
-    their input images checked and hashed, and what their problems are reported against."""
+    their input images checked and hashed, and what their problems are reported against. A
+    Parquet or Arrow source's rows come as a function that reads them anew at each pass."""
     d = cfg.dataset
     if made is not None:  # a template's rows name no input images
         return template.SOURCE, made.rows()
@@ -121,7 +122,10 @@ def read_plan_rows(
     else:
         # input image paths are relative to the file's folder, or to a folder source's own
         source, folder = str(d.path), prompt_file if prompt_file.is_dir() else prompt_file.parent
-        rows = read_rows(prompt_file, d.format, Fields(d.prompt_field, d.id_field, d.image_field))
+        fields = Fields(d.prompt_field, d.id_field, d.image_field)
+        if streamable(prompt_file, d.format, fields):  # read at each pass, never held
+            return source, lambda: stream_rows(prompt_file, d.format, fields)
+        rows = read_rows(prompt_file, d.format, fields)
     inputs.resolve_rows(rows, source, inputs.InputReader(folder), families.get(cfg.model.family))
     return source, rows
 
@@ -146,7 +150,7 @@ def _plan_shape(cfg: FluxBatchConfig, made: template.TemplateRows | None = None)
 
 def plan_items(cfg: FluxBatchConfig | DictConfig) -> list[Item]:
     """Every item of the prompt file (first `limit` only), or PromptFileError."""
-    return plan_run(load(cfg)).items()
+    return list(plan_run(load(cfg)).items())
 
 
 def run(cfg: FluxBatchConfig | DictConfig, run_dir: str | os.PathLike) -> Summary:
@@ -307,12 +311,12 @@ def _render_all(
     )
     steps = StepProgress(
         progress,
-        sum(item.settings.steps for item in todo),
+        todo.steps,
         cfg.runtime.progress,
         worker.label,
         failed=lambda: summary.failed,
     )
-    schedule = make_schedule(pipe, files, device, todo, stop.requested, render_options(cfg), steps)
+    schedule = make_schedule(pipe, files, device, todo.groups, stop.requested, render_options(cfg), steps)
 
     def listed(item: Item) -> None:  # an image on disk and in the manifest
         summary.rendered += 1

@@ -13,13 +13,15 @@ metadata.jsonl itself.
 
 from __future__ import annotations
 
+import gc
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Container
 
 from flux_batch.errors import FluxBatchError
 from flux_batch.fingerprint import check_same_run
-from flux_batch.plan.items import Item, Plan
+from flux_batch.plan.items import Pending, Plan
 from flux_batch.scale.ranks import Group, Worker
 from flux_batch.store.layouts import Layout
 from flux_batch.store.layouts.flat import FLAT
@@ -44,7 +46,7 @@ class Session:
     worker: Worker
     group: Group
     store: RunStore
-    todo: list[Item]  # what this worker renders
+    todo: Pending  # what this worker renders
     scope: int  # items of this slice (all items when the run is not split)
     pending: int  # of them not done yet, all ranks together
     previous: dict[str, Any] | None = None  # run.json as found
@@ -52,7 +54,8 @@ class Session:
     def describe(self, device: str) -> str:
         """One line for `runtime.dry_run`: who renders what, where."""
         who = self.worker.label or "single process"
-        span = f" ({self.todo[0].id} ... {self.todo[-1].id})" if self.todo else ""
+        first, last = self.todo.span()
+        span = f" ({first} ... {last})" if len(self.todo) else ""
         return (
             f"{self.store.dir}: {who} on {device}: {len(self.todo)} of {self.pending} pending "
             f"items{span}; {self.scope - self.pending} of {self.scope} already done"
@@ -85,31 +88,49 @@ def start(worker: Worker, run_dir: str | os.PathLike, plan: Plan, settings, layo
         pending = outcome["pending"]
     else:
         store.open_part()
-        pending = plan.items(skip=_AllBut(set(sent["pending"])))
-    return Session(
-        worker, group, store, worker.rank_items(pending), sent["scope"], len(pending), sent["previous"]
-    )
+        pending = plan.pending(skip=_AllBut(set(sent["pending"])))
+    # a rank's share is a list: a launch of ranks holds its pending items (a process alone never)
+    todo = Pending.of(worker.rank_items(list(pending))) if worker.distributed else pending
+    return Session(worker, group, store, todo, sent["scope"], len(pending), sent["previous"])
+
+
+@contextmanager
+def _no_collection():
+    """Python's cycle collector paused: reading a million manifest lines makes millions of
+    tuples, none of them cyclic, and each collection rescans them all (a tenfold cost)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _open_as_leader(worker: Worker, store: RunStore, plan: Plan, settings) -> dict[str, Any]:
     """Lock, merge and read the run, check it is the same, repair it; what the ranks need."""
+    with _no_collection():
+        return _opened(worker, store, plan, settings)
+
+
+def _opened(worker: Worker, store: RunStore, plan: Plan, settings) -> dict[str, Any]:
     store.open(shared=worker.sliced)
     previous = store.read_run_info()
     check_same_run(previous, settings, store.dir)
     store.repair()
     if getattr(plan, "has_inputs", False) and plan.named_inputs() and store.manifest.files:
         plan.check_inputs_unchanged(read_records(store.dir))
-    scope, pending = _pending(worker, plan, store.manifest)
+    scope, pending = _pending(worker, plan, store.manifest.files)  # a dict: keys tested in C
     return {"previous": previous, "scope": scope, "pending": pending}
 
 
-def _pending(worker: Worker, plan: Plan, done: Container) -> tuple[int, list[Item]]:
-    """This slice's item count and its Items not done yet, in plan order; Items are built only
+def _pending(worker: Worker, plan: Plan, done: Container) -> tuple[int, Pending]:
+    """This slice's item count and its items not done yet, in plan order; Items are built only
     for those, so a finished run costs little more than reading its files."""
     if not worker.sliced:
-        return plan.total, plan.items(skip=done)
+        return plan.total, plan.pending(skip=done)
     scope = set(worker.slice_items(plan.keys()))
-    return len(scope), plan.items(skip=_AllBut(scope, done))
+    return len(scope), plan.pending(skip=_AllBut(scope, done))
 
 
 class _AllBut:

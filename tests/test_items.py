@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from flux_batch.errors import PromptFileError
-from flux_batch.plan.items import Settings, expand
+from flux_batch.plan.items import Plan, Settings, Tally, expand
 from flux_batch.plan.prompts import Row
 from flux_batch.render.renderer import batches
 
@@ -64,6 +64,52 @@ def test_an_explicit_id_equal_to_a_hash_id_is_a_duplicate():
     h = hashlib.sha256(b"a").hexdigest()[:12]
     with pytest.raises(PromptFileError, match="duplicate id"):
         expand(rows(("a", None, {}), ("b", h, {})), "p", DEFAULTS, 0, 1)
+
+
+def test_an_explicit_id_equal_to_a_repeat_of_a_hash_id_is_a_duplicate():
+    h = hashlib.sha256(b"a").hexdigest()[:12]
+    with pytest.raises(PromptFileError, match=rf"p:3: duplicate id '{h}-2' \(first on line 1\)"):
+        expand(rows(("c", f"{h}-2", {}), ("a", None, {}), ("a", None, {})), "p", DEFAULTS, 0, 1)
+    # a third repeat it is not: the rows have two of them
+    items = expand(rows(("c", f"{h}-3", {}), ("a", None, {}), ("a", None, {})), "p", DEFAULTS, 0, 1)
+    assert [i.id for i in items] == [f"{h}-3", h, f"{h}-2"]
+
+
+def test_a_plan_of_more_rows_than_tallied_in_memory_finds_duplicates_and_repeats():
+    """Past Tally.SMALL rows, ids are tallied as sorted numpy arrays: the same outcome."""
+    n = Tally.SMALL + 10
+    specs = [(f"p{i}", f"x{i}", {}) for i in range(n)] + [("same", None, {}), ("same", None, {})]
+    h = hashlib.sha256(b"same").hexdigest()[:12]
+    assert [i.id for i in expand(rows(*specs), "p", DEFAULTS, 0, 1)[-2:]] == [h, f"{h}-2"]
+    specs[n - 1] = ("last", "x7", {})
+    with pytest.raises(PromptFileError, match=rf"^p:{n}: duplicate id 'x7' \(first on line 8\)$"):
+        expand(rows(*specs), "p", DEFAULTS, 0, 1)
+
+
+def test_a_source_read_at_each_pass_is_never_held_and_gives_the_same_items():
+    """A function source (a Parquet file's rows): each pass reads it anew, from the first row."""
+    specs = [("a", None, {}), ("b", "x", {"num_images": 2}), ("a", None, {})]
+    reads = []
+
+    def read():
+        reads.append(1)
+        return iter(rows(*specs))
+
+    plan = Plan(read, "p", DEFAULTS, 3, 1)
+    assert len(reads) == 1  # the check: one pass
+    assert plan.total == 4
+    assert list(plan.items()) == expand(rows(*specs), "p", DEFAULTS, 3, 1)
+    pending = plan.pending(skip={("x", 1)})
+    assert (len(pending), pending.steps) == (3, 12)
+    assert [(i.id, i.k) for i in pending] == [k for k in plan.keys() if k != ("x", 1)]
+    assert len(reads) == 5  # items, pending's count, its items, keys
+    fresh = plan.pending()  # nothing skipped: counted by the check's pass
+    assert (len(fresh), len(reads)) == (4, 5)
+    assert fresh.span() == (plan_ids(plan)[0], plan_ids(plan)[-1])
+
+
+def plan_ids(plan: Plan) -> list[str]:
+    return [item_id for item_id, _ in plan.keys()]
 
 
 def test_row_overrides_and_file_names():

@@ -103,6 +103,26 @@ def identity(path: Path, fmt: str) -> bytes:
     return digest.digest()
 
 
+def column_names(path: Path, fmt: str) -> set[str]:
+    """The lowercased column names of the source's first data file (its schema alone is read);
+    empty when it cannot be read (reading its rows then says why)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    file = data_files(path, fmt)[0]
+    try:
+        if fmt == PARQUET:
+            schema = pq.read_schema(file)
+        else:
+            with pa.memory_map(str(file)) as source:
+                magic = source.read(6)
+                source.seek(0)
+                schema = (pa.ipc.open_file if magic == b"ARROW1" else pa.ipc.open_stream)(source).schema
+    except (OSError, ValueError):
+        return set()
+    return {name.lower() for name in schema.names}
+
+
 def raw_rows(
     path: Path, fmt: str, prompt: str, image: str, columns_problem: Callable[[list[str]], str | None]
 ) -> TableRows:

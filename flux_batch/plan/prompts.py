@@ -109,6 +109,20 @@ def is_source(path: Path, fmt: str) -> bool:
 
 
 def read_rows(path: str | os.PathLike, fmt: str = "auto", fields: Fields | None = None) -> list[Row]:
+    """Every row of the file, or PromptFileError listing every problem."""
+    return list(stream_rows(path, fmt, fields))
+
+
+def streamable(path: Path, fmt: str, fields: Fields) -> bool:
+    """Whether the file's rows can be read again at each pass of the plan rather than held:
+    a Parquet or Arrow source without a column of input images (those are hashed once)."""
+    table = table_format(path, fmt)
+    return table is not None and fields.image.lower() not in arrow_rows.column_names(path, table)
+
+
+def stream_rows(path: str | os.PathLike, fmt: str = "auto", fields: Fields | None = None) -> Iterator[Row]:
+    """The file's rows as they are read; the problems of all rows are raised together
+    (PromptFileError) once the last row is read, so no reader acts on a bad file's rows."""
     path = Path(path)
     fields = fields or Fields()
     if not path.exists():
@@ -125,7 +139,7 @@ def read_rows(path: str | os.PathLike, fmt: str = "auto", fields: Fields | None 
     else:
         raw_rows = _text_rows(path, _read_text(path), fmt, fields)
     problems: list[str] = []
-    rows: list[Row] = []
+    found = False
     for line, record, error, where in raw_rows:
         if error is None:
             row, errors = _to_row(line, record, fields)
@@ -133,12 +147,12 @@ def read_rows(path: str | os.PathLike, fmt: str = "auto", fields: Fields | None 
         if error is not None:
             problems.append(f"{where}: {error}")
         else:
-            rows.append(row)
-    if not rows and not problems:
+            found = True
+            yield row
+    if not found and not problems:
         problems.append(f"{path}: no prompts found")
     if problems:
         raise PromptFileError(problems)
-    return rows
 
 
 def _text_rows(path: Path, text: str, fmt: str, fields: Fields) -> arrow_rows.TableRows:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from flux_batch import families
 from flux_batch.config import CacheConfig
 from flux_batch.model.device import resolve_dtype
-from flux_batch.plan.items import Item
+from flux_batch.plan.items import Item, Settings
 from flux_batch.render import batch_size, step_cache
 from flux_batch.render import compile as torch_compile
 from flux_batch.render.batch_size import BatchSizer, is_out_of_memory
@@ -254,13 +254,14 @@ def for_run(
     pipe,
     files,
     device: str,
-    items: list[Item],
+    groups: dict[Settings, int],
     should_stop: Callable[[], bool],
     options: RenderOptions,
     progress=None,
 ) -> Schedule:
-    """The schedule `options` ask for, with its prompt encoder and batch size; `progress`
-    (progress.StepProgress) is told of each denoising step."""
+    """The schedule `options` ask for, with its prompt encoder and batch size, for items of
+    `groups` (how many items have each Settings); `progress` (progress.StepProgress) is told of
+    each denoising step."""
     msl = options.max_sequence_length
     identity = encoders_identity(files, pipe, device, resolve_dtype(options.dtype, device))
     names = families.of_pipeline(pipe).embedding_names
@@ -271,10 +272,11 @@ def for_run(
     references = ReferenceEncoder(pipe, vae, options.input_fit, latents_disk)
     render = Renderer(pipe, msl, should_stop, encoder, options.shift, references)
     render.progress = progress
-    sizer = batch_size.for_run(options.batch_size, pipe, [i.settings for i in items], msl, device)
+    sizer = batch_size.for_run(options.batch_size, pipe, list(groups), msl, device)
     torch_compile.apply(pipe, options.compile)
     step_cache.apply(pipe.transformer, options.cache)
     schedule = options.schedule
     if schedule == "auto":
-        schedule = "phased" if sum(1 for _ in batches(items, sizer.size)) > 1 else "per_item"
+        batch_count = sum(-(-count // sizer.size) for count in groups.values())
+        schedule = "phased" if batch_count > 1 else "per_item"
     return Schedule(render, sizer, schedule == "phased", options.chunk_size)

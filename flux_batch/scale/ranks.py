@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import itertools
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, Iterable, Sequence, TypeVar
 
 from flux_batch.errors import ConfigError, FluxBatchError
 
@@ -90,9 +91,9 @@ class Worker:
         rank = f"rank {self.rank}/{self.world}" if self.distributed else ""
         return " ".join(filter(None, (self.slice_label, rank)))
 
-    def slice_items(self, items: Sequence[T]) -> list[T]:
+    def slice_items(self, items: Iterable[T]) -> list[T]:
         """This slice's items: every num_slices-th of the plan, from position `job_slice`."""
-        return list(items[self.job_slice :: self.num_slices])
+        return list(itertools.islice(items, self.job_slice, None, self.num_slices))
 
     def rank_items(self, pending: Sequence[T]) -> list[T]:
         """This rank's items: every world-th pending item of its slice, from position `rank`."""
