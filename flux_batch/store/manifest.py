@@ -146,9 +146,13 @@ class Manifest:
     def _present_files(self) -> set[str]:
         return files_on_disk(self.run_dir)
 
-    @staticmethod
-    def _has_tars(present: set[str]) -> bool:
-        return any(name.startswith(SHARDS_PREFIX) for name in present)
+    def _has_tars(self, present: set[str]) -> bool:
+        # asked of shards/ rather than of `present`: a flat run's million image names
+        try:
+            names = os.listdir(self.run_dir / SHARDS)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return any(f"{SHARDS_PREFIX}{name}" in present for name in names)
 
     def forget(self, keys: set[tuple[str, int]], tar: str) -> None:
         """Drop the records of `keys` stored in `tar` (samples found damaged there) from the

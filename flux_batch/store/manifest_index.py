@@ -75,7 +75,7 @@ def _entries(index: dict) -> list[Entry] | None:
         if count == 0:
             return []
         ids, files = index["ids"].split("\n"), index["files"].split("\n")
-        ks = [int(k) for k in index["ks"].split("\n")]
+        ks = list(map(int, index["ks"].split("\n")))
         if not len(ids) == len(ks) == len(files) == count:
             return None
         return list(zip(zip(ids, ks), files))

@@ -100,10 +100,7 @@ def list_folder(run_dir: Path, folder: Path, remove_temp: bool) -> set[str]:
     except (FileNotFoundError, NotADirectoryError):
         return set()
     prefix = f"{folder.relative_to(run_dir).as_posix()}/"  # once per folder: 1M names
-    present = set()
-    for name in names:
-        if remove_temp and name.startswith(".") and name.endswith(TMP_SUFFIX):
-            os.unlink(folder / name)
-        else:
-            present.add(prefix + name)
-    return present
+    temps = {name for name in names if name[0] == "." and name.endswith(TMP_SUFFIX)} if remove_temp else ()
+    for name in temps:  # what a kill left mid-write
+        os.unlink(folder / name)
+    return {prefix + name for name in names if not temps or name not in temps}

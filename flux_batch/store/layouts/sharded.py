@@ -49,4 +49,6 @@ def image_folders(run_dir: Path) -> list[Path]:
         names = os.listdir(images)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(images / name for name in names if is_image_folder(name) and (images / name).is_dir())
+    # an image's name has a dot: tested first, as images/ of a flat run holds a million of them
+    folders = (images / name for name in names if "." not in name and is_image_folder(name))
+    return sorted(folder for folder in folders if folder.is_dir())
