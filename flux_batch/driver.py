@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from flux_batch import families, faults
 from flux_batch import session as sessions
 from flux_batch.config import FluxBatchConfig, load, output_layout, plain
-from flux_batch.errors import TooManyErrors
+from flux_batch.errors import ConfigError, TooManyErrors
 from flux_batch.faults import crash_point
 from flux_batch.fingerprint import cache_settings, pixel_settings, run_info
 from flux_batch.model import lora
@@ -180,7 +180,8 @@ def run(cfg: FluxBatchConfig | DictConfig, run_dir: str | os.PathLike) -> Summar
                 summary.show = False
                 return summary
             if todo:
-                _render_all(cfg, settings, worker, session, summary, stop)
+                render = _render_on_ray if plain(cfg.engine.name) == "ray" else _render_all
+                render(cfg, settings, worker, session, summary, stop)
                 if worker.alone:
                     store.prune_errors()  # items retried with success leave the errors log
             # the next start finds its pending items without parsing the file (not before: a
@@ -290,8 +291,6 @@ def _render_all(
     summary: Summary,
     stop: StopSignals,
 ) -> None:
-    from tqdm import tqdm
-
     store, todo = session.store, session.todo
     device = resolve_device(worker.pick_device(cfg.runtime.device))
     pipe, files, loaded = pipeline_for(cfg, device, session.previous)
@@ -301,14 +300,7 @@ def _render_all(
     # written once the model is known to load, so a refused model leaves nothing behind
     store.write_run_info(run_info(cfg, settings, session.previous, files.record()))
     failures = Failures(store, summary, cfg.max_errors)
-    progress = tqdm(
-        total=len(todo),
-        unit="img",
-        disable=None if cfg.runtime.progress else True,
-        file=sys.stderr,
-        dynamic_ncols=True,
-        **worker.progress_options(),
-    )
+    progress = _progress_bar(cfg, worker, len(todo))
     steps = StepProgress(
         progress,
         todo.steps,
@@ -360,6 +352,71 @@ def _render_all(
     )
     if stop.requested():
         raise Interrupted(stop.signum)
+
+
+def _render_on_ray(
+    cfg: FluxBatchConfig,
+    settings: dict[str, Any],
+    worker: Worker,
+    session: Session,
+    summary: Summary,
+    stop: StopSignals,
+) -> None:
+    """engine=ray: the pending items rendered by the cluster's actors (scale/ray_engine.py),
+    their records committed here; run.json gains the engine and the items per node."""
+    from flux_batch.scale import ray_engine
+
+    if worker.distributed or worker.sliced:
+        raise ConfigError(
+            "engine=ray renders a whole run from one driver: launch it without ranks or runtime.num_shards"
+        )
+    store = session.store
+    files = resolve_files(cfg.model, cfg.quant, cfg.lora)  # the driver's check: each actor checks its own
+    check_same_model(session.previous, files)
+    summary.model_loaded = True
+    info = run_info(cfg, settings, session.previous, files.record())
+    store.write_run_info(info)  # before the first record: a rerun compares its settings
+    progress = _progress_bar(cfg, worker, len(session.todo))
+    failures = Failures(store, summary, cfg.max_errors)
+
+    def listed(item) -> None:
+        summary.rendered += 1
+        progress.update(1)
+
+    started = time.perf_counter()
+    try:
+        job = ray_engine.Job(
+            files,
+            load_options(cfg),
+            render_options(cfg),
+            image_options(cfg, files),
+            cfg.runtime.device,
+            "",
+            {},
+            "",
+        )
+        engine = ray_engine.render_all(cfg, job, session, summary, stop, failures, progress, listed)
+    finally:
+        summary.render_seconds = time.perf_counter() - started
+        progress.close()
+    store.write_run_info({**info, "engine": engine})
+    for node, count in engine["items_per_node"].items():
+        log.info("engine=ray: %d items rendered on node %s", count, node)
+    if stop.requested():
+        raise Interrupted(stop.signum)
+
+
+def _progress_bar(cfg: FluxBatchConfig, worker: Worker, total: int):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="img",
+        disable=None if cfg.runtime.progress else True,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        **worker.progress_options(),
+    )
 
 
 @dataclass

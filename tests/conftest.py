@@ -76,6 +76,10 @@ FAST_TESTS: dict[str, tuple[str, ...]] = {
     # input images: every refusal, and a before/after dataset that loads
     "test_input_images.py": ("test_a_bad_input_is_one_line_naming_the_file_and_line_and_nothing_is_written",),
     "test_input_outputs.py": ("test_a_folder_run_keeps_each_input_once_and_loads_as_before_after_pairs",),
+    # engine=ray: a Ray inside the process, the pixels of engine=local (about 30 s)
+    "test_ray_engine.py": (
+        "test_a_local_ray_renders_the_pixels_of_engine_local_and_a_rerun_renders_nothing",
+    ),
 }
 
 

@@ -98,3 +98,35 @@ def offload_problem(value: Any) -> str | None:
 def folder_problem(value: Any) -> str | None:
     path = os.path.expanduser(value)
     return "not a folder" if value and os.path.exists(path) and not os.path.isdir(path) else None
+
+
+def ray_address_problem(value: Any) -> str | None:
+    if value is None or value == "auto":
+        return None
+    host, _, port = str(value).removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be null (a Ray inside this process), auto, or host:port of the cluster's head"
+    return None
+
+
+def workers_problem(value: Any) -> str | None:
+    values = (
+        list(value)
+        if isinstance(value, (list, tuple)) or hasattr(value, "__len__") and not isinstance(value, str)
+        else [value]
+    )
+    if len(values) not in (1, 2) or any(
+        not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values
+    ):
+        return "must be an integer >= 1, or [min, max] for an autoscaling pool"
+    if len(values) == 2 and values[0] > values[1]:
+        return f"[min, max] with min {values[0]} above max {values[1]}"
+    return None
+
+
+def resources_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        return "must be a number >= 0"
+    return None

@@ -16,6 +16,7 @@ from flux_batch.config.schema import (
     SECTIONS,
     CacheConfig,
     DatasetConfig,
+    EngineConfig,
     FluxBatchConfig,
     ModelConfig,
     QuantConfig,
@@ -37,6 +38,7 @@ def register_schemas() -> None:
     cs.store(group="quant", name="quant_schema", node=QuantConfig)
     cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
     cs.store(group="cache", name="cache_schema", node=CacheConfig)
+    cs.store(group="engine", name="engine_schema", node=EngineConfig)
     # a template's slots are named by the user: `dataset.slots.colour=[red,green]` adds one
     # without Hydra's `+`, as every other key is set
     dataset = OmegaConf.structured(DatasetConfig)

@@ -79,6 +79,11 @@ class TemplateMode(str, Enum):
     sample = "sample"  # dataset.count of them, drawn without repeats by the run's seed
 
 
+class Engine(str, Enum):
+    local = "local"  # this process, or the ranks of a launch (scale/ranks.py)
+    ray = "ray"  # a Ray cluster's actor pool (scale/ray_engine.py)
+
+
 class Layout(str, Enum):
     flat = "flat"  # images/<stem>.png
     sharded = "sharded"  # images/<5 digits>/<stem>.png, at most shard_size per folder
@@ -344,6 +349,36 @@ class RuntimeConfig(Section):
 
 
 @dataclass
+class EngineConfig(Section):
+    """Where the items render: `local` (this process, or a launch's ranks) or `ray` (an actor
+    pool on a Ray cluster, scale/ray_engine.py). Never in the fingerprint: the same items give
+    the same pixels on either."""
+
+    KEY: ClassVar[str] = "engine"
+    CHOOSER: ClassVar[str] = "name"
+
+    name: Engine = Engine.local
+    # null: a Ray started inside this process; auto: the cluster RAY_ADDRESS names, or the one
+    # running here; host:port: that cluster's head
+    address: Optional[str] = setting(
+        None, rule=Rule(problem=checks.ray_address_problem, if_read=True), read_by=("ray",)
+    )
+    # render actors: a number, or [min, max] for a pool Ray grows and shrinks
+    workers: Any = setting(1, rule=Rule(problem=checks.workers_problem, if_read=True), read_by=("ray",))
+    # null: one GPU per worker when the cluster has GPUs, else none
+    gpus_per_worker: Optional[float] = setting(
+        None, rule=Rule(problem=checks.resources_problem, if_read=True), read_by=("ray",)
+    )
+    cpus_per_worker: float = setting(
+        1.0, rule=Rule(problem=checks.resources_problem, if_read=True), read_by=("ray",)
+    )
+    # seconds without a finished item after which the run ends (a rerun resumes)
+    stall_timeout: float = setting(
+        1800.0, rule=Rule(problem=checks.positive_problem, if_read=True), read_by=("ray",)
+    )
+
+
+@dataclass
 class FluxBatchConfig(Section):
     KEY: ClassVar[str] = ""
 
@@ -354,6 +389,7 @@ class FluxBatchConfig(Section):
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     # LoRAs on top of the transformer; in the fingerprint by their hash (model/lora.py)
     lora: List[LoraConfig] = field(
         default_factory=list,
@@ -376,6 +412,11 @@ class FluxBatchConfig(Section):
         family = families.get(self.model.family)
         family.check_features(plain(self.cache.method), bool(self.lora), self.sampler.true_cfg)
         self.sampler.check_negative(family.guided_negatives(self.model.variant))
+        if self.engine.name == Engine.ray and plain(self.output.layout) == Layout.webdataset.value:
+            raise ConfigError(
+                "engine=ray writes output.layout=flat or sharded; its workers do not write tar shards "
+                "(flux-batch-export webdataset turns a finished run into them)"
+            )
 
 
 # The sections of the config, by key.
@@ -387,4 +428,5 @@ SECTIONS = {
     "dataset": DatasetConfig,
     "output": OutputConfig,
     "runtime": RuntimeConfig,
+    "engine": EngineConfig,
 }

@@ -118,9 +118,9 @@ class ImageWriter:
     def write(self, item: Item, image: np.ndarray) -> None:
         """Hand in one image; lists every earlier image whose write has finished."""
         if self.pool is None:
-            self._list(item, *self._save(item, image))
+            self._list(item, *self.save(item, image))
             return
-        self.pending.append((item, self.pool.submit(self._save, item, image)))
+        self.pending.append((item, self.pool.submit(self.save, item, image)))
         crash_point("write_queued")
         self._list_finished(wait=len(self.pending) > self.queue)
 
@@ -151,7 +151,7 @@ class ImageWriter:
             self._list(item, *future.result())  # re-raises the write's error here
             wait = False
 
-    def _save(self, item: Item, image: np.ndarray) -> tuple[dict, Any]:
+    def save(self, item: Item, image: np.ndarray) -> tuple[dict, Any]:
         """Encode one image and store it as its layout does (on a pool thread); its record,
         with its sha256, and what the layout's `list` takes."""
         o = self.options
