@@ -24,7 +24,7 @@ SCRIPT = str(Path(sys.executable).parent / "flux-batch")
 ARGS = ["model=demo", "num_images=2", "runtime.progress=false", "batch_size=1"]
 
 
-def flux_batch(out: Path, *args: str, env: dict | None = None, timeout: float = 240) -> dict:
+def flux_batch(out: Path, *args: str, env: dict | None = None, timeout: float = 600) -> dict:
     result = subprocess.run(
         [SCRIPT, *ARGS, f"output.dir={out}", *args],
         capture_output=True,
@@ -52,7 +52,7 @@ def lines(out: Path) -> int:
         return 0
 
 
-def wait_for_lines(out: Path, at_least: int, process: subprocess.Popen, timeout: float = 180) -> int:
+def wait_for_lines(out: Path, at_least: int, process: subprocess.Popen, timeout: float = 500) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         if (n := lines(out)) >= at_least:
@@ -61,7 +61,7 @@ def wait_for_lines(out: Path, at_least: int, process: subprocess.Popen, timeout:
     raise SystemExit(f"the run reached {lines(out)} records, not {at_least} (exit {process.poll()})")
 
 
-def finished(process: subprocess.Popen, timeout: float = 240) -> dict:
+def finished(process: subprocess.Popen, timeout: float = 600) -> dict:
     stdout, stderr = process.communicate(timeout=timeout)
     return {"code": process.returncode, "stdout": stdout, "stderr": stderr}
 
@@ -139,7 +139,7 @@ def sweep(work: Path) -> dict:
         [SCRIPT, "-m", *ARGS, "seed=0,1", "engine=ray", "hydra.sweep.dir=" + str(work / "sweep")],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         cwd=work,
     )
     return {"first": {"code": result.returncode, "stdout": result.stdout, "stderr": result.stderr}}
@@ -171,7 +171,7 @@ def no_token(work: Path) -> dict:
             ],
             capture_output=True,
             text=True,
-            timeout=240,
+            timeout=600,
             env=env,
         )
         first = {"code": result.returncode, "stdout": result.stdout, "stderr": result.stderr}

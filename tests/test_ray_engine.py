@@ -42,7 +42,9 @@ def scenario(name: str, folder: Path) -> dict:
     """Run one scenario in its own loopback-only namespace; what it wrote down."""
     folder.mkdir(parents=True, exist_ok=True)
     command = f"ip link set lo up && exec {sys.executable} {SCENARIOS} {name} {folder}"
-    done = subprocess.run(["unshare", "-n", "sh", "-c", command], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["unshare", "-n", "sh", "-c", command], capture_output=True, text=True, timeout=1500
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((folder / "result.json").read_text())
 

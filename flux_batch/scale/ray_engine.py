@@ -298,8 +298,9 @@ def render_all(
         raise
     except Exception as e:
         raise _one_line(e) from None
-    finally:
-        (store.dir / FOLDER / probe).unlink(missing_ok=True)
+    finally:  # the next run writes its own: what is pending then
+        for name in (probe, ITEMS, OFFSETS):
+            (store.dir / FOLDER / name).unlink(missing_ok=True)
     return {
         "name": "ray",
         "address": cfg.engine.address,
