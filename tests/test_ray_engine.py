@@ -198,6 +198,30 @@ def test_without_ray_engine_ray_is_one_line_naming_the_extra(tmp_path):
     )
 
 
+def test_items_reach_the_workers_as_json_with_their_inputs_and_columns():
+    """`.ray/pending.items` holds JSON lines, never pickles: an Item comes back equal."""
+    from flux_batch.plan.inputs import InputImage
+    from flux_batch.plan.items import Item, Settings
+    from flux_batch.scale.ray_engine import _item_fields, _item_of
+
+    source = InputImage("in/a.png", Path("/data/in/a.png"), "ab" * 32, 40, 24, "PNG")
+    item = Item(
+        "x",
+        1,
+        "make it red",
+        7,
+        Settings(32, 16, 4, 2.5, references=1),
+        "x_1",
+        3,
+        None,
+        {"tag": [1, "b"]},
+        9,
+        (source,),
+    )
+    back = _item_of(json.loads(json.dumps(_item_fields(item))))
+    assert back == item and back.inputs == item.inputs and back.extra == item.extra
+
+
 def test_engine_ray_with_tar_shards_is_one_line(cli):
     result = cli("engine=ray", "output.layout=webdataset", check=False)
     assert result.returncode == 2

@@ -2,7 +2,7 @@
 
 The driver plans, resumes and owns the manifest exactly as a local run does (session.py); Ray
 only distributes. The driver streams the pending items into `.ray/pending.items` in the run
-directory (one line each, with the byte offset of each batch in `.ray/pending.offsets`), and a
+directory (one JSON line each, with the byte offset of each batch in `.ray/pending.offsets`), and a
 Ray Dataset of batch numbers (`range`) goes through `map_batches` on an actor pool. Each actor
 (`RenderActor`) loads the pipeline once, reads its batch's items from the file, renders them,
 writes each image durably as the layout does, and returns the records; the driver appends each
@@ -16,11 +16,10 @@ probe file the driver wrote before it renders.
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import json
 import logging
 import os
-import pickle
 import queue
 import socket
 import sys
@@ -37,7 +36,7 @@ from typing import Any
 
 from flux_batch.config import EngineConfig, FluxBatchConfig
 from flux_batch.errors import ConfigError, FluxBatchError
-from flux_batch.plan.items import Item
+from flux_batch.plan.items import Item, Settings
 
 log = logging.getLogger("flux_batch")
 
@@ -152,7 +151,7 @@ def write_pending(run_dir: Path, items, batch_size: int) -> int:
     with open(folder / ITEMS, "wb") as out:
         count = 0
         for item in items:
-            out.write(base64.b64encode(pickle.dumps(item)) + b"\n")
+            out.write(json.dumps(_item_fields(item)).encode() + b"\n")
             count += 1
             if count % batch_size == 0:
                 offsets.append(out.tell())
@@ -177,7 +176,22 @@ def read_batch(run_dir: Path, number: int) -> list[Item]:
     with open(folder / ITEMS, "rb") as f:
         f.seek(offsets[0])
         data = f.read(offsets[1] - offsets[0])
-    return [pickle.loads(base64.b64decode(line)) for line in data.splitlines()]
+    return [_item_of(json.loads(line)) for line in data.splitlines()]
+
+
+def _item_fields(item: Item) -> dict:
+    """An Item as JSON values (nothing in the run directory is unpickled)."""
+    fields = {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+    fields["settings"] = dataclasses.asdict(item.settings)
+    fields["inputs"] = [{**dataclasses.asdict(i), "file": str(i.file)} for i in item.inputs]
+    return fields
+
+
+def _item_of(fields: dict) -> Item:
+    from flux_batch.plan.inputs import InputImage
+
+    inputs = tuple(InputImage(**{**i, "file": Path(i["file"])}) for i in fields["inputs"])
+    return Item(**{**fields, "settings": Settings(**fields["settings"]), "inputs": inputs})
 
 
 @dataclass(frozen=True)
