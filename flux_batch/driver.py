@@ -395,7 +395,7 @@ def _render_on_ray(
             {},
             "",
         )
-        engine = ray_engine.render_all(cfg, job, session, summary, stop, failures, progress, listed)
+        engine = ray_engine.render_all(cfg, job, session, stop, failures, progress, listed)
     finally:
         summary.render_seconds = time.perf_counter() - started
         progress.close()

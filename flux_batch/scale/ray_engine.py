@@ -16,7 +16,6 @@ probe file the driver wrote before it renders.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ import uuid
 from array import array
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -181,17 +180,17 @@ def read_batch(run_dir: Path, number: int) -> list[Item]:
 
 def _item_fields(item: Item) -> dict:
     """An Item as JSON values (nothing in the run directory is unpickled)."""
-    fields = {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
-    fields["settings"] = dataclasses.asdict(item.settings)
-    fields["inputs"] = [{**dataclasses.asdict(i), "file": str(i.file)} for i in item.inputs]
-    return fields
+    values = {f.name: getattr(item, f.name) for f in fields(item)}
+    values["settings"] = asdict(item.settings)
+    values["inputs"] = [{**asdict(i), "file": str(i.file)} for i in item.inputs]
+    return values
 
 
-def _item_of(fields: dict) -> Item:
+def _item_of(values: dict) -> Item:
     from flux_batch.plan.inputs import InputImage
 
-    inputs = tuple(InputImage(**{**i, "file": Path(i["file"])}) for i in fields["inputs"])
-    return Item(**{**fields, "settings": Settings(**fields["settings"]), "inputs": inputs})
+    inputs = tuple(InputImage(**{**i, "file": Path(i["file"])}) for i in values["inputs"])
+    return Item(**{**values, "settings": Settings(**values["settings"]), "inputs": inputs})
 
 
 @dataclass(frozen=True)
@@ -269,9 +268,7 @@ class RenderActor:
         )
 
 
-def render_all(
-    cfg: FluxBatchConfig, job: Job, session, summary, stop, failures, progress, listed
-) -> dict[str, Any]:
+def render_all(cfg: FluxBatchConfig, job: Job, session, stop, failures, progress, listed) -> dict[str, Any]:
     """Render the session's pending items on the cluster, committing each record as it comes
     back; what run.json records of the engine (address, items per node). `job` lacks the run
     directory, the groups and the probe, added here."""
@@ -299,7 +296,7 @@ def render_all(
             num_cpus=cfg.engine.cpus_per_worker,
             num_gpus=_gpus(ray, cfg.engine.gpus_per_worker),
         )
-        for row in _arriving(results, cfg.engine.stall_timeout, stop, len(todo) - summary.rendered):
+        for row in _arriving(results, cfg.engine.stall_timeout, stop, len(todo)):
             result = json.loads(row["result"])
             if result["node"] not in per_node:  # a node's first result: its worker is up
                 (name,) = _named_nodes(ray, {result["node"]: 0})
